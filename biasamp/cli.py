@@ -1,0 +1,107 @@
+"""`biasamp` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from biasamp.config import ConfigError, CorpusConfig, StudyConfig, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Bias-amplification studies of self-consuming LMs.")
+data_app = typer.Typer(no_args_is_help=True, help="Study corpora.")
+app.add_typer(data_app, name="data")
+
+SET_HELP = "Override a config key, e.g. --set train.epochs=2 (repeatable)."
+
+
+def _load(config: Path, overrides: list[str], out: Optional[Path] = None) -> StudyConfig:
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as e:
+        typer.secho(f"config error: {e}", err=True, fg="red")
+        raise typer.Exit(2)
+    # Absolute, so that Ray workers started elsewhere write to the same place.
+    target = out if out is not None else cfg.output_dir
+    return cfg.model_copy(update={"out_dir": str(target.resolve())})
+
+
+@app.command()
+def validate(
+    config: Path,
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+):
+    """Check a study config without running it."""
+    cfg = _load(config, set_)
+    n = len(cfg.arms) * len(cfg.seeds)
+    typer.echo(
+        f"{config}: OK — study '{cfg.study}', {len(cfg.arms)} arms x {len(cfg.seeds)} seeds = {n} trajectories, "
+        f"G0..G{cfg.generations - 1}, model {cfg.model.kind}:{cfg.model.name}, hash {cfg.science_hash()}"
+    )
+
+
+@app.command()
+def run(
+    config: Path,
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: the config's out_dir)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+):
+    """Run (or resume) a study: every (arm, seed) trajectory as a Ray task."""
+    from biasamp.orchestrate import run_study
+
+    cfg = _load(config, set_, out)
+    try:
+        run_study(cfg, log=typer.echo)
+    except (ValueError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        raise typer.Exit(1)
+    typer.echo(f"results in {cfg.output_dir}")
+
+
+def _per_label(spec: str, center_only: bool) -> dict[str, int]:
+    if center_only:
+        return {"center": int(spec)}
+    if spec.isdigit():
+        return {lab: int(spec) for lab in ("left", "center", "right")}
+    try:
+        return {k.strip(): int(v) for k, v in (part.split("=") for part in spec.split(","))}
+    except ValueError:
+        raise typer.BadParameter("use N or left=N,center=N,right=N", param_hint="--per-label")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    source: str = typer.Argument(..., help="Article-Bias-Prediction JSONL/folder, CSV, Parquet, hf:NAME or 'bundled'."),
+    out: Path = typer.Option(..., help="Output .parquet or .jsonl.gz"),
+    per_label: str = typer.Option("506", help="N per label, or left=N,center=N,right=N"),
+    years: Optional[str] = typer.Option(None, help="Inclusive year range, e.g. 2012-2018"),
+    max_words: Optional[int] = typer.Option(None, help="Drop articles longer than this"),
+    seed: int = typer.Option(0),
+    center_only: bool = typer.Option(False, help="Center articles only (the paper's alternative setup)"),
+):
+    """Draw a stratified study corpus from an AllSides-labelled source."""
+    from pydantic import ValidationError
+
+    from biasamp.artifacts import write_parquet
+    from biasamp.data import read_source, sample_corpus, write_jsonl_gz
+
+    try:
+        span = tuple(int(y) for y in years.split("-")) if years else None
+        cfg = CorpusConfig(source=source, per_label=_per_label(per_label, center_only), years=span,
+                           max_words=max_words, seed=seed)
+        corpus = sample_corpus(read_source(source), cfg)
+    except (ValidationError, ValueError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        raise typer.Exit(2)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.name.endswith(".jsonl.gz"):
+        write_jsonl_gz(corpus, out)
+    else:
+        write_parquet(corpus, out)
+    counts = corpus["source_label"].value_counts().to_dict()
+    typer.echo(f"{len(corpus)} articles {counts} -> {out}")
+
+
+if __name__ == "__main__":
+    app()

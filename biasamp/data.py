@@ -1,0 +1,153 @@
+"""Study corpora (AllSides-labelled articles) and each arm's training mix.
+
+Canonical article columns: article_id, title, text, source_label (left|center|right),
+plus outlet and date where the source has them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from biasamp.config import LABELS, ArmConfig, CorpusConfig
+
+BUNDLED = Path(__file__).parent / "data" / "abp_slice.jsonl.gz"
+
+# Column names seen in the supported layouts, first match wins.
+_ALIASES = {
+    "article_id": ["article_id", "ID", "id"],
+    "title": ["title", "headline"],
+    "text": ["text", "content_original", "content", "body"],
+    "source_label": ["source_label", "bias_text", "label", "bias"],
+    "outlet": ["outlet", "source"],
+    "date": ["date"],
+}
+_NUMERIC_LABELS = {0: "left", 1: "center", 2: "right"}  # Article-Bias-Prediction's coding
+
+
+def read_source(source: str) -> pd.DataFrame:
+    """Read articles from a file, folder or `datasets` dataset into the canonical columns."""
+    if source == "bundled":
+        path = BUNDLED
+    elif source.startswith("hf:"):
+        import datasets
+
+        name = source[3:]
+        ds = datasets.load_dataset(name, split="train") if not Path(name).is_dir() else datasets.load_from_disk(name)
+        return _canonical(ds.to_pandas(), source)
+    else:
+        path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"corpus source {path}: no such file or folder")
+    if path.is_dir():
+        inner = path / "articles.jsonl.gz"
+        if inner.exists():  # the layout of ../shared/data/article-bias-prediction
+            path = inner
+        else:  # the original repository's jsons/ folder: one JSON object per file
+            files = sorted(path.glob("*.json"))
+            if not files:
+                raise FileNotFoundError(f"corpus source {path}: no articles.jsonl.gz or *.json files")
+            return _canonical(pd.DataFrame([json.loads(f.read_text()) for f in files]), str(path))
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as fh:
+            df = pd.DataFrame([json.loads(line) for line in fh if line.strip()])
+    elif name.endswith(".json"):
+        df = pd.DataFrame(json.loads(path.read_text()))
+    elif name.endswith((".csv", ".csv.gz")):
+        df = pd.read_csv(path)
+    elif name.endswith(".parquet"):
+        df = pd.read_parquet(path)
+    else:
+        raise ValueError(f"corpus source {path}: unknown format (jsonl[.gz], json, csv, parquet, folder, hf:NAME)")
+    return _canonical(df, str(path))
+
+
+def _canonical(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    out = {}
+    for col, names in _ALIASES.items():
+        found = next((n for n in names if n in df.columns), None)
+        if found is not None:
+            out[col] = df[found]
+    for col in ("text", "source_label"):
+        if col not in out:
+            raise ValueError(f"{where}: no {col} column (looked for {', '.join(_ALIASES[col])})")
+    out = pd.DataFrame(out)
+    if "article_id" not in out:
+        out["article_id"] = np.arange(len(out))
+    out["article_id"] = out["article_id"].astype(str)
+    out["title"] = out.get("title", pd.Series("", index=out.index)).fillna("").astype(str)
+    out["text"] = out["text"].fillna("").astype(str)
+    out["source_label"] = out["source_label"].map(lambda v: _label(v, where))
+    for col in ("outlet", "date"):
+        out[col] = out.get(col, pd.Series("", index=out.index)).fillna("").astype(str)
+    return out[["article_id", "title", "text", "source_label", "outlet", "date"]]
+
+
+def _label(value, where: str) -> str:
+    if isinstance(value, (int, np.integer)) and int(value) in _NUMERIC_LABELS:
+        return _NUMERIC_LABELS[int(value)]
+    v = str(value).strip().lower()
+    if v in LABELS:
+        return v
+    if v.isdigit() and int(v) in _NUMERIC_LABELS:
+        return _NUMERIC_LABELS[int(v)]
+    raise ValueError(f"{where}: label {value!r} is not left/center/right or 0/1/2")
+
+
+def sample_corpus(articles: pd.DataFrame, cfg: CorpusConfig, name: str = "corpus") -> pd.DataFrame:
+    """Filter (years, length, non-empty) and draw cfg.per_label articles per label, seeded."""
+    df = articles[articles["text"].str.strip() != ""]
+    if cfg.years is not None:
+        years = pd.to_datetime(df["date"], errors="coerce", format="mixed").dt.year
+        df = df[years.between(*cfg.years)]
+    if cfg.max_words is not None:
+        df = df[df["text"].str.split().str.len() <= cfg.max_words]
+    df = df.drop_duplicates("article_id")
+    rng = np.random.default_rng(cfg.seed)
+    parts = []
+    for label, n in cfg.per_label.items():
+        pool = df[df["source_label"] == label]
+        if len(pool) < n:
+            raise ValueError(
+                f"corpora.{name}.per_label.{label}: asks {n} articles, only {len(pool)} remain after filters"
+            )
+        parts.append(pool.iloc[np.sort(rng.choice(len(pool), n, replace=False))])
+    return pd.concat(parts, ignore_index=True)
+
+
+def training_set(arm: ArmConfig, generation: int, real: pd.DataFrame, synthetic: list[pd.DataFrame], seed: int):
+    """The articles G_generation is fine-tuned on.
+
+    `synthetic` holds D_0 .. D_{generation-1}, oldest first. G0 always trains on the real corpus.
+    Random draws are seeded by (seed, generation), so a resumed run draws what a fresh one would.
+    """
+    cols = ["article_id", "title", "text"]
+    if generation == 0:
+        return real[cols].reset_index(drop=True)
+    rng = np.random.default_rng([seed, generation])
+    latest = synthetic[-1][cols]
+    if arm.mix == "replace":
+        return latest.reset_index(drop=True)
+    if arm.mix == "preserve":
+        k = round(arm.real_fraction * len(real))
+        kept = real.iloc[np.sort(rng.choice(len(real), k, replace=False))][cols]
+        return pd.concat([latest, kept], ignore_index=True)
+    pool = pd.concat([real[cols], *[d[cols] for d in synthetic]], ignore_index=True)
+    if arm.mix == "accumulate":
+        return pool
+    # accumulate_subsample: constant size N drawn from the growing pool
+    return pool.iloc[np.sort(rng.choice(len(pool), len(real), replace=False))].reset_index(drop=True)
+
+
+def write_jsonl_gz(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as fh:
+        for row in df.to_dict(orient="records"):
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)

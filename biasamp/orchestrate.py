@@ -1,0 +1,114 @@
+"""The thin Ray layer: one Ray task per (arm, seed) trajectory, run concurrently.
+
+`prepare_study` does the driver-side, once-per-study work (manifest, corpora); each task runs
+the plain-Python `run_trajectory` with torch limited to its CPU allotment.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from biasamp import artifacts
+from biasamp.config import StudyConfig
+from biasamp.data import read_source, sample_corpus
+
+
+def prepare_study(cfg: StudyConfig, log=print) -> list[tuple[str, int]]:
+    """Claim the output folder, draw the corpora once, and list the unfinished trajectories."""
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts.claim_output_dir(cfg, out)
+    for name in sorted({arm.corpus for arm in cfg.arms.values()}):
+        path = artifacts.corpus_path(out, name)
+        if not path.exists():
+            corpus = sample_corpus(read_source(cfg.corpora[name].source), cfg.corpora[name], name)
+            artifacts.write_parquet(corpus, path)
+            log(f"corpus '{name}': {len(corpus)} articles -> {path}")
+    pending = []
+    for arm in cfg.arms:
+        for seed in cfg.seeds:
+            done = artifacts.completed_generations(out, arm, seed)
+            if done < cfg.generations:
+                pending.append((arm, seed))
+    return pending
+
+
+def _trajectory_task(cfg: StudyConfig, arm: str, seed: int, cpus: float, progress) -> tuple[str, int, int]:
+    import torch
+    import transformers
+
+    # Each trajectory uses only its own cores: two trajectories each using every core of a
+    # 2-core machine run many times slower than side by side.
+    torch.set_num_threads(max(1, int(cpus)))
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    from biasamp.trajectory import run_trajectory
+
+    logfile = cfg.output_dir / "logs" / f"{arm}__seed{seed}.log"
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(message: str) -> None:
+        with logfile.open("a") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        progress.put(message)
+
+    return arm, seed, run_trajectory(cfg, arm, seed, log=log)
+
+
+def run_study(cfg: StudyConfig, log=print) -> int:
+    """Run every unfinished trajectory of the study; returns how many generations were run."""
+    pending = prepare_study(cfg, log)
+    total = len(cfg.arms) * len(cfg.seeds)
+    if not pending:
+        log(f"nothing to do: all {total} trajectories of '{cfg.study}' have G0..G{cfg.generations - 1} "
+            f"in {cfg.output_dir}")
+        return 0
+    log(f"study '{cfg.study}': {len(pending)} of {total} trajectories to run, "
+        f"{cfg.resources.cpus_per_trajectory:g} CPU / {cfg.resources.gpus_per_trajectory:g} GPU each")
+
+    import ray
+    from ray.util.queue import Queue
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        # Workers' own output stays in Ray's session logs; their progress lines come through
+        # the queue below, one line per stage, and go to OUT/logs/{arm}__seed{seed}.log too.
+        common = dict(logging_level="ERROR", log_to_driver=False, runtime_env={"env_vars": _worker_env()})
+        if cfg.resources.ray_address is None:
+            # A private single-machine Ray, on loopback only, no dashboard.
+            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **common)
+        else:
+            ray.init(address=cfg.resources.ray_address, **common)
+    res = cfg.resources
+    task = ray.remote(num_cpus=res.cpus_per_trajectory, num_gpus=res.gpus_per_trajectory, max_retries=1)(
+        _trajectory_task
+    )
+    t0 = time.time()
+    ran = 0
+    try:
+        progress = Queue()
+        refs = [task.remote(cfg, arm, seed, res.cpus_per_trajectory, progress) for arm, seed in pending]
+        remaining = list(refs)
+        while remaining:
+            ready, remaining = ray.wait(remaining, num_returns=1, timeout=1.0)
+            for message in progress.get_nowait_batch(progress.qsize()):
+                log(f"{time.time() - t0:6.0f}s {message}")
+            for ref in ready:
+                arm, seed, n = ray.get(ref)  # re-raises a trajectory's exception here
+                ran += n
+                log(f"{time.time() - t0:6.0f}s [{arm}/seed{seed}] finished "
+                    f"({len(refs) - len(remaining)}/{len(refs)} trajectories)")
+    finally:
+        if started_here:
+            ray.shutdown()
+    return ran
+
+
+def _worker_env() -> dict[str, str]:
+    """Environment for the workers: offline hubs stay offline, W&B settings pass through.
+    WANDB_API_KEY is read by wandb from the worker's own environment, never from here."""
+    keep = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "WANDB_MODE", "WANDB_DIR", "WANDB_ENTITY")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env

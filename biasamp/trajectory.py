@@ -1,0 +1,114 @@
+"""One (arm, seed) trajectory: G0 .. G_{n-1}, each fine-tuned then writing its dataset D_g.
+
+Plain Python: the Ray layer (biasamp.orchestrate) only decides where this runs.
+Resumable: generations whose articles exist are skipped; a generation whose checkpoint exists
+but whose articles do not is not retrained, only regenerated.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from biasamp import artifacts
+from biasamp.config import StudyConfig
+from biasamp.data import training_set
+from biasamp.generate import write_articles
+from biasamp.models import load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
+from biasamp.train import fine_tune
+
+
+def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[str], None] = print) -> int:
+    """Run the missing generations of one trajectory; returns how many were run."""
+    out = cfg.output_dir
+    arm = cfg.arms[arm_name]
+    n = cfg.generations
+    tag = f"[{arm_name}/seed{seed}]"
+    done = artifacts.completed_generations(out, arm_name, seed)
+    if done >= n:
+        log(f"{tag} complete: G0..G{n - 1} already written")
+        return 0
+    real = pd.read_parquet(artifacts.corpus_path(out, arm.corpus))
+    synthetic = [pd.read_parquet(artifacts.articles_path(out, arm_name, seed, g)) for g in range(done)]
+    if done == 0:
+        tokenizer = load_tokenizer(cfg.model)
+        model = load_base_model(cfg.model, len(tokenizer), seed)
+    else:
+        log(f"{tag} resuming after G{done - 1}")
+        model, tokenizer = load_checkpoint(artifacts.checkpoint_dir(out, arm_name, seed, done - 1))
+    run = _wandb_run(cfg, arm_name, seed)
+    for g in range(done, n):
+        t0 = time.time()
+        ckpt = artifacts.checkpoint_dir(out, arm_name, seed, g)
+        metrics: dict = {}
+        if ckpt.exists():
+            log(f"{tag} G{g}/{n - 1}: checkpoint found, skipping training")
+            model, tokenizer = load_checkpoint(ckpt)
+        else:
+            if g > 0 and arm.train.init == "base":
+                model = load_base_model(cfg.model, len(tokenizer), seed)
+            train_df = training_set(arm, g, real, synthetic, seed)
+            log(f"{tag} G{g}/{n - 1}: training on {len(train_df)} articles")
+            torch.manual_seed(seed * 100_003 + g)
+            metrics = fine_tune(model, tokenizer, train_df, arm.train, seed * 100_003 + g)
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(model, tokenizer, ckpt)
+        prompts = real if cfg.generation.prompt_source == "real" or g == 0 else _with_real_titles(synthetic[-1], real)
+        log(f"{tag} G{g}/{n - 1}: writing {len(prompts)} articles")
+        t1 = time.time()
+        model.eval()
+        written = write_articles(model, tokenizer, prompts, cfg.generation)
+        gen_seconds = time.time() - t1
+        table = written.merge(real[["article_id", "source_label"]], on="article_id", how="left")
+        table.insert(0, "generation", g)
+        table.insert(0, "seed", seed)
+        table.insert(0, "arm", arm_name)
+        table.insert(0, "study", cfg.study)
+        artifacts.write_parquet(table[artifacts.ARTICLE_COLUMNS], artifacts.articles_path(out, arm_name, seed, g))
+        synthetic.append(table)
+        metrics.pop("loss_curve", None)
+        summary = {
+            **metrics,
+            "gen_tokens": int(table["n_tokens"].sum()),
+            "gen_tokens_per_s": float(table["n_tokens"].sum() / max(gen_seconds, 1e-9)),
+            "mean_article_tokens": float(table["n_tokens"].mean()),
+            "generation_seconds": time.time() - t0,
+        }
+        log(
+            f"{tag} G{g}/{n - 1}: done in {summary['generation_seconds']:.0f}s "
+            f"(loss {metrics.get('train_loss', float('nan')):.3f}, {summary['gen_tokens_per_s']:.0f} tok/s)"
+        )
+        if run is not None:
+            run.log({"generation": g, **summary})
+    if run is not None:
+        run.finish()
+    return n - done
+
+
+def _with_real_titles(previous: pd.DataFrame, real: pd.DataFrame) -> pd.DataFrame:
+    """prompt_source=previous: the previous generation's text under the real article's title."""
+    return real[["article_id", "title"]].merge(previous[["article_id", "text"]], on="article_id")
+
+
+def _wandb_run(cfg: StudyConfig, arm: str, seed: int):
+    if cfg.wandb.mode == "disabled":
+        return None
+    import wandb
+
+    # Only the config goes to W&B: the API key stays in the environment (WANDB_API_KEY).
+    return wandb.init(
+        project=cfg.wandb.project,
+        entity=cfg.wandb.entity,
+        mode=cfg.wandb.mode,
+        group=cfg.study,
+        name=f"{arm}/seed{seed}",
+        id=f"{cfg.study}-{cfg.science_hash()}-{arm}-seed{seed}".replace(".", "_"),
+        resume="allow",
+        dir=str(Path(cfg.output_dir).resolve()),
+        config={**cfg.model_dump(mode="json"), "arm": arm, "seed": seed},
+        settings=wandb.Settings(silent=True),
+    )
