@@ -63,7 +63,18 @@ def load_base_model(cfg: ModelConfig, vocab_size: int, seed: int = 0):
         return GPT2LMHeadModel(config)
     if cfg.kind == "gguf":
         name, gguf = _gguf_location(cfg)
-        return AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf, dtype=torch.float32)
+        # Without a GGUF matmul kernel transformers unpacks every tensor to float32, but the model
+        # stays flagged as quantized, which Trainer refuses to fine-tune: copy the weights into an
+        # ordinary model of the same architecture.
+        if any(not p.is_floating_point() for p in model.parameters()):
+            raise ValueError(f"{name}/{gguf}: weights stayed GGUF-packed; biasamp fine-tunes float weights")
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(model.state_dict())
+        return plain
     return AutoModelForCausalLM.from_pretrained(cfg.name, dtype=torch.float32)
 
 

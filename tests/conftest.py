@@ -1,0 +1,31 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def tiny_study(tmp_path, **over) -> dict:
+    """A minimal study dict: tiny GPT-2, 6 bundled articles, short generations."""
+    d = {
+        "study": "t",
+        "generations": 2,
+        "seeds": [0],
+        "model": {"kind": "tiny_gpt2", "tokenizer": "gpt2-bpe", "tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 256}},
+        "corpora": {"main": {"source": "bundled", "per_label": {"left": 2, "center": 2, "right": 2}}},
+        "train": {"epochs": 1, "batch_size": 3, "lr": 1e-3, "max_length": 96},
+        "arms": {"synthetic": {"mix": "replace"}},
+        "generation": {"new_tokens": 8, "max_blocks": 1, "batch_size": 16},
+        "wandb": {"mode": "disabled"},
+        "out_dir": str(tmp_path / "out"),
+    }
+    for key, value in over.items():
+        d[key] = value
+    return d
+
+
+@pytest.fixture
+def study_dict(tmp_path):
+    return lambda **over: tiny_study(tmp_path, **over)

@@ -1,0 +1,89 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from biasamp.config import ConfigError, from_dict, load_config
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["smoke.yaml", "quickstart.yaml", "paper.yaml"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(CONFIGS / name)
+    assert cfg.arms and cfg.generations >= 3
+
+
+def test_paper_config_is_the_papers_design():
+    cfg = load_config(CONFIGS / "paper.yaml")
+    assert cfg.model.name == "gpt2" and cfg.generations == 11
+    assert cfg.corpora["main"].per_label == {"left": 506, "center": 506, "right": 506}
+    assert cfg.corpora["main"].years == (2012, 2018)
+    syn, over = cfg.arms["synthetic"].train, cfg.arms["overfitting"].train
+    assert (syn.epochs, syn.batch_size, syn.lr, syn.weight_decay, syn.max_length) == (5, 8, 5e-5, 0.01, 512)
+    assert (over.epochs, over.weight_decay, over.batch_size) == (25, 0.0, 8)  # inherits the rest
+    assert cfg.arms["preservation"].mix == "preserve" and cfg.arms["preservation"].real_fraction == 0.1
+    assert cfg.arms["accumulation"].mix == "accumulate"
+    assert cfg.corpora[cfg.arms["center_only"].corpus].per_label == {"center": 1518}
+    assert cfg.generation.block_tokens == 64 and cfg.generation.new_tokens == 64
+    assert cfg.generation.prompt_source == "real"
+
+
+def _write(tmp_path, d) -> Path:
+    p = tmp_path / "study.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda d: d["arms"]["synthetic"].update(epochz=3), "arms.synthetic.epochz: Extra inputs are not permitted"),
+        (lambda d: d["train"].update(epochs="many"), "train.epochs: Input should be a valid number"),
+        (lambda d: d.update(generations=0), "generations: Input should be greater than or equal to 1"),
+        (lambda d: d["arms"]["synthetic"].update(mix="shuffle"), "arms.synthetic.mix: Input should be"),
+        (lambda d: d["arms"]["synthetic"].update(corpus="nope"), "arms.synthetic.corpus: 'nope' is not in corpora"),
+        (lambda d: d["corpora"]["main"].update(per_label={"left": 0}), "per_label needs at least one label"),
+        (lambda d: d["corpora"]["main"].update(per_label={"far_left": 3}), "corpora.main.per_label.far_left"),
+        (lambda d: d.update(seeds=[1, 1]), "seeds: need at least one seed, no repeats"),
+    ],
+)
+def test_errors_name_file_and_key_path(tmp_path, study_dict, mutate, expected):
+    d = study_dict()
+    mutate(d)
+    path = _write(tmp_path, d)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: ") and expected in msg and "\n" not in msg
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="nothere.yaml: no such file"):
+        load_config(tmp_path / "nothere.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+
+
+def test_overrides_and_arm_inheritance(tmp_path, study_dict):
+    d = study_dict()
+    d["arms"]["overfit"] = {"train": {"epochs": 7}}
+    path = _write(tmp_path, d)
+    cfg = load_config(path, ["train.lr=0.5", "arms.overfit.train.weight_decay=0", "generations=4"])
+    assert cfg.generations == 4
+    assert cfg.arms["synthetic"].train.lr == 0.5 and cfg.arms["overfit"].train.lr == 0.5
+    assert cfg.arms["overfit"].train.epochs == 7 and cfg.arms["overfit"].train.weight_decay == 0
+    with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
+        load_config(path, ["train.lr"])
+
+
+def test_config_is_immutable_and_hash_ignores_scale(study_dict):
+    cfg = from_dict(study_dict())
+    with pytest.raises(Exception):
+        cfg.generations = 5
+    more = from_dict(study_dict(seeds=[0, 1, 2], generations=9, resources={"cpus_per_trajectory": 2}))
+    assert more.science_hash() == cfg.science_hash()
+    other = from_dict(study_dict(train={"epochs": 2}))
+    assert other.science_hash() != cfg.science_hash()

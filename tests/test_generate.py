@@ -1,0 +1,100 @@
+import pandas as pd
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from biasamp import generate
+from biasamp.config import GenerationConfig, ModelConfig
+from biasamp.data import read_source
+from biasamp.generate import article_prompts, greedy_continuations, write_articles
+from biasamp.models import load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
+
+TINY = ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(TINY)
+
+
+@pytest.fixture(scope="module")
+def trained(tok):
+    """A tiny GPT-2 whose greedy outputs vary with the prompt: random weights with a wide init
+    (at the default 0.02 every prompt continues with one repeated token)."""
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=256, initializer_range=0.2)
+    return GPT2LMHeadModel(config).eval()
+
+
+def test_real_gpt2_vocabulary(tok):
+    assert len(tok) == 50257 and tok.eos_token == "<|endoftext|>"
+    assert tok.encode("Hello world, the Senate") == [15496, 995, 11, 262, 3845]
+
+
+def test_block_protocol_hand_checked(tok, monkeypatch):
+    # Title "Hi" is one token (17250); the body is 5 tokens, so 2-token blocks are
+    # [15496, 995] [11, 262] [3845]. The stand-in model "continues" a prompt with its last token twice.
+    assert article_prompts(tok, "Hi", "Hello world, the Senate", 2, None) == [[17250], [15496, 995], [11, 262], [3845]]
+    assert article_prompts(tok, "Hi", "Hello world, the Senate", 2, 2) == [[17250], [15496, 995], [11, 262]]
+    assert article_prompts(tok, "", "Hello world", 64, None) == [[15496, 995]]  # no empty title prompt
+
+    def echo(model, prompts, new_tokens, batch_size, pad_id, eos_id):
+        return [[p[-1]] * 2 for p in prompts]
+
+    monkeypatch.setattr(generate, "greedy_continuations", echo)
+    src = pd.DataFrame({"article_id": ["a", "b"], "title": ["Hi", "Hi"], "text": ["Hello world, the Senate", "Hello"]})
+    out = write_articles(None, tok, src, GenerationConfig(block_tokens=2, new_tokens=2))
+    assert list(out["text"]) == ["HiHi world world the the Senate Senate", "HiHiHelloHello"]
+    assert list(out["n_tokens"]) == [8, 4]
+    assert list(out["article_id"]) == ["a", "b"] and list(out["title"]) == ["Hi", "Hi"]
+
+
+def _one_call_per_block(model, tok, prompt, new_tokens):
+    """The authors' call: one prompt, greedy, max_length = len(prompt) + new tokens, cut at EOS."""
+    ids = torch.tensor([prompt])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_length=len(prompt) + new_tokens,
+                         do_sample=False, pad_token_id=tok.eos_token_id)[0, len(prompt):].tolist()
+    return out[: out.index(tok.eos_token_id)] if tok.eos_token_id in out else out
+
+
+def test_batched_equals_one_call_per_block(tok, trained):
+    arts = read_source("bundled").iloc[1::20]
+    prompts = [p for t, b in zip(arts["title"], arts["text"]) for p in article_prompts(tok, t, b, 64, 2)]
+    assert len({len(p) for p in prompts}) > 3  # several lengths: padding is exercised
+    reference = [_one_call_per_block(trained, tok, p, 24) for p in prompts]
+    assert len({tuple(r) for r in reference}) == len(reference)  # every prompt continues differently
+    assert sum(len(set(r)) for r in reference) > 10 * len(reference)
+    batched = greedy_continuations(trained, prompts, 24, batch_size=8, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
+    assert batched == reference
+
+
+def test_no_eos_stop_gives_full_length(tok, trained):
+    prompts = [tok.encode("The Senate"), tok.encode("Breaking news from Washington today")]
+    out = greedy_continuations(trained, prompts, 12, batch_size=2, pad_id=tok.pad_token_id, eos_id=None)
+    assert [len(o) for o in out] == [12, 12]
+
+
+def test_checkpoint_round_trip_and_hub_path_on_a_local_dir(tok, trained, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(trained, tok, ckpt)
+    assert (ckpt / "model.safetensors").exists() and not (tmp_path / "ckpt.tmp").exists()
+    model, tok2 = load_checkpoint(ckpt)
+    for a, b in zip(trained.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    # The hub-loading path (kind hf) on a local directory, as a hub id would be.
+    local = ModelConfig(kind="hf", name=str(ckpt))
+    tok3 = load_tokenizer(local)
+    model3 = load_base_model(local, len(tok3))
+    assert tok3.encode("Hello world, the Senate") == [15496, 995, 11, 262, 3845]
+    p = [tok.encode("The Senate voted")]
+    assert greedy_continuations(model3.eval(), p, 6, 1, tok.pad_token_id, None) == greedy_continuations(trained, p, 6, 1, tok.pad_token_id, None)
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_loads_and_generates():
+    cfg = ModelConfig(kind="gguf", name="smollm2")
+    tok = load_tokenizer(cfg)
+    model = load_base_model(cfg, len(tok)).eval()
+    assert type(model).__name__ == "LlamaForCausalLM" and sum(p.numel() for p in model.parameters()) > 100e6
+    out = greedy_continuations(model, [tok.encode("The president said")], 8, 1, tok.pad_token_id, tok.eos_token_id)
+    assert len(tok.decode(out[0]).split()) >= 2

@@ -1,0 +1,106 @@
+"""The loop end to end: tables, resume, refusal of a changed config, determinism."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from biasamp import artifacts, generate, trajectory
+from biasamp.config import from_dict, load_config
+from biasamp.orchestrate import prepare_study
+from biasamp.trajectory import run_trajectory
+
+ROOT = Path(__file__).parents[1]
+
+
+def _articles(out):
+    return pd.read_parquet(out / "articles").sort_values(["arm", "seed", "generation", "article_id"]).reset_index(drop=True)
+
+
+def test_trajectory_tables_and_checkpoints(study_dict):
+    cfg = from_dict(study_dict(arms={"acc": {"mix": "accumulate"}}))
+    prepare_study(cfg, log=lambda m: None)
+    assert run_trajectory(cfg, "acc", 0, log=lambda m: None) == 2
+    out = cfg.output_dir
+    df = _articles(out)
+    assert list(pd.read_parquet(artifacts.articles_path(out, "acc", 0, 1)).columns) == artifacts.ARTICLE_COLUMNS
+    assert df.groupby("generation").size().to_dict() == {0: 6, 1: 6}
+    assert set(df["source_label"]) == {"left", "center", "right"} and (df["study"] == "t").all()
+    assert (df["n_tokens"] > 0).all() and (df["n_tokens"] <= 16).all()  # title + 1 block, 8 new tokens each
+    for g in (0, 1):
+        assert (artifacts.checkpoint_dir(out, "acc", 0, g) / "model.safetensors").exists()
+    assert run_trajectory(cfg, "acc", 0, log=lambda m: None) == 0  # complete: nothing to do
+
+
+def test_interrupted_run_resumes_to_the_same_result(study_dict, tmp_path, monkeypatch):
+    d = study_dict(generations=3, arms={"pres": {"mix": "preserve", "real_fraction": 0.5}})
+    fresh = from_dict({**d, "out_dir": str(tmp_path / "fresh")})
+    prepare_study(fresh, log=lambda m: None)
+    run_trajectory(fresh, "pres", 0, log=lambda m: None)
+
+    broken = from_dict({**d, "out_dir": str(tmp_path / "broken")})
+    prepare_study(broken, log=lambda m: None)
+    real_write = generate.write_articles
+    calls = []
+
+    def dies_in_g1(model, tok, sources, cfg):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed while G1 was writing")
+        return real_write(model, tok, sources, cfg)
+
+    monkeypatch.setattr(trajectory, "write_articles", dies_in_g1)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_trajectory(broken, "pres", 0, log=lambda m: None)
+    out = broken.output_dir
+    assert artifacts.completed_generations(out, "pres", 0) == 1
+    assert artifacts.checkpoint_dir(out, "pres", 0, 1).exists()  # G1 trained and saved, not yet written
+    assert not list((out / "articles").glob("*.tmp"))
+    monkeypatch.setattr(trajectory, "write_articles", real_write)
+    log = []
+    assert run_trajectory(broken, "pres", 0, log=log.append) == 2
+    assert any("resuming after G0" in m for m in log) and any("checkpoint found" in m for m in log)
+    pd.testing.assert_frame_equal(_articles(fresh.output_dir), _articles(out))
+
+
+def test_a_changed_config_is_refused_and_a_longer_study_extends(study_dict):
+    cfg = from_dict(study_dict(generations=1))
+    prepare_study(cfg, log=lambda m: None)
+    with pytest.raises(ValueError, match=r"differs in: .*train.lr.*Use another --out"):
+        prepare_study(from_dict(study_dict(generations=1, train={"lr": 0.1})), log=lambda m: None)
+    longer = from_dict(study_dict(generations=2, seeds=[0, 1]))
+    assert prepare_study(longer, log=lambda m: None) == [("synthetic", 0), ("synthetic", 1)]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "biasamp.cli", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path):
+    """`biasamp run configs/smoke.yaml` twice into two folders: identical articles tables."""
+    cfg = load_config(ROOT / "configs" / "smoke.yaml")
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        res = _cli("run", "configs/smoke.yaml", "--out", str(out), "--set", "wandb.mode=offline")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "finished (4/4 trajectories)" in res.stdout
+    a, b = _articles(outs[0]), _articles(outs[1])
+    assert len(a) == len(cfg.arms) * len(cfg.seeds) * cfg.generations * 12
+    pd.testing.assert_frame_equal(a, b)
+    assert a.groupby(["arm", "seed"])["text"].apply(lambda s: s.nunique()).min() > 1
+    for arm in cfg.arms:
+        assert (outs[0] / "logs" / f"{arm}__seed0.log").exists()
+    assert list((outs[0] / "wandb").glob("offline-run-*"))
+    again = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]))
+    assert again.returncode == 0 and "nothing to do: all 4 trajectories" in again.stdout
+    bad = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]), "--set", "train.epochs=3")
+    assert bad.returncode == 1 and "differs in" in bad.stderr
+
+
+def test_validate_cli():
+    ok = _cli("validate", "configs/smoke.yaml")
+    assert ok.returncode == 0 and "4 trajectories" in ok.stdout
+    bad = _cli("validate", "configs/smoke.yaml", "--set", "generation.batch_size=0")
+    assert bad.returncode == 2 and "configs/smoke.yaml: generation.batch_size: Input should be greater" in bad.stderr
