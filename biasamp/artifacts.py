@@ -4,6 +4,7 @@
     OUT/corpus/{corpus}.parquet                         the real articles each corpus drew
     OUT/checkpoints/{arm}/seed{seed}/gen{g}/            safetensors + config + tokenizer
     OUT/articles/{arm}__seed{seed}__gen{g}.parquet      D_g, what G_g wrote
+    OUT/neurons/{arm}__seed{seed}__gen{g}.parquet       G_g's neuron summaries, one row group per layer
 
 `pandas.read_parquet(OUT / "articles")` reads every generation of every trajectory at once.
 An articles file is written last in a generation, so its presence marks the generation done.
@@ -23,6 +24,7 @@ import pandas as pd
 
 from biasamp.config import StudyConfig
 
+NEURON_COLUMNS = ["study", "arm", "seed", "generation", "layer", "neuron", "kind", "stat", "value"]
 ARTICLE_COLUMNS = ["study", "arm", "seed", "generation", "article_id", "title", "text", "source_label", "n_tokens"]
 
 
@@ -32,6 +34,10 @@ def checkpoint_dir(out: Path, arm: str, seed: int, generation: int) -> Path:
 
 def articles_path(out: Path, arm: str, seed: int, generation: int) -> Path:
     return out / "articles" / f"{arm}__seed{seed}__gen{generation}.parquet"
+
+
+def neurons_path(out: Path, arm: str, seed: int, generation: int) -> Path:
+    return out / "neurons" / f"{arm}__seed{seed}__gen{generation}.parquet"
 
 
 def corpus_path(out: Path, corpus: str) -> Path:
@@ -46,12 +52,12 @@ def completed_generations(out: Path, arm: str, seed: int) -> int:
     return g
 
 
-def write_parquet(df: pd.DataFrame, path: Path) -> None:
+def write_parquet(df: pd.DataFrame, path: Path, **to_parquet) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        df.to_parquet(tmp, index=False)
+        df.to_parquet(tmp, index=False, **to_parquet)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -103,5 +103,61 @@ def data_prepare(
     typer.echo(f"{len(corpus)} articles {counts} -> {out}")
 
 
+@app.command()
+def analyze(
+    study_dir: Path = typer.Argument(..., help="A study's output folder (with neurons/)."),
+    summary: Optional[Path] = typer.Option(None, help="Summary table (default: STUDY_DIR/summary.parquet)."),
+    targets: str = typer.Option("share_right,tqi_mean", help="Summary columns to explain, comma-separated."),
+    mode: str = typer.Option("within", help="within: first differences inside each trajectory; paper: the authors' pooled levels."),
+    maxlags: int = typer.Option(1, min=0, help="Newey-West lags."),
+    alpha: float = typer.Option(0.05, min=0.0, max=1.0, help="Significance level (BH q; raw p in paper mode)."),
+):
+    """Which neurons move with each target: per-neuron OLS with Newey-West errors."""
+    import json
+
+    import pandas as pd
+
+    from biasamp.artifacts import write_json, write_parquet
+    from biasamp.stats import neuron_tests, overlap_summary
+
+    if mode not in ("within", "paper"):
+        raise typer.BadParameter("within or paper", param_hint="--mode")
+    summary = summary or study_dir / "summary.parquet"
+    for path in (study_dir / "neurons", summary):
+        if not path.exists():
+            typer.secho(f"error: {path} not found", err=True, fg="red")
+            raise typer.Exit(2)
+    try:
+        tests = neuron_tests(pd.read_parquet(study_dir / "neurons"), pd.read_parquet(summary),
+                             [t.strip() for t in targets.split(",")], mode, maxlags, alpha)
+    except ValueError as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        raise typer.Exit(2)
+    write_parquet(tests, study_dir / "neuron_tests.parquet")
+    counts = {"mode": mode, "maxlags": maxlags, "alpha": alpha, **overlap_summary(tests)}
+    write_json(counts, study_dir / "neuron_tests_summary.json")
+    typer.echo(json.dumps(counts, indent=2))
+
+
+@app.command()
+def simulate(
+    out: Path = typer.Option(Path("runs/simulation"), help="Output folder."),
+    generations: int = typer.Option(10, min=1),
+    seed: int = typer.Option(0),
+):
+    """The paper's appendix: weighted MLE vs plain MLE of Beta fits over generations."""
+    from biasamp.artifacts import write_parquet
+    from biasamp.simulate import plot, simulate as run_simulation
+
+    df = run_simulation(generations=generations, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(df, out / "simulation.parquet")
+    for method in ("wmle", "mle"):
+        plot(df, method, out / f"simulation_{method}.png")
+    last = df[df["generation"] == generations - 1].set_index("method")["mean"]
+    typer.echo(f"mean after G{generations - 1}: WMLE {last['wmle']:.3f}, MLE {last['mle']:.3f} "
+               f"(pretrained {df['mean'].iloc[0]:.3f}, data 0.500) -> {out}")
+
+
 if __name__ == "__main__":
     app()

@@ -100,6 +100,28 @@ class GenerationConfig(_Frozen):
     stop_at_eos: bool = True
 
 
+class NeuronsConfig(_Frozen):
+    """Neuron-level capture after each generation's training (biasamp/neurons.py)."""
+
+    capture: bool = True
+    probe: str | None = None  # the corpus whose real articles are the probe set (None: the first corpus)
+    max_length: int = Field(512, ge=8)
+    batch_size: int = Field(8, ge=1)
+    # Module name patterns for architectures that are not GPT-2- or Llama-like, e.g.
+    # "model.layers.{layer}.mlp.down_proj" and "model.layers.{layer}"; both or neither.
+    ffn_module: str | None = None
+    block_module: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "NeuronsConfig":
+        if (self.ffn_module is None) != (self.block_module is None):
+            raise ValueError("give both ffn_module and block_module, or neither")
+        for pattern in (self.ffn_module, self.block_module):
+            if pattern is not None and "{layer}" not in pattern:
+                raise ValueError(f"'{pattern}' needs a {{layer}} placeholder")
+        return self
+
+
 class ResourcesConfig(_Frozen):
     cpus_per_trajectory: float = Field(1, gt=0)
     gpus_per_trajectory: float = Field(0, ge=0)
@@ -122,6 +144,7 @@ class StudyConfig(_Frozen):
     train: TrainConfig = TrainConfig()  # defaults that every arm's `train` overrides key by key
     arms: dict[str, ArmConfig]
     generation: GenerationConfig = GenerationConfig()
+    neurons: NeuronsConfig = NeuronsConfig()
     resources: ResourcesConfig = ResourcesConfig()
     wandb: WandbConfig = WandbConfig()
     out_dir: str = "runs/{study}"
@@ -137,7 +160,14 @@ class StudyConfig(_Frozen):
                 raise ValueError(f"arms.{name}: arm names are letters, digits, '_' and '-'")
             if arm.corpus not in self.corpora:
                 raise ValueError(f"arms.{name}.corpus: '{arm.corpus}' is not in corpora ({', '.join(self.corpora)})")
+        if self.neurons.probe is not None and self.neurons.probe not in self.corpora:
+            raise ValueError(f"neurons.probe: '{self.neurons.probe}' is not in corpora ({', '.join(self.corpora)})")
         return self
+
+    @property
+    def probe_corpus(self) -> str:
+        """The corpus every model version is probed on, so that all versions are comparable."""
+        return self.neurons.probe or next(iter(self.corpora))
 
     @property
     def output_dir(self) -> Path:

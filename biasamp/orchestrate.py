@@ -19,7 +19,7 @@ def prepare_study(cfg: StudyConfig, log=print) -> list[tuple[str, int]]:
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     artifacts.claim_output_dir(cfg, out)
-    for name in sorted({arm.corpus for arm in cfg.arms.values()}):
+    for name in sorted({arm.corpus for arm in cfg.arms.values()} | {cfg.probe_corpus}):
         path = artifacts.corpus_path(out, name)
         if not path.exists():
             corpus = sample_corpus(read_source(cfg.corpora[name].source), cfg.corpora[name], name)

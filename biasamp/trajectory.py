@@ -19,7 +19,8 @@ from biasamp.config import StudyConfig
 from biasamp.data import training_set
 from biasamp.generate import write_articles
 from biasamp.models import load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
-from biasamp.train import fine_tune
+from biasamp.neurons import capture
+from biasamp.train import fine_tune, training_text
 
 
 def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[str], None] = print) -> int:
@@ -33,6 +34,8 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
         log(f"{tag} complete: G0..G{n - 1} already written")
         return 0
     real = pd.read_parquet(artifacts.corpus_path(out, arm.corpus))
+    probe_df = pd.read_parquet(artifacts.corpus_path(out, cfg.probe_corpus))
+    probe = [training_text(t, b) for t, b in zip(probe_df["title"], probe_df["text"])]
     synthetic = [pd.read_parquet(artifacts.articles_path(out, arm_name, seed, g)) for g in range(done)]
     if done == 0:
         tokenizer = load_tokenizer(cfg.model)
@@ -57,6 +60,10 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
             metrics = fine_tune(model, tokenizer, train_df, arm.train, seed * 100_003 + g)
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(model, tokenizer, ckpt)
+        npath = artifacts.neurons_path(out, arm_name, seed, g)
+        if cfg.neurons.capture and not npath.exists():
+            log(f"{tag} G{g}/{n - 1}: capturing neurons on {len(probe)} probe articles")
+            _write_neurons(capture(model, tokenizer, probe, cfg.neurons), cfg.study, arm_name, seed, g, npath)
         prompts = real if cfg.generation.prompt_source == "real" or g == 0 else _with_real_titles(synthetic[-1], real)
         log(f"{tag} G{g}/{n - 1}: writing {len(prompts)} articles")
         t1 = time.time()
@@ -87,6 +94,14 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
     if run is not None:
         run.finish()
     return n - done
+
+
+def _write_neurons(rows: pd.DataFrame, study: str, arm: str, seed: int, g: int, path: Path) -> None:
+    rows = rows.sort_values(["layer", "kind", "stat", "neuron"], kind="stable")
+    for col, value in (("generation", g), ("seed", seed), ("arm", arm), ("study", study)):
+        rows.insert(0, col, value)
+    per_layer = int((rows["layer"] == 0).sum())
+    artifacts.write_parquet(rows[artifacts.NEURON_COLUMNS], path, row_group_size=per_layer)
 
 
 def _with_real_titles(previous: pd.DataFrame, real: pd.DataFrame) -> pd.DataFrame:

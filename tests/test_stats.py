@@ -84,3 +84,26 @@ def test_missing_target_and_ragged_table_are_errors():
         neuron_tests(neurons, summary, ["share_left"])
     with pytest.raises(ValueError, match="same neurons"):
         neuron_tests(neurons.iloc[1:], summary, ["share_right"])
+
+
+def test_analyze_cli_writes_tests_and_summary(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from biasamp.cli import app
+
+    neurons, summary, _ = _planted(n_neurons=200)
+    (tmp_path / "neurons").mkdir()
+    for i, (key, part) in enumerate(neurons.groupby(["arm", "seed"])):
+        part.to_parquet(tmp_path / "neurons" / f"part{i}.parquet")
+    summary.to_parquet(tmp_path / "summary.parquet")
+    res = CliRunner().invoke(app, ["analyze", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    tests = pd.read_parquet(tmp_path / "neuron_tests.parquet")
+    assert list(tests.columns) == ["target", "kind", "stat", "layer", "neuron", "beta", "se", "t", "p", "q", "r", "significant"]
+    assert len(tests) == 2 * 200
+    info = json.loads((tmp_path / "neuron_tests_summary.json").read_text())
+    assert info["weight/mean"]["significant"]["share_right"] == int(tests[tests.target == "share_right"]["significant"].sum())
+    bad = CliRunner().invoke(app, ["analyze", str(tmp_path), "--targets", "share_purple"])
+    assert bad.exit_code == 2 and "no column 'share_purple'" in bad.output
