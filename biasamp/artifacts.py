@@ -5,6 +5,8 @@
     OUT/checkpoints/{arm}/seed{seed}/gen{g}/            safetensors + config + tokenizer
     OUT/articles/{arm}__seed{seed}__gen{g}.parquet      D_g, what G_g wrote
     OUT/neurons/{arm}__seed{seed}__gen{g}.parquet       G_g's neuron summaries, one row group per layer
+    OUT/scores/{arm}__seed{seed}__gen{g}.parquet        per-article leaning, quality, perplexity of D_g
+    OUT/summary.parquet, OUT/summary_arms.parquet       per generation (per seed / across seeds)
 
 `pandas.read_parquet(OUT / "articles")` reads every generation of every trajectory at once.
 An articles file is written last in a generation, so its presence marks the generation done.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from biasamp.config import StudyConfig
+from biasamp.config import HASH_EXCLUDES, StudyConfig
 
 NEURON_COLUMNS = ["study", "arm", "seed", "generation", "layer", "neuron", "kind", "stat", "value"]
 ARTICLE_COLUMNS = ["study", "arm", "seed", "generation", "article_id", "title", "text", "source_label", "n_tokens"]
@@ -38,6 +40,10 @@ def articles_path(out: Path, arm: str, seed: int, generation: int) -> Path:
 
 def neurons_path(out: Path, arm: str, seed: int, generation: int) -> Path:
     return out / "neurons" / f"{arm}__seed{seed}__gen{generation}.parquet"
+
+
+def scores_path(out: Path, arm: str, seed: int, generation: int) -> Path:
+    return out / "scores" / f"{arm}__seed{seed}__gen{generation}.parquet"
 
 
 def corpus_path(out: Path, corpus: str) -> Path:
@@ -98,10 +104,9 @@ def claim_output_dir(cfg: StudyConfig, out: Path) -> None:
         old = json.loads(path.read_text())
         if old.get("science_hash") != cfg.science_hash():
             old_flat, new_flat = dict(_flat(old.get("config", {}))), dict(_flat(config))
-            ignored = ("seeds", "generations", "resources.", "wandb.", "out_dir")
             changed = sorted(
                 k for k in old_flat.keys() | new_flat.keys()
-                if old_flat.get(k) != new_flat.get(k) and not k.startswith(ignored)
+                if old_flat.get(k) != new_flat.get(k) and k.split(".")[0] not in HASH_EXCLUDES
             )
             raise ValueError(
                 f"{out} holds study '{old.get('study')}' with config hash {old.get('science_hash')}; "

@@ -104,6 +104,63 @@ def data_prepare(
 
 
 @app.command()
+def score(
+    study_dir: Path = typer.Argument(..., help="A study's output folder."),
+    set_: list[str] = typer.Option([], "--set", help="Override scoring keys, e.g. --set scoring.classifier.name=DIR"),
+):
+    """Recompute the scores and summaries of a study (e.g. after changing the classifier)."""
+    import json
+
+    from biasamp.config import from_dict, parse_overrides, _set_path
+    from biasamp.orchestrate import rescore_study
+
+    manifest = study_dir / "manifest.json"
+    if not manifest.exists():
+        typer.secho(f"error: {manifest} not found: not a study folder", err=True, fg="red")
+        raise typer.Exit(2)
+    raw = json.loads(manifest.read_text())["config"]
+    try:
+        for key, value in parse_overrides(set_):
+            _set_path(raw, key, value)
+        cfg = from_dict(raw, str(manifest))
+    except ConfigError as e:
+        typer.secho(f"config error: {e}", err=True, fg="red")
+        raise typer.Exit(2)
+    cfg = cfg.model_copy(update={"out_dir": str(study_dir.resolve()), "scoring": cfg.scoring.model_copy(update={"enabled": True})})
+    try:
+        rescore_study(cfg, log=typer.echo)
+    except (ValueError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        raise typer.Exit(1)
+
+
+@app.command("import-paper")
+def import_paper_cmd(
+    folder: Path = typer.Argument(..., help="The authors' Bias_Performance_and_Generation_Quality folder."),
+    out: Path = typer.Option(..., help="Output folder for scores.parquet, summary.parquet, summary_arms.parquet."),
+    bootstrap: int = typer.Option(1000, min=10),
+):
+    """The authors' released per-article numbers as biasamp scores and summary tables."""
+    from biasamp.artifacts import write_parquet
+    from biasamp.summary import import_paper, write_summaries
+
+    try:
+        scores, warnings = import_paper(folder)
+    except (ValueError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        raise typer.Exit(2)
+    for w in warnings:
+        typer.secho(f"warning: {w}", err=True, fg="yellow")
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(scores, out / "scores.parquet")
+    per_arm = write_summaries(out, scores, bootstrap)
+    for (study, arm), part in per_arm.groupby(["study", "arm"]):
+        shares = " ".join(f"G{r.generation}:{r.share_right:.1%}" for r in part.itertuples())
+        typer.echo(f"{study}/{arm} right: {shares}")
+    typer.echo(f"{len(scores)} article scores -> {out}")
+
+
+@app.command()
 def analyze(
     study_dir: Path = typer.Argument(..., help="A study's output folder (with neurons/)."),
     summary: Optional[Path] = typer.Option(None, help="Summary table (default: STUDY_DIR/summary.parquet)."),

@@ -19,6 +19,9 @@ Label = Literal["left", "center", "right"]
 LABELS: tuple[str, ...] = ("left", "center", "right")
 
 
+HASH_EXCLUDES = {"seeds", "generations", "scoring", "resources", "wandb", "out_dir"}
+
+
 class ConfigError(ValueError):
     """A config problem, already phrased as ``file: key.path: message``."""
 
@@ -122,6 +125,51 @@ class NeuronsConfig(_Frozen):
         return self
 
 
+class ClassifierConfig(_Frozen):
+    """Political-leaning classifier: a sequence-classification model and its label map."""
+
+    # hf: hub id or local dir. tiny_random: a randomly initialised tiny GPT-2 classifier on the
+    # study's tokenizer, for tests only (its outputs mean nothing).
+    kind: Literal["hf", "tiny_random"] = "hf"
+    name: str = "wu981526092/bias_classifier_roberta"  # the authors' RoBERTa classifier
+    labels: dict[str, Label] = Field(default_factory=lambda: {"LABEL_0": "right", "LABEL_1": "left", "LABEL_2": "center"})
+    max_tokens: int = Field(500, ge=8)  # the authors truncate to 500 tokens
+
+    @model_validator(mode="after")
+    def _check(self) -> "ClassifierConfig":
+        if sorted(self.labels.values()) != sorted(LABELS):
+            raise ValueError("labels must map model labels onto left, center and right, once each")
+        return self
+
+
+class QualityConfig(_Frozen):
+    """Text-quality index: a sentence classifier whose labels map onto levels 0 (noise) .. 3 (clean)."""
+
+    kind: Literal["hf", "tiny_random"] = "hf"
+    name: str = "madhurjindal/autonlp-Gibberish-Detector-492513457"
+    labels: dict[str, int] = Field(
+        default_factory=lambda: {"noise": 0, "word salad": 1, "mild gibberish": 2, "clean": 3}
+    )
+    max_tokens: int = Field(512, ge=8)
+
+    @model_validator(mode="after")
+    def _check(self) -> "QualityConfig":
+        if not set(self.labels.values()) <= {0, 1, 2, 3}:
+            raise ValueError("labels map onto levels 0..3")
+        return self
+
+
+class ScoringConfig(_Frozen):
+    """What `biasamp run` measures after each generation, and `biasamp score` recomputes."""
+
+    enabled: bool = True
+    classifier: ClassifierConfig = ClassifierConfig()
+    quality: QualityConfig = QualityConfig()
+    perplexity_max_tokens: int = Field(512, ge=8)
+    batch_size: int = Field(16, ge=1)
+    bootstrap: int = Field(1000, ge=10)  # resamples for the confidence intervals
+
+
 class ResourcesConfig(_Frozen):
     cpus_per_trajectory: float = Field(1, gt=0)
     gpus_per_trajectory: float = Field(0, ge=0)
@@ -145,6 +193,7 @@ class StudyConfig(_Frozen):
     arms: dict[str, ArmConfig]
     generation: GenerationConfig = GenerationConfig()
     neurons: NeuronsConfig = NeuronsConfig()
+    scoring: ScoringConfig = ScoringConfig()
     resources: ResourcesConfig = ResourcesConfig()
     wandb: WandbConfig = WandbConfig()
     out_dir: str = "runs/{study}"
@@ -174,9 +223,10 @@ class StudyConfig(_Frozen):
         return Path(self.out_dir.format(study=self.study))
 
     def science_hash(self) -> str:
-        """Hash of everything that changes results. Seeds, generations, resources, logging and
-        the output path are left out, so a study can be extended or moved to more workers."""
-        d = self.model_dump(mode="json", exclude={"seeds", "generations", "resources", "wandb", "out_dir"})
+        """Hash of everything that changes what the trajectories write. Seeds, generations,
+        scoring, resources, logging and the output path are left out, so a study can be extended,
+        rescored with another instrument (`biasamp score`) or moved to more workers."""
+        d = self.model_dump(mode="json", exclude=HASH_EXCLUDES)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

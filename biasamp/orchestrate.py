@@ -102,7 +102,48 @@ def run_study(cfg: StudyConfig, log=print) -> int:
     finally:
         if started_here:
             ray.shutdown()
+    if cfg.scoring.enabled:
+        _summaries(cfg, log)
     return ran
+
+
+def _summaries(cfg: StudyConfig, log) -> None:
+    import pandas as pd
+
+    from biasamp.summary import write_summaries
+
+    out = cfg.output_dir
+    per_arm = write_summaries(out, pd.read_parquet(out / "scores"), cfg.scoring.bootstrap)
+    last = per_arm.sort_values("generation").groupby("arm").tail(1)
+    for r in last.itertuples():
+        log(f"[{r.arm}] G{r.generation}: right {r.share_right:.1%} [{r.share_right_lo:.1%}, {r.share_right_hi:.1%}], "
+            f"tqi {r.tqi_mean:.2f}")
+    log(f"summaries -> {out / 'summary.parquet'}, {out / 'summary_arms.parquet'}")
+
+
+def rescore_study(cfg: StudyConfig, log=print) -> None:
+    """Score every written generation again (e.g. with another classifier) and redo the summaries.
+    Plain Python, one trajectory after another."""
+    import pandas as pd
+    import torch
+
+    from biasamp.models import load_base_model, load_checkpoint, load_tokenizer
+    from biasamp.score import load_instruments, score_articles
+
+    out = cfg.output_dir
+    artifacts.claim_output_dir(cfg, out)  # same trajectories required; records the new scoring config
+    ref_tok = load_tokenizer(cfg.model)
+    inst = load_instruments(cfg.scoring, cfg.model, (load_base_model(cfg.model, len(ref_tok)).eval(), ref_tok))
+    for arm in cfg.arms:
+        for seed in cfg.seeds:
+            for g in range(artifacts.completed_generations(out, arm, seed)):
+                model, tok = load_checkpoint(artifacts.checkpoint_dir(out, arm, seed, g))
+                articles = pd.read_parquet(artifacts.articles_path(out, arm, seed, g))
+                with torch.no_grad():
+                    scores = score_articles(inst, articles, own=(model.eval(), tok))
+                artifacts.write_parquet(scores, artifacts.scores_path(out, arm, seed, g))
+                log(f"[{arm}/seed{seed}] G{g}: scored {len(scores)} articles")
+    _summaries(cfg, log)
 
 
 def _worker_env() -> dict[str, str]:

@@ -15,11 +15,12 @@ import pandas as pd
 import torch
 
 from biasamp import artifacts
-from biasamp.config import StudyConfig
+from biasamp.config import LABELS, StudyConfig
 from biasamp.data import training_set
 from biasamp.generate import write_articles
 from biasamp.models import load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
 from biasamp.neurons import capture
+from biasamp.score import load_instruments, score_articles
 from biasamp.train import fine_tune, training_text
 
 
@@ -43,6 +44,12 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
     else:
         log(f"{tag} resuming after G{done - 1}")
         model, tokenizer = load_checkpoint(artifacts.checkpoint_dir(out, arm_name, seed, done - 1))
+    instruments = None
+    if cfg.scoring.enabled:
+        log(f"{tag} loading the scoring instruments")
+        ref_tok = load_tokenizer(cfg.model)
+        reference = (load_base_model(cfg.model, len(ref_tok), seed).eval(), ref_tok)
+        instruments = load_instruments(cfg.scoring, cfg.model, reference)
     run = _wandb_run(cfg, arm_name, seed)
     for g in range(done, n):
         t0 = time.time()
@@ -75,6 +82,13 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
         table.insert(0, "seed", seed)
         table.insert(0, "arm", arm_name)
         table.insert(0, "study", cfg.study)
+        scored = {}
+        if instruments is not None:
+            log(f"{tag} G{g}/{n - 1}: scoring {len(table)} articles")
+            scores = score_articles(instruments, table, own=(model, tokenizer))
+            artifacts.write_parquet(scores, artifacts.scores_path(out, arm_name, seed, g))
+            scored = {f"share_{lab}": float((scores["label"] == lab).mean()) for lab in LABELS}
+            scored.update(tqi_mean=float(scores["tqi"].mean()), ppl_mean=float(scores["ppl"].mean()))
         artifacts.write_parquet(table[artifacts.ARTICLE_COLUMNS], artifacts.articles_path(out, arm_name, seed, g))
         synthetic.append(table)
         metrics.pop("loss_curve", None)
@@ -84,6 +98,7 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
             "gen_tokens_per_s": float(table["n_tokens"].sum() / max(gen_seconds, 1e-9)),
             "mean_article_tokens": float(table["n_tokens"].mean()),
             "generation_seconds": time.time() - t0,
+            **scored,
         }
         log(
             f"{tag} G{g}/{n - 1}: done in {summary['generation_seconds']:.0f}s "

@@ -18,6 +18,7 @@ def tiny_study(tmp_path, **over) -> dict:
         "train": {"epochs": 1, "batch_size": 3, "lr": 1e-3, "max_length": 96},
         "arms": {"synthetic": {"mix": "replace"}},
         "generation": {"new_tokens": 8, "max_blocks": 1, "batch_size": 16},
+        "scoring": {"classifier": {"kind": "tiny_random"}, "quality": {"kind": "tiny_random"}, "bootstrap": 50},
         "wandb": {"mode": "disabled"},
         "out_dir": str(tmp_path / "out"),
     }

@@ -74,6 +74,25 @@ def test_a_changed_config_is_refused_and_a_longer_study_extends(study_dict):
     assert prepare_study(longer, log=lambda m: None) == [("synthetic", 0), ("synthetic", 1)]
 
 
+def _sorted(path):
+    return pd.read_parquet(path).sort_values(["arm", "seed", "generation", "article_id"]).reset_index(drop=True)
+
+
+def test_score_command_rescores_a_finished_study(study_dict):
+    cfg = from_dict(study_dict())
+    prepare_study(cfg, log=lambda m: None)
+    run_trajectory(cfg, "synthetic", 0, log=lambda m: None)
+    out = cfg.output_dir
+    before = pd.read_parquet(out / "scores")
+    (out / "scores" / "synthetic__seed0__gen1.parquet").unlink()
+    res = _cli("score", str(out), "--set", "scoring.bootstrap=20")
+    assert res.returncode == 0, res.stdout + res.stderr
+    pd.testing.assert_frame_equal(_sorted(out / "scores"), before.sort_values(["arm", "seed", "generation", "article_id"]).reset_index(drop=True))
+    assert len(pd.read_parquet(out / "summary.parquet")) == 2
+    bad = _cli("score", str(out), "--set", "scoring.classifier.labels={}")
+    assert bad.returncode == 2 and "scoring.classifier" in bad.stderr
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "biasamp.cli", *args], capture_output=True, text=True, cwd=ROOT)
 
@@ -93,6 +112,22 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path):
     for arm in cfg.arms:
         assert (outs[0] / "logs" / f"{arm}__seed0.log").exists()
     assert list((outs[0] / "wandb").glob("offline-run-*"))
+    pd.testing.assert_frame_equal(_sorted(outs[0] / "scores"), _sorted(outs[1] / "scores"))
+    from biasamp.score import SCORE_COLUMNS
+
+    assert list(pd.read_parquet(outs[0] / "scores").columns) == SCORE_COLUMNS
+    summary = pd.read_parquet(outs[0] / "summary.parquet")
+    assert len(summary) == 2 * 2 * 3 and {"share_right", "share_right_lo", "share_right_hi", "tqi_mean",
+                                          "tqi_mean_lo", "tqi_mean_hi", "ppl_mean", "ppl_ref_mean"} <= set(summary.columns)
+    assert (pd.read_parquet(outs[0] / "summary_arms.parquet")["n_seeds"] == 2).all()
+    # The statistics stage on the smoke study's own neurons and summary.
+    res = _cli("analyze", str(outs[0]))
+    assert res.returncode == 0, res.stdout + res.stderr
+    tests = pd.read_parquet(outs[0] / "neuron_tests.parquet")
+    assert set(tests["target"]) == {"share_right", "tqi_mean"}
+    assert set(tests["kind"]) == {"weight", "activation", "block_activation"}
+    assert len(tests[(tests.kind == "weight") & (tests.stat == "mean")]) == 2 * 2 * 64  # 2 targets x 2 layers x 64
+    assert (outs[0] / "neuron_tests_summary.json").exists()
     again = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]))
     assert again.returncode == 0 and "nothing to do: all 4 trajectories" in again.stdout
     bad = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]), "--set", "train.epochs=3")

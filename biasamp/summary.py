@@ -1,0 +1,133 @@
+"""Per-generation summaries of the `scores` table, with bootstrap CIs; the authors' numbers imported.
+
+summary (one row per study, arm, seed, generation): n_articles, share_left/center/right (share of
+articles whose argmax label it is) and tqi_mean, each with _lo/_hi 95% bootstrap bounds across
+articles; ppl_mean, ppl_ref_mean.
+summary_arms (one row per study, arm, generation): the same across seeds, bootstrapped in two
+stages (seeds, then articles within each drawn seed); n_seeds.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from biasamp.config import LABELS
+from biasamp.score import SCORE_COLUMNS
+
+_STATS = [f"share_{lab}" for lab in LABELS] + ["tqi_mean"]
+
+
+def _values(part: pd.DataFrame) -> np.ndarray:
+    """Per article: one-hot label (3 columns) and tqi -> their means are the summary statistics."""
+    onehot = (part["label"].to_numpy()[:, None] == np.array(LABELS)[None, :]).astype(float)
+    return np.column_stack([onehot, part["tqi"].to_numpy(dtype=float)])
+
+
+def _row(values_per_seed: list[np.ndarray], rng, n_boot: int) -> dict:
+    """Point estimates and percentile CIs; several seeds: resample seeds, then articles in each."""
+    pooled = np.concatenate(values_per_seed)
+    point = pooled.mean(axis=0)
+    s = len(values_per_seed)
+    n = np.array([len(v) for v in values_per_seed])
+    padded = np.full((s, n.max(), pooled.shape[1]), np.nan)
+    for i, v in enumerate(values_per_seed):
+        padded[i, : len(v)] = v
+    seeds = rng.integers(0, s, size=(n_boot, s)) if s > 1 else np.zeros((n_boot, 1), dtype=int)
+    arts = np.floor(rng.random((n_boot, s, n.max())) * n[seeds][:, :, None]).astype(int)
+    arts = np.where(np.arange(n.max())[None, None, :] < n[seeds][:, :, None], arts, -1)
+    draws = np.where((arts >= 0)[..., None], padded[seeds[:, :, None], np.maximum(arts, 0)], np.nan)
+    with warnings.catch_warnings():  # a statistic with no values at all (e.g. no tqi) stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boot = np.nanmean(draws.reshape(n_boot, -1, pooled.shape[1]), axis=1)
+        lo, hi = np.nanpercentile(boot, [2.5, 97.5], axis=0)
+    row = {}
+    for k, name in enumerate(_STATS):
+        row[name], row[f"{name}_lo"], row[f"{name}_hi"] = point[k], lo[k], hi[k]
+    return row
+
+
+def summarize(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    per_seed, per_arm = [], []
+    for key, part in scores.groupby(["study", "arm", "seed", "generation"], sort=True):
+        row = dict(zip(["study", "arm", "seed", "generation"], key))
+        row.update(n_articles=len(part), **_row([_values(part)], rng, n_boot))
+        row.update(ppl_mean=part["ppl"].mean(), ppl_ref_mean=part["ppl_ref"].mean())
+        per_seed.append(row)
+    for key, part in scores.groupby(["study", "arm", "generation"], sort=True):
+        row = dict(zip(["study", "arm", "generation"], key))
+        groups = [_values(g) for _, g in part.groupby("seed", sort=True)]
+        row.update(n_seeds=len(groups), n_articles=len(part), **_row(groups, rng, n_boot))
+        row.update(ppl_mean=part["ppl"].mean(), ppl_ref_mean=part["ppl_ref"].mean())
+        per_arm.append(row)
+    return pd.DataFrame(per_seed), pd.DataFrame(per_arm)
+
+
+def write_summaries(out: Path, scores: pd.DataFrame, n_boot: int) -> pd.DataFrame:
+    from biasamp.artifacts import write_parquet
+
+    per_seed, per_arm = summarize(scores, n_boot)
+    write_parquet(per_seed, out / "summary.parquet")
+    write_parquet(per_arm, out / "summary_arms.parquet")
+    return per_arm
+
+
+# --- the authors' released numbers --------------------------------------------------------------
+
+_FILE = re.compile(r"^(?P<arm>[A-Za-z0-9]+?)(?P<center>_Center-Leaning-Only)?_(?P<what>Bias_Performance|Generation_Quality|Perplexity)\.csv$")
+
+
+def import_paper(folder: Path, study: str = "paper") -> tuple[pd.DataFrame, list[str]]:
+    """The authors' per-article CSVs as a `scores` table, and warnings.
+
+    Generation g in their files is G(g-1) in the paper and here. Arms come from the file names;
+    the Center-Leaning-Only files form the study `{study}_center_only`. GPT2_Bias_Performance
+    (GPT-2 before any fine-tuning) becomes arm gpt2_base, generation -1. Quality and perplexity
+    files have no article ids: they are joined by position within a generation, which is only done
+    where the row counts agree (otherwise tqi / ppl stay empty and a warning says so).
+    """
+    files: dict[tuple[str, str], dict[str, Path]] = {}
+    for path in sorted(Path(folder).glob("*.csv")):
+        m = _FILE.match(path.name)
+        if not m:
+            continue
+        name = study + ("_center_only" if m["center"] else "")
+        arm = "gpt2_base" if m["arm"] == "GPT2" else m["arm"].lower()
+        files.setdefault((name, arm), {})[m["what"]] = path
+    if not files:
+        raise FileNotFoundError(f"{folder}: no *_Bias_Performance.csv files")
+    notes, parts = [], []
+    for (name, arm), found in sorted(files.items()):
+        if "Bias_Performance" not in found:
+            notes.append(f"{name}/{arm}: no Bias_Performance file, skipped")
+            continue
+        bias = pd.read_csv(found["Bias_Performance"])
+        needed = {"Article_ID", "Left_Score", "Center_Score", "Right_Score"}
+        if not needed <= set(bias.columns):
+            raise ValueError(f"{found['Bias_Performance']}: expected columns {sorted(needed)}")
+        gen = bias["Generation"] - 1 if "Generation" in bias else pd.Series(-1, index=bias.index)
+        df = pd.DataFrame({"study": name, "arm": arm, "seed": 0, "generation": gen.astype(int),
+                           "article_id": bias["Article_ID"].astype(str), "p_left": bias["Left_Score"],
+                           "p_center": bias["Center_Score"], "p_right": bias["Right_Score"]})
+        probs = df[["p_left", "p_center", "p_right"]].to_numpy()
+        df["label"] = np.array(LABELS)[probs.argmax(axis=1)]
+        for what, src, col in (("Generation_Quality", "GibberishLevel", "tqi"), ("Perplexity", "Perplexity", "ppl")):
+            df[col] = np.nan
+            if what not in found:
+                continue
+            extra = pd.read_csv(found[what])
+            extra_gen = extra["Generation"] - 1
+            for g in sorted(df["generation"].unique()):
+                rows, vals = df.index[df["generation"] == g], extra.loc[extra_gen == g, src].to_numpy()
+                if len(rows) == len(vals):
+                    df.loc[rows, col] = vals
+                else:
+                    notes.append(f"{found[what].name}: G{g} has {len(vals)} rows, the scores {len(rows)}: {col} left empty")
+        df["ppl_ref"] = np.nan
+        parts.append(df[SCORE_COLUMNS])
+    return pd.concat(parts, ignore_index=True), notes
