@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from biasamp.config import ConfigError, CorpusConfig, StudyConfig, load_config
+from biasamp.config import ClassifierConfig, ConfigError, CorpusConfig, ModelConfig, StudyConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Bias-amplification studies of self-consuming LMs.")
 data_app = typer.Typer(no_args_is_help=True, help="Study corpora.")
@@ -132,6 +132,54 @@ def score(
     except (ValueError, FileNotFoundError) as e:
         typer.secho(f"error: {e}", err=True, fg="red")
         raise typer.Exit(1)
+
+
+@app.command()
+def classify(
+    input: Path = typer.Argument(..., help="Articles: JSONL[.gz], CSV or Parquet with a text column (title, article_id optional)."),
+    out: Path = typer.Option(..., help="Output .parquet: article_id, p_left, p_center, p_right, label."),
+    model: str = typer.Option(ClassifierConfig().name, help="Hub id or local folder of a sequence classifier."),
+    labels: Optional[str] = typer.Option(None, help="Model label map, e.g. LABEL_0=right,LABEL_1=left,LABEL_2=center "
+                                                    "(default: the authors' classifier's)."),
+    max_tokens: int = typer.Option(500, min=8),
+    batch_size: int = typer.Option(16, min=1),
+):
+    """Political leaning of any article file, with a pluggable classifier."""
+    import pandas as pd
+    from pydantic import ValidationError
+
+    from biasamp.artifacts import write_parquet
+    from biasamp.score import leaning, load_classifier
+    from biasamp.train import training_text
+
+    try:
+        label_map = dict(p.split("=", 1) for p in labels.split(",")) if labels else ClassifierConfig().labels
+        cfg = ClassifierConfig(name=model, labels=label_map, max_tokens=max_tokens)
+        name = input.name.lower()
+        if name.endswith((".jsonl", ".jsonl.gz")):
+            df = pd.read_json(input, lines=True)
+        elif name.endswith((".csv", ".csv.gz")):
+            df = pd.read_csv(input)
+        elif name.endswith(".parquet"):
+            df = pd.read_parquet(input)
+        else:
+            raise ValueError(f"{input}: use .jsonl[.gz], .csv or .parquet")
+        if "text" not in df.columns:
+            raise ValueError(f"{input}: no 'text' column (has: {', '.join(map(str, df.columns))})")
+        clf = load_classifier("hf", cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
+    except (ValidationError, ValueError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        raise typer.Exit(2)
+    titles = df["title"].fillna("").astype(str) if "title" in df.columns else None
+    texts = df["text"].fillna("").astype(str)
+    # With a title, the article is read as the study models write it; without, as plain text.
+    inputs = [training_text(t, b) for t, b in zip(titles, texts)] if titles is not None else list(texts)
+    result = leaning(clf, inputs, batch_size)
+    ids = df["article_id"].astype(str) if "article_id" in df.columns else pd.Series(range(len(df))).astype(str)
+    result.insert(0, "article_id", ids.to_numpy())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_parquet(result, out)
+    typer.echo(f"{len(result)} articles {result['label'].value_counts().to_dict()} -> {out}")
 
 
 @app.command("import-paper")

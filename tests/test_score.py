@@ -123,3 +123,21 @@ def test_import_paper_reproduces_argmax_shares_from_the_csvs():
     assert set(per_seed["study"]) == {"paper", "paper_center_only"}
     assert {"synthetic", "preservation", "accumulation", "gpt2_base"} <= set(per_seed["arm"])
     assert any("tqi left empty" in n for n in notes)  # row-count mismatch in the center-only files
+
+
+def test_classify_cli_on_a_csv(local_classifier, tmp_path):
+    from typer.testing import CliRunner
+
+    from biasamp.cli import app
+
+    src = tmp_path / "arts.csv"
+    pd.DataFrame({"article_id": ["a", "b"], "title": ["T1", "T2"], "text": ["Taxes fell.", "Unions rose."]}).to_csv(src, index=False)
+    out = tmp_path / "out.parquet"
+    res = CliRunner().invoke(app, ["classify", str(src), "--out", str(out), "--model", str(local_classifier)])
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(out)
+    assert list(df.columns) == ["article_id", "p_left", "p_center", "p_right", "label"] and list(df["article_id"]) == ["a", "b"]
+    np.testing.assert_allclose(df[["p_left", "p_center", "p_right"]].sum(axis=1), 1.0)
+    pd.DataFrame({"body": ["x"]}).to_csv(src, index=False)
+    bad = CliRunner().invoke(app, ["classify", str(src), "--out", str(out), "--model", str(local_classifier)])
+    assert bad.exit_code == 2 and "no 'text' column" in bad.output
