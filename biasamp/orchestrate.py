@@ -67,6 +67,10 @@ def run_study(cfg: StudyConfig, log=print) -> int:
     log(f"study '{cfg.study}': {len(pending)} of {total} trajectories to run, "
         f"{cfg.resources.cpus_per_trajectory:g} CPU / {cfg.resources.gpus_per_trajectory:g} GPU each")
 
+    if cfg.resources.ray_address is None:
+        # On Linux Ray binds a "local" cluster to the machine's outward address; this makes it use
+        # 127.0.0.1 (read when ray is first imported, and inherited by the workers it starts).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
     from ray.util.queue import Queue
 
@@ -80,6 +84,7 @@ def run_study(cfg: StudyConfig, log=print) -> int:
             ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **common)
         else:
             ray.init(address=cfg.resources.ray_address, **common)
+    log(f"Ray at {ray.get_runtime_context().gcs_address}, {ray.cluster_resources().get('CPU', 0):g} CPUs")
     res = cfg.resources
     task = ray.remote(num_cpus=res.cpus_per_trajectory, num_gpus=res.gpus_per_trajectory, max_retries=1)(
         _trajectory_task

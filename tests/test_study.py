@@ -105,6 +105,7 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path):
         res = _cli("run", "configs/smoke.yaml", "--out", str(out), "--set", "wandb.mode=offline")
         assert res.returncode == 0, res.stdout + res.stderr
         assert "finished (4/4 trajectories)" in res.stdout
+        assert "Ray at 127.0.0.1:" in res.stdout  # the private Ray listens on loopback only
     a, b = _articles(outs[0]), _articles(outs[1])
     assert len(a) == len(cfg.arms) * len(cfg.seeds) * cfg.generations * 12
     pd.testing.assert_frame_equal(a, b)

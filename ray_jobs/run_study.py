@@ -1,0 +1,14 @@
+"""Entrypoint of a study submitted to a running Ray cluster (see ray_jobs/submit.sh).
+
+The job's driver runs on the cluster; trajectories are scheduled on its nodes. `--out` must be
+on storage every node sees (a shared filesystem), since each trajectory writes its own files.
+Arguments are those of `biasamp run`.
+"""
+
+import sys
+
+from biasamp.cli import app
+
+if __name__ == "__main__":
+    # Join the cluster this job runs in instead of starting a private local Ray.
+    sys.exit(app(["run", *sys.argv[1:], "--set", "resources.ray_address=auto"]))

@@ -1,0 +1,52 @@
+"""A study sent with `ray job submit` to a Ray head started on 127.0.0.1 with token authentication."""
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_submit_smoke_study_to_a_local_head_with_token_auth(tmp_path):
+    token = secrets.token_hex(16)
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    dash = _free_port()
+    address = f"http://127.0.0.1:{dash}"
+    start = subprocess.run(
+        ["ray", "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dash}", f"--port={_free_port()}", "--num-cpus=2", "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        out = tmp_path / "study"
+        res = subprocess.run(
+            ["ray_jobs/submit.sh", address, "configs/smoke.yaml", "--out", str(out), "--set", "generations=2",
+             "--set", "seeds=[0]"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        log = res.stdout + res.stderr
+        assert res.returncode == 0 and "succeeded" in log, log[-3000:]
+        articles = pd.read_parquet(out / "articles")
+        assert articles.groupby(["arm", "generation"]).size().to_dict() == {
+            ("preservation", 0): 12, ("preservation", 1): 12, ("synthetic", 0): 12, ("synthetic", 1): 12}
+        assert len(pd.read_parquet(out / "summary.parquet")) == 4
+        # The token is required, and never lands in the study's files.
+        denied = subprocess.run(["ray", "job", "list", "--address", address], env={**env, "RAY_AUTH_TOKEN": "x" * 32},
+                                capture_output=True, text=True, timeout=120)
+        assert denied.returncode != 0 and "token" in (denied.stdout + denied.stderr).lower()
+        for f in out.rglob("*"):
+            if f.is_file() and f.stat().st_size < 50_000_000:
+                assert token.encode() not in f.read_bytes(), f
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
