@@ -136,7 +136,7 @@ def score(
 
 @app.command()
 def classify(
-    input: Path = typer.Argument(..., help="Articles: JSONL[.gz], CSV or Parquet with a text column (title, article_id optional)."),
+    input: Path = typer.Argument(..., help="Articles: JSONL[.gz], JSON, CSV or Parquet with a text column (title, article_id optional)."),
     out: Path = typer.Option(..., help="Output .parquet: article_id, p_left, p_center, p_right, label."),
     model: str = typer.Option(ClassifierConfig().name, help="Hub id or local folder of a sequence classifier."),
     labels: Optional[str] = typer.Option(None, help="Model label map, e.g. LABEL_0=right,LABEL_1=left,LABEL_2=center "
@@ -149,21 +149,14 @@ def classify(
     from pydantic import ValidationError
 
     from biasamp.artifacts import write_parquet
+    from biasamp.data import read_table
     from biasamp.score import leaning, load_classifier
     from biasamp.train import training_text
 
     try:
         label_map = dict(p.split("=", 1) for p in labels.split(",")) if labels else ClassifierConfig().labels
         cfg = ClassifierConfig(name=model, labels=label_map, max_tokens=max_tokens)
-        name = input.name.lower()
-        if name.endswith((".jsonl", ".jsonl.gz")):
-            df = pd.read_json(input, lines=True)
-        elif name.endswith((".csv", ".csv.gz")):
-            df = pd.read_csv(input)
-        elif name.endswith(".parquet"):
-            df = pd.read_parquet(input)
-        else:
-            raise ValueError(f"{input}: use .jsonl[.gz], .csv or .parquet")
+        df = read_table(input)
         if "text" not in df.columns:
             raise ValueError(f"{input}: no 'text' column (has: {', '.join(map(str, df.columns))})")
         clf = load_classifier("hf", cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")

@@ -52,20 +52,23 @@ def read_source(source: str) -> pd.DataFrame:
             if not files:
                 raise FileNotFoundError(f"corpus source {path}: no articles.jsonl.gz or *.json files")
             return _canonical(pd.DataFrame([json.loads(f.read_text()) for f in files]), str(path))
+    return _canonical(read_table(path), str(path))
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A JSONL[.gz], JSON, CSV[.gz] or Parquet file as it is."""
     name = path.name.lower()
     if name.endswith((".jsonl", ".jsonl.gz")):
         opener = gzip.open if name.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8") as fh:
-            df = pd.DataFrame([json.loads(line) for line in fh if line.strip()])
-    elif name.endswith(".json"):
-        df = pd.DataFrame(json.loads(path.read_text()))
-    elif name.endswith((".csv", ".csv.gz")):
-        df = pd.read_csv(path)
-    elif name.endswith(".parquet"):
-        df = pd.read_parquet(path)
-    else:
-        raise ValueError(f"corpus source {path}: unknown format (jsonl[.gz], json, csv, parquet, folder, hf:NAME)")
-    return _canonical(df, str(path))
+            return pd.DataFrame([json.loads(line) for line in fh if line.strip()])
+    if name.endswith(".json"):
+        return pd.DataFrame(json.loads(path.read_text()))
+    if name.endswith((".csv", ".csv.gz")):
+        return pd.read_csv(path)
+    if name.endswith(".parquet"):
+        return pd.read_parquet(path)
+    raise ValueError(f"{path}: unknown format (jsonl[.gz], json, csv, parquet; for corpora also a folder or hf:NAME)")
 
 
 def _canonical(df: pd.DataFrame, where: str) -> pd.DataFrame:

@@ -59,5 +59,4 @@ def fine_tune(model, tokenizer, articles: pd.DataFrame, cfg: TrainConfig, seed: 
         "train_articles": len(texts),
         "train_tokens": int(sum(len(x) for x in ds["input_ids"])) * cfg.epochs,
         "train_seconds": float(result.metrics.get("train_runtime", 0.0)),
-        "loss_curve": losses,
     }

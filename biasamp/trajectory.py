@@ -91,7 +91,6 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
             scored.update(tqi_mean=float(scores["tqi"].mean()), ppl_mean=float(scores["ppl"].mean()))
         artifacts.write_parquet(table[artifacts.ARTICLE_COLUMNS], artifacts.articles_path(out, arm_name, seed, g))
         synthetic.append(table)
-        metrics.pop("loss_curve", None)
         summary = {
             **metrics,
             "gen_tokens": int(table["n_tokens"].sum()),
