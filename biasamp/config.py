@@ -108,7 +108,7 @@ class NeuronsConfig(_Frozen):
 
     capture: bool = True
     probe: str | None = None  # the corpus whose real articles are the probe set (None: the first corpus)
-    max_length: int = Field(512, ge=8)
+    max_length: int = Field(512, ge=8)  # in a study config: train.max_length unless set
     batch_size: int = Field(8, ge=1)
     # Module name patterns for architectures that are not GPT-2- or Llama-like, e.g.
     # "model.layers.{layer}.mlp.down_proj" and "model.layers.{layer}"; both or neither.
@@ -262,6 +262,10 @@ def from_dict(raw: dict, source: str = "<dict>") -> StudyConfig:
             if isinstance(arm, dict) and isinstance(base_train, dict):
                 arm["train"] = {**base_train, **(arm.get("train") or {})}
             arms[name] = arm
+    # The probe is read as the models were trained on it: same truncation unless set.
+    neurons = raw.get("neurons")
+    if isinstance(base_train, dict) and "max_length" in base_train and (neurons is None or isinstance(neurons, dict)):
+        raw["neurons"] = {"max_length": base_train["max_length"], **(neurons or {})}
     try:
         return StudyConfig.model_validate(raw)
     except ValidationError as e:

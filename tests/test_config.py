@@ -75,6 +75,8 @@ def test_overrides_and_arm_inheritance(tmp_path, study_dict):
     assert cfg.generations == 4
     assert cfg.arms["synthetic"].train.lr == 0.5 and cfg.arms["overfit"].train.lr == 0.5
     assert cfg.arms["overfit"].train.epochs == 7 and cfg.arms["overfit"].train.weight_decay == 0
+    assert cfg.neurons.max_length == d["train"]["max_length"]  # the probe is truncated like training data
+    assert load_config(path, ["neurons.max_length=64"]).neurons.max_length == 64
     with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
         load_config(path, ["train.lr"])
 
