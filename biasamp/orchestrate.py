@@ -84,8 +84,17 @@ def run_study(cfg: StudyConfig, log=print) -> int:
             ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **common)
         else:
             ray.init(address=cfg.resources.ray_address, **common)
-    log(f"Ray at {ray.get_runtime_context().gcs_address}, {ray.cluster_resources().get('CPU', 0):g} CPUs")
     res = cfg.resources
+    have = ray.cluster_resources()
+    log(f"Ray at {ray.get_runtime_context().gcs_address}, {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs")
+    if cfg.resources.ray_address is None:  # a fixed local machine: a task that cannot fit would wait forever
+        for key, need, unit in (("cpus_per_trajectory", res.cpus_per_trajectory, "CPU"),
+                                ("gpus_per_trajectory", res.gpus_per_trajectory, "GPU")):
+            if need > have.get(unit, 0):
+                if started_here:
+                    ray.shutdown()
+                raise ValueError(f"resources.{key}: a trajectory asks for {need:g} {unit}, this machine has "
+                                 f"{have.get(unit, 0):g}; e.g. --set resources.{key}={have.get(unit, 0):g}")
     task = ray.remote(num_cpus=res.cpus_per_trajectory, num_gpus=res.gpus_per_trajectory, max_retries=1)(
         _trajectory_task
     )

@@ -135,6 +135,12 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path):
     assert bad.returncode == 1 and "differs in" in bad.stderr
 
 
+def test_a_trajectory_that_cannot_fit_the_machine_is_an_error(tmp_path):
+    res = _cli("run", "configs/smoke.yaml", "--out", str(tmp_path / "x"), "--set", "resources.gpus_per_trajectory=1")
+    assert res.returncode == 1
+    assert "resources.gpus_per_trajectory: a trajectory asks for 1 GPU, this machine has 0" in res.stderr
+
+
 def test_validate_cli():
     ok = _cli("validate", "configs/smoke.yaml")
     assert ok.returncode == 0 and "4 trajectories" in ok.stdout
