@@ -7,6 +7,8 @@ concatenated and decoded into one synthetic article.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pandas as pd
 import torch
 from transformers import GenerationConfig
@@ -26,7 +28,8 @@ def article_prompts(tokenizer, title: str, body: str, block_tokens: int, max_blo
 
 @torch.no_grad()
 def greedy_continuations(
-    model, prompts: list[list[int]], new_tokens: int, batch_size: int, pad_id: int, eos_id: int | None
+    model, prompts: list[list[int]], new_tokens: int, batch_size: int, pad_id: int, eos_id: int | None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
     """Greedy continuation of every prompt, cut before the first EOS (if eos_id is given).
 
@@ -53,18 +56,22 @@ def greedy_continuations(
             if eos_id is not None and eos_id in seq:
                 seq = seq[: seq.index(eos_id)]
             out[i] = seq
+        if progress is not None:
+            progress(min(start + batch_size, len(order)), len(order))
     return out
 
 
-def write_articles(model, tokenizer, sources: pd.DataFrame, cfg: study_config.GenerationConfig) -> pd.DataFrame:
-    """One synthetic article per source article: columns article_id, title, text, n_tokens."""
+def write_articles(model, tokenizer, sources: pd.DataFrame, cfg: study_config.GenerationConfig,
+                   progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """One synthetic article per source article: columns article_id, title, text, n_tokens.
+    `progress(prompts_done, prompts_total)` is called after each batch."""
     prompts, owner = [], []
     for k, (title, body) in enumerate(zip(sources["title"], sources["text"])):
         ps = article_prompts(tokenizer, title, body, cfg.block_tokens, cfg.max_blocks)
         prompts += ps
         owner += [k] * len(ps)
     eos = tokenizer.eos_token_id if cfg.stop_at_eos else None
-    conts = greedy_continuations(model, prompts, cfg.new_tokens, cfg.batch_size, tokenizer.pad_token_id, eos)
+    conts = greedy_continuations(model, prompts, cfg.new_tokens, cfg.batch_size, tokenizer.pad_token_id, eos, progress)
     tokens: list[list[int]] = [[] for _ in range(len(sources))]
     for k, c in zip(owner, conts):
         tokens[k] += c

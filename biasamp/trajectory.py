@@ -75,7 +75,7 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
         log(f"{tag} G{g}/{n - 1}: writing {len(prompts)} articles")
         t1 = time.time()
         model.eval()
-        written = write_articles(model, tokenizer, prompts, cfg.generation)
+        written = write_articles(model, tokenizer, prompts, cfg.generation, _every_minute(log, f"{tag} G{g}/{n - 1}"))
         gen_seconds = time.time() - t1
         table = written.merge(real[["article_id", "source_label"]], on="article_id", how="left")
         table.insert(0, "generation", g)
@@ -108,6 +108,20 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
     if run is not None:
         run.finish()
     return n - done
+
+
+def _every_minute(log, prefix: str):
+    """A progress callback that logs at most once a minute: long generations show they move."""
+    t0 = last = time.time()
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.time()
+        if now - last >= 60 and done < total:
+            last = now
+            log(f"{prefix}: {done}/{total} prompts, {(now - t0) / done * (total - done) / 60:.0f} min left")
+
+    return report
 
 
 def _write_neurons(rows: pd.DataFrame, study: str, arm: str, seed: int, g: int, path: Path) -> None:

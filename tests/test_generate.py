@@ -38,7 +38,7 @@ def test_block_protocol_hand_checked(tok, monkeypatch):
     assert article_prompts(tok, "Hi", "Hello world, the Senate", 2, 2) == [[17250], [15496, 995], [11, 262]]
     assert article_prompts(tok, "", "Hello world", 64, None) == [[15496, 995]]  # no empty title prompt
 
-    def echo(model, prompts, new_tokens, batch_size, pad_id, eos_id):
+    def echo(model, prompts, new_tokens, batch_size, pad_id, eos_id, progress=None):
         return [[p[-1]] * 2 for p in prompts]
 
     monkeypatch.setattr(generate, "greedy_continuations", echo)
@@ -64,8 +64,11 @@ def test_batched_equals_one_call_per_block(tok, trained):
     reference = [_one_call_per_block(trained, tok, p, 24) for p in prompts]
     assert len({tuple(r) for r in reference}) == len(reference)  # every prompt continues differently
     assert sum(len(set(r)) for r in reference) > 10 * len(reference)
-    batched = greedy_continuations(trained, prompts, 24, batch_size=8, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
+    seen = []
+    batched = greedy_continuations(trained, prompts, 24, batch_size=8, pad_id=tok.pad_token_id,
+                                   eos_id=tok.eos_token_id, progress=lambda done, total: seen.append((done, total)))
     assert batched == reference
+    assert seen[-1] == (len(prompts), len(prompts)) and len(seen) == -(-len(prompts) // 8)
 
 
 def test_no_eos_stop_gives_full_length(tok, trained):

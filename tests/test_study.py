@@ -45,11 +45,11 @@ def test_interrupted_run_resumes_to_the_same_result(study_dict, tmp_path, monkey
     real_write = generate.write_articles
     calls = []
 
-    def dies_in_g1(model, tok, sources, cfg):
+    def dies_in_g1(model, tok, sources, cfg, progress=None):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("killed while G1 was writing")
-        return real_write(model, tok, sources, cfg)
+        return real_write(model, tok, sources, cfg, progress)
 
     monkeypatch.setattr(trajectory, "write_articles", dies_in_g1)
     with pytest.raises(RuntimeError, match="killed"):
@@ -146,3 +146,13 @@ def test_validate_cli():
     assert ok.returncode == 0 and "4 trajectories" in ok.stdout
     bad = _cli("validate", "configs/smoke.yaml", "--set", "generation.batch_size=0")
     assert bad.returncode == 2 and "configs/smoke.yaml: generation.batch_size: Input should be greater" in bad.stderr
+
+
+def test_generation_progress_is_logged_at_most_once_a_minute(monkeypatch):
+    clock = iter([0.0, 30.0, 61.0, 90.0, 125.0])
+    monkeypatch.setattr(trajectory.time, "time", lambda: next(clock))
+    log = []
+    report = trajectory._every_minute(log.append, "[a/seed0] G1/2")
+    for done in (10, 20, 30, 40):
+        report(done, 40)
+    assert log == ["[a/seed0] G1/2: 20/40 prompts, 1 min left"]
