@@ -111,7 +111,7 @@ def score(
     """Recompute the scores and summaries of a study (e.g. after changing the classifier)."""
     import json
 
-    from biasamp.config import from_dict, parse_overrides, _set_path
+    from biasamp.config import apply_overrides, from_dict
     from biasamp.orchestrate import rescore_study
 
     manifest = study_dir / "manifest.json"
@@ -120,8 +120,7 @@ def score(
         raise typer.Exit(2)
     raw = json.loads(manifest.read_text())["config"]
     try:
-        for key, value in parse_overrides(set_):
-            _set_path(raw, key, value)
+        apply_overrides(raw, set_)
         cfg = from_dict(raw, str(manifest))
     except ConfigError as e:
         typer.secho(f"config error: {e}", err=True, fg="red")

@@ -230,6 +230,19 @@ class StudyConfig(_Frozen):
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def apply_overrides(raw: dict, overrides: list[str]) -> None:
+    """Apply `--set key.path=value` items (values parsed as YAML) to a raw config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected KEY.PATH=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item}: the value is not valid YAML") from None
+        _set_path(raw, key.strip(), parsed)
+
+
 def _set_path(d: dict, dotted: str, value) -> None:
     keys = dotted.split(".")
     for k in keys[:-1]:
@@ -237,16 +250,6 @@ def _set_path(d: dict, dotted: str, value) -> None:
         if not isinstance(d, dict):
             raise ConfigError(f"--set {dotted}: '{k}' is not a mapping")
     d[keys[-1]] = value
-
-
-def parse_overrides(overrides: list[str]) -> list[tuple[str, object]]:
-    out = []
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item}: expected KEY.PATH=VALUE")
-        key, raw = item.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(raw)))
-    return out
 
 
 def from_dict(raw: dict, source: str = "<dict>") -> StudyConfig:
@@ -285,6 +288,5 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
         raise ConfigError(f"{path}: no such file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    for key, value in parse_overrides(list(overrides)):
-        _set_path(raw, key, value)
+    apply_overrides(raw, list(overrides))
     return from_dict(raw, str(path))

@@ -79,6 +79,10 @@ def test_overrides_and_arm_inheritance(tmp_path, study_dict):
     assert load_config(path, ["neurons.max_length=64"]).neurons.max_length == 64
     with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
         load_config(path, ["train.lr"])
+    with pytest.raises(ConfigError, match=r"--set seeds=\[0,: the value is not valid YAML"):
+        load_config(path, ["seeds=[0,"])
+    with pytest.raises(ConfigError, match="'lr' is not a mapping"):
+        load_config(path, ["train.lr.x=1"])
 
 
 def test_config_is_immutable_and_hash_ignores_scale(study_dict):
