@@ -1,5 +1,6 @@
 """The loop end to end: tables, resume, refusal of a changed config, determinism."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,16 +94,18 @@ def test_score_command_rescores_a_finished_study(study_dict):
     assert bad.returncode == 2 and "scoring.classifier" in bad.stderr
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "biasamp.cli", *args], capture_output=True, text=True, cwd=ROOT)
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "biasamp.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path):
     """`biasamp run configs/smoke.yaml` twice into two folders: identical articles tables."""
     cfg = load_config(ROOT / "configs" / "smoke.yaml")
     outs = [tmp_path / "a", tmp_path / "b"]
+    key = "local-" + "0123456789abcdef" * 2 + "01234567"  # a W&B key in the environment ...
     for out in outs:
-        res = _cli("run", "configs/smoke.yaml", "--out", str(out), "--set", "wandb.mode=offline")
+        res = _cli("run", "configs/smoke.yaml", "--out", str(out), "--set", "wandb.mode=offline", env={"WANDB_API_KEY": key})
         assert res.returncode == 0, res.stdout + res.stderr
         assert "finished (4/4 trajectories)" in res.stdout
         assert "Ray at 127.0.0.1:" in res.stdout  # the private Ray listens on loopback only
@@ -113,6 +116,9 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path):
     for arm in cfg.arms:
         assert (outs[0] / "logs" / f"{arm}__seed0.log").exists()
     assert list((outs[0] / "wandb").glob("offline-run-*"))
+    for f in outs[0].rglob("*"):  # ... is never written to an artifact or a log
+        if f.is_file() and f.stat().st_size < 50_000_000:
+            assert key.encode() not in f.read_bytes(), f
     pd.testing.assert_frame_equal(_sorted(outs[0] / "scores"), _sorted(outs[1] / "scores"))
     from biasamp.score import SCORE_COLUMNS
 
