@@ -48,7 +48,7 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
     if cfg.scoring.enabled:
         log(f"{tag} loading the scoring instruments")
         ref_tok = load_tokenizer(cfg.model)
-        reference = (load_base_model(cfg.model, len(ref_tok), seed).eval(), ref_tok)
+        reference = (load_base_model(cfg.model, len(ref_tok)).eval(), ref_tok)  # one model for every trajectory
         instruments = load_instruments(cfg.scoring, cfg.model, reference)
     run = _wandb_run(cfg, arm_name, seed)
     for g in range(done, n):

@@ -80,12 +80,12 @@ def _sorted(path):
 
 
 def test_score_command_rescores_a_finished_study(study_dict):
-    cfg = from_dict(study_dict())
+    cfg = from_dict(study_dict(seeds=[1]))  # seed 1: ppl_ref must use the same fixed reference model
     prepare_study(cfg, log=lambda m: None)
-    run_trajectory(cfg, "synthetic", 0, log=lambda m: None)
+    run_trajectory(cfg, "synthetic", 1, log=lambda m: None)
     out = cfg.output_dir
     before = pd.read_parquet(out / "scores")
-    (out / "scores" / "synthetic__seed0__gen1.parquet").unlink()
+    (out / "scores" / "synthetic__seed1__gen1.parquet").unlink()
     res = _cli("score", str(out), "--set", "scoring.bootstrap=20")
     assert res.returncode == 0, res.stdout + res.stderr
     pd.testing.assert_frame_equal(_sorted(out / "scores"), before.sort_values(["arm", "seed", "generation", "article_id"]).reset_index(drop=True))
