@@ -104,11 +104,12 @@ def activation_rows(model, tokenizer, texts: list[str], ffn: list, blocks: list,
 
 
 def capture(model, tokenizer, probe_texts: list[str], cfg: NeuronsConfig) -> pd.DataFrame:
-    """Every neuron row of one model version, sorted by (kind, stat, layer, neuron)."""
+    """Every neuron row of one model version, sorted by (layer, kind, stat, neuron): a layer's
+    rows are contiguous, so they can be stored as one Parquet row group."""
     ffn, blocks = layer_modules(model, cfg)
     model.eval()
     rows = pd.concat([weight_rows(ffn), activation_rows(model, tokenizer, probe_texts, ffn, blocks, cfg)])
-    return rows.sort_values(["kind", "stat", "layer", "neuron"], kind="stable").reset_index(drop=True)
+    return rows.sort_values(["layer", "kind", "stat", "neuron"], kind="stable").reset_index(drop=True)
 
 
 def _rows(layer: int, kind: str, stat: str, values: np.ndarray) -> pd.DataFrame:

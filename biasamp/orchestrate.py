@@ -141,13 +141,12 @@ def rescore_study(cfg: StudyConfig, log=print) -> None:
     import pandas as pd
     import torch
 
-    from biasamp.models import load_base_model, load_checkpoint, load_tokenizer
+    from biasamp.models import load_checkpoint
     from biasamp.score import load_instruments, score_articles
 
     out = cfg.output_dir
     artifacts.claim_output_dir(cfg, out)  # same trajectories required; records the new scoring config
-    ref_tok = load_tokenizer(cfg.model)
-    inst = load_instruments(cfg.scoring, cfg.model, (load_base_model(cfg.model, len(ref_tok)).eval(), ref_tok))
+    inst = load_instruments(cfg.scoring, cfg.model)
     for arm in cfg.arms:
         for seed in cfg.seeds:
             for g in range(artifacts.completed_generations(out, arm, seed)):

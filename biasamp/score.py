@@ -134,16 +134,21 @@ def perplexities(model, tokenizer, texts: list[str], max_tokens: int, batch_size
 class Instruments:
     leaning: SequenceClassifier
     quality: SequenceClassifier
-    reference: tuple | None  # (model, tokenizer) for ppl_ref
+    reference: tuple  # (model, tokenizer) for ppl_ref
     cfg: ScoringConfig
 
 
-def load_instruments(cfg: ScoringConfig, study_model: ModelConfig, reference=None) -> Instruments:
+def load_instruments(cfg: ScoringConfig, study_model: ModelConfig) -> Instruments:
+    """The classifier, the quality model, and the study's base model as the fixed perplexity
+    reference (seed-independent: one reference for every trajectory, in `run` and `score` alike)."""
+    from biasamp.models import load_base_model
+
     c, q = cfg.classifier, cfg.quality
+    ref_tok = load_tokenizer(study_model)
     return Instruments(
         load_classifier(c.kind, c.name, c.labels, c.max_tokens, study_model, "classifier"),
         load_classifier(q.kind, q.name, q.labels, q.max_tokens, study_model, "quality"),
-        reference,
+        (load_base_model(study_model, len(ref_tok)).eval(), ref_tok),
         cfg,
     )
 
@@ -163,5 +168,5 @@ def score_articles(inst: Instruments, articles: pd.DataFrame, own=None) -> pd.Da
     out["tqi"] = quality_index(inst.quality, list(articles["text"]), bs)
     mt = inst.cfg.perplexity_max_tokens
     out["ppl"] = perplexities(*own, full, mt, bs) if own is not None else np.nan
-    out["ppl_ref"] = perplexities(*inst.reference, full, mt, bs) if inst.reference is not None else np.nan
+    out["ppl_ref"] = perplexities(*inst.reference, full, mt, bs)
     return out[SCORE_COLUMNS]

@@ -47,9 +47,7 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
     instruments = None
     if cfg.scoring.enabled:
         log(f"{tag} loading the scoring instruments")
-        ref_tok = load_tokenizer(cfg.model)
-        reference = (load_base_model(cfg.model, len(ref_tok)).eval(), ref_tok)  # one model for every trajectory
-        instruments = load_instruments(cfg.scoring, cfg.model, reference)
+        instruments = load_instruments(cfg.scoring, cfg.model)
     run = _wandb_run(cfg, arm_name, seed)
     for g in range(done, n):
         t0 = time.time()
@@ -70,18 +68,17 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
         npath = artifacts.neurons_path(out, arm_name, seed, g)
         if cfg.neurons.capture and not npath.exists():
             log(f"{tag} G{g}/{n - 1}: capturing neurons on {len(probe)} probe articles")
-            _write_neurons(capture(model, tokenizer, probe, cfg.neurons), cfg.study, arm_name, seed, g, npath)
+            rows = _addressed(capture(model, tokenizer, probe, cfg.neurons), cfg.study, arm_name, seed, g)
+            per_layer = int((rows["layer"] == 0).sum())  # one Parquet row group per layer
+            artifacts.write_parquet(rows[artifacts.NEURON_COLUMNS], npath, row_group_size=per_layer)
         prompts = real if cfg.generation.prompt_source == "real" or g == 0 else _with_real_titles(synthetic[-1], real)
         log(f"{tag} G{g}/{n - 1}: writing {len(prompts)} articles")
         t1 = time.time()
         model.eval()
         written = write_articles(model, tokenizer, prompts, cfg.generation, _every_minute(log, f"{tag} G{g}/{n - 1}"))
         gen_seconds = time.time() - t1
-        table = written.merge(real[["article_id", "source_label"]], on="article_id", how="left")
-        table.insert(0, "generation", g)
-        table.insert(0, "seed", seed)
-        table.insert(0, "arm", arm_name)
-        table.insert(0, "study", cfg.study)
+        table = _addressed(written.merge(real[["article_id", "source_label"]], on="article_id", how="left"),
+                           cfg.study, arm_name, seed, g)
         scored = {}
         if instruments is not None:
             log(f"{tag} G{g}/{n - 1}: scoring {len(table)} articles")
@@ -124,12 +121,11 @@ def _every_minute(log, prefix: str):
     return report
 
 
-def _write_neurons(rows: pd.DataFrame, study: str, arm: str, seed: int, g: int, path: Path) -> None:
-    rows = rows.sort_values(["layer", "kind", "stat", "neuron"], kind="stable")
+def _addressed(df: pd.DataFrame, study: str, arm: str, seed: int, g: int) -> pd.DataFrame:
+    """Prefix the (study, arm, seed, generation) address columns."""
     for col, value in (("generation", g), ("seed", seed), ("arm", arm), ("study", study)):
-        rows.insert(0, col, value)
-    per_layer = int((rows["layer"] == 0).sum())
-    artifacts.write_parquet(rows[artifacts.NEURON_COLUMNS], path, row_group_size=per_layer)
+        df.insert(0, col, value)
+    return df
 
 
 def _with_real_titles(previous: pd.DataFrame, real: pd.DataFrame) -> pd.DataFrame:
