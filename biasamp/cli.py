@@ -12,6 +12,10 @@ from biasamp.config import ClassifierConfig, ConfigError, CorpusConfig, ModelCon
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Bias-amplification studies of self-consuming LMs.")
 data_app = typer.Typer(no_args_is_help=True, help="Study corpora.")
 app.add_typer(data_app, name="data")
+classifier_app = typer.Typer(no_args_is_help=True, help="The offline leaning classifier (MiniLM-L6 + logistic head).")
+app.add_typer(classifier_app, name="classifier")
+quality_app = typer.Typer(no_args_is_help=True, help="The offline text-quality proxy (levels 0-3).")
+app.add_typer(quality_app, name="quality")
 
 SET_HELP = "Override a config key, e.g. --set train.epochs=2 (repeatable)."
 
@@ -137,7 +141,9 @@ def score(
 def classify(
     input: Path = typer.Argument(..., help="Articles: JSONL[.gz], JSON, CSV or Parquet with a text column (title, article_id optional)."),
     out: Path = typer.Option(..., help="Output .parquet: article_id, p_left, p_center, p_right, label."),
-    model: str = typer.Option(ClassifierConfig().name, help="Hub id or local folder of a sequence classifier."),
+    kind: str = typer.Option("offline", help="offline: the project's MiniLM-L6 + head; hf: any sequence classifier."),
+    model: str = typer.Option("", help="Head file (offline) or hub id / local folder (hf); empty: the kind's default "
+                                       "(the shipped head; the authors' RoBERTa)."),
     labels: Optional[str] = typer.Option(None, help="Model label map, e.g. LABEL_0=right,LABEL_1=left,LABEL_2=center "
                                                     "(default: the authors' classifier's)."),
     max_tokens: int = typer.Option(500, min=8),
@@ -154,11 +160,11 @@ def classify(
 
     try:
         label_map = dict(p.split("=", 1) for p in labels.split(",")) if labels else ClassifierConfig().labels
-        cfg = ClassifierConfig(name=model, labels=label_map, max_tokens=max_tokens)
+        cfg = ClassifierConfig(kind=kind, name=model, labels=label_map, max_tokens=max_tokens)
         df = read_table(input)
         if "text" not in df.columns:
             raise ValueError(f"{input}: no 'text' column (has: {', '.join(map(str, df.columns))})")
-        clf = load_classifier("hf", cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
+        clf = load_classifier(cfg.kind, cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
     except (ValidationError, ValueError, FileNotFoundError) as e:
         typer.secho(f"error: {e}", err=True, fg="red")
         raise typer.Exit(2)
@@ -172,6 +178,110 @@ def classify(
     out.parent.mkdir(parents=True, exist_ok=True)
     write_parquet(result, out)
     typer.echo(f"{len(result)} articles {result['label'].value_counts().to_dict()} -> {out}")
+
+
+ABP_DIR = Path("../shared/data/article-bias-prediction")
+
+
+@classifier_app.command("train")
+def classifier_train(
+    data: Path = typer.Option(ABP_DIR, help="Article-Bias-Prediction folder (articles + splits/media)."),
+    out: Path = typer.Option(Path("biasamp/data/leaning_head.json"), help="Where the head goes (the shipped one by default)."),
+    per_label: int = typer.Option(1000, min=10, help="Train articles per label (class-balanced)."),
+    exclude_study: list[Path] = typer.Option([Path("configs/paper.yaml")], help="Study configs whose corpus articles "
+                                             "are kept out of training (the bundled slice always is)."),
+    max_tokens: int = typer.Option(256, min=8, help="Encoder input length (MiniLM-L6 was trained on 256)."),
+    seed: int = typer.Option(0),
+):
+    """Train the offline leaning classifier's head on ABP's media-split train outlets."""
+    from biasamp.artifacts import write_json
+    from biasamp.leaning import study_article_ids, train
+
+    try:
+        head = train(data, per_label, study_article_ids(exclude_study), max_tokens, seed, log=typer.echo)
+    except (ValueError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        raise typer.Exit(2)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(head, out)
+    typer.echo(f"head (C={head['C']}, outlet-grouped CV macro-F1 {head['cv_macro_f1']:.3f}) -> {out}")
+
+
+@classifier_app.command("eval")
+def classifier_eval(
+    data: Path = typer.Option(ABP_DIR, help="Article-Bias-Prediction folder (articles + splits/media)."),
+    head: str = typer.Option("bundled", help="Head file, or 'bundled' for the shipped one."),
+    exclude_study: list[Path] = typer.Option([Path("configs/paper.yaml")], help="As for train."),
+    out: Optional[Path] = typer.Option(None, help="Also write the full report (JSON) here."),
+):
+    """Macro-F1 on unseen outlets, beside a TF-IDF + logistic-regression baseline fitted in the same run."""
+    from biasamp.artifacts import write_json
+    from biasamp.leaning import evaluate, load_head, study_article_ids
+
+    try:
+        result = evaluate(data, load_head(head), study_article_ids(exclude_study), log=typer.echo)
+    except (ValueError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        raise typer.Exit(2)
+    typer.echo(f"{result['eval_articles']} articles from {len(result['eval_outlets'])} unseen outlets")
+    typer.echo(f"{'':16}{'macro-F1':>9}" + "".join(f"{'F1 ' + lab:>10}" for lab in ("left", "center", "right")))
+    for name in ("minilm_head", "tfidf_baseline"):
+        r = result[name]
+        typer.echo(f"{name:16}{r['macro_f1']:9.3f}" + "".join(f"{r['per_class'][lab]['f1']:10.3f}"
+                                                           for lab in ("left", "center", "right")))
+        typer.echo(f"{'':16}confusion (rows true L/C/R): {r['confusion']['matrix']}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(result, out)
+
+
+@quality_app.command("train")
+def quality_train(
+    data: Path = typer.Option(ABP_DIR, help="Article-Bias-Prediction folder (or any corpus biasamp reads)."),
+    out: Path = typer.Option(Path("biasamp/data/quality_proxy.npz"), help="Where the proxy goes (the shipped one by default)."),
+    exclude_study: list[Path] = typer.Option([Path("configs/paper.yaml")], help="Study configs whose corpus articles are not used."),
+    seed: int = typer.Option(0),
+):
+    """Count the word LM and fit the level model on controlled corruptions of real sentences."""
+    from biasamp.leaning import study_article_ids
+    from biasamp.quality import train
+
+    try:
+        proxy = train(data, study_article_ids(exclude_study), seed, log=typer.echo)
+    except (ValueError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        raise typer.Exit(2)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proxy.save(out)
+    typer.echo(f"quality proxy -> {out}")
+
+
+@quality_app.command("eval")
+def quality_eval(
+    data: Path = typer.Option(ABP_DIR, help="As for train (the same seed keeps the evaluation articles apart)."),
+    proxy: str = typer.Option("bundled", help="Proxy file, or 'bundled' for the shipped one."),
+    exclude_study: list[Path] = typer.Option([Path("configs/paper.yaml")], help="As for train."),
+    seed: int = typer.Option(0),
+    out: Optional[Path] = typer.Option(None, help="Also write the report (JSON) here."),
+):
+    """AUC per adjacent level pair on held-out corruptions, and the index of clean vs looping articles."""
+    from biasamp.artifacts import write_json
+    from biasamp.leaning import study_article_ids
+    from biasamp.quality import QualityProxy, evaluate
+
+    try:
+        result = evaluate(QualityProxy.load(proxy), data, study_article_ids(exclude_study), seed)
+    except (ValueError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        raise typer.Exit(2)
+    typer.echo(f"{result['sentences']} held-out sentences; AUC of adjacent levels: "
+               + ", ".join(f"{k}: {v:.3f}" for k, v in result["auc_adjacent"].items()))
+    typer.echo("mean expected level by true level: "
+               + ", ".join(f"{k}: {v:.2f}" for k, v in result["mean_expected_level"].items()))
+    typer.echo("article TQI (200 held-out articles): "
+               + ", ".join(f"{k} {v:.2f}" for k, v in result["article_tqi"].items()))
+    if out is not None:
+        write_json(result, out)
 
 
 @app.command("import-paper")

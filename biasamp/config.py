@@ -72,6 +72,18 @@ class CorpusConfig(_Frozen):
         return self
 
 
+class DeepSpeedConfig(_Frozen):
+    """How backend 'deepspeed' shards one fine-tuning: `workers` Ray Train workers (one GPU each
+    where there are GPUs), each running micro_batch examples per forward; gradient accumulation
+    makes up the rest of train.batch_size."""
+
+    workers: int = Field(2, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    micro_batch: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1, gt=0)
+
+
 class TrainConfig(_Frozen):
     epochs: float = Field(5, gt=0)
     batch_size: int = Field(8, ge=1)
@@ -80,6 +92,20 @@ class TrainConfig(_Frozen):
     max_length: int = Field(512, ge=8)
     # previous: G_{i+1} continues from G_i's weights (as the authors do); base: from the base model.
     init: Literal["previous", "base"] = "previous"
+    # plain: transformers' Trainer in the trajectory's process. deepspeed: the same Trainer on
+    # Ray Train workers with DeepSpeed ZeRO (see DeepSpeedConfig); same effective batch and optimizer.
+    backend: Literal["plain", "deepspeed"] = "plain"
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.backend == "deepspeed":
+            per_step = self.deepspeed.workers * self.deepspeed.micro_batch
+            if self.batch_size % per_step:
+                raise ValueError(
+                    f"deepspeed: batch_size {self.batch_size} is not a multiple of workers x micro_batch = {per_step}"
+                )
+        return self
 
 
 class ArmConfig(_Frozen):
@@ -101,6 +127,12 @@ class GenerationConfig(_Frozen):
     max_blocks: int | None = Field(None, ge=1)  # body blocks per article (None: all)
     batch_size: int = Field(32, ge=1)
     stop_at_eos: bool = True
+    # hf: the batched greedy generator of biasamp.generate, in the trajectory's process.
+    # vllm: `engines` vLLM engines as Ray actors, data-parallel over the prompt blocks, each loading
+    # the generation's safetensors checkpoint (biasamp.engines).
+    backend: Literal["hf", "vllm"] = "hf"
+    engines: int = Field(1, ge=1)
+    gpus_per_engine: float = Field(1, ge=0)
 
 
 class NeuronsConfig(_Frozen):
@@ -128,10 +160,12 @@ class NeuronsConfig(_Frozen):
 class ClassifierConfig(_Frozen):
     """Political-leaning classifier: a sequence-classification model and its label map."""
 
-    # hf: hub id or local dir. tiny_random: a randomly initialised tiny GPT-2 classifier on the
-    # study's tokenizer, for tests only (its outputs mean nothing).
-    kind: Literal["hf", "tiny_random"] = "hf"
-    name: str = "wu981526092/bias_classifier_roberta"  # the authors' RoBERTa classifier
+    # offline: the project's MiniLM-L6 + logistic head (name: 'bundled' or a head file from
+    # `biasamp classifier train`; labels and max_tokens come with the head). hf: hub id or local dir,
+    # by default the authors' RoBERTa classifier. tiny_random: a randomly initialised tiny GPT-2
+    # classifier on the study's tokenizer, for tests only (its outputs mean nothing).
+    kind: Literal["offline", "hf", "tiny_random"] = "offline"
+    name: str = ""  # empty: 'bundled' for offline, the authors' classifier for hf
     labels: dict[str, Label] = Field(default_factory=lambda: {"LABEL_0": "right", "LABEL_1": "left", "LABEL_2": "center"})
     max_tokens: int = Field(500, ge=8)  # the authors truncate to 500 tokens
 
@@ -139,14 +173,19 @@ class ClassifierConfig(_Frozen):
     def _check(self) -> "ClassifierConfig":
         if sorted(self.labels.values()) != sorted(LABELS):
             raise ValueError("labels must map model labels onto left, center and right, once each")
+        if not self.name:
+            default = {"offline": "bundled", "hf": "wu981526092/bias_classifier_roberta"}.get(self.kind, "")
+            object.__setattr__(self, "name", default)
         return self
 
 
 class QualityConfig(_Frozen):
     """Text-quality index: a sentence classifier whose labels map onto levels 0 (noise) .. 3 (clean)."""
 
-    kind: Literal["hf", "tiny_random"] = "hf"
-    name: str = "madhurjindal/autonlp-Gibberish-Detector-492513457"
+    # offline: the project's calibrated proxy (name: 'bundled' or a file from `biasamp quality train`).
+    # hf: by default the gibberish detector the authors used.
+    kind: Literal["offline", "hf", "tiny_random"] = "offline"
+    name: str = ""  # empty: 'bundled' for offline, the gibberish detector for hf
     labels: dict[str, int] = Field(
         default_factory=lambda: {"noise": 0, "word salad": 1, "mild gibberish": 2, "clean": 3}
     )
@@ -156,6 +195,9 @@ class QualityConfig(_Frozen):
     def _check(self) -> "QualityConfig":
         if not set(self.labels.values()) <= {0, 1, 2, 3}:
             raise ValueError("labels map onto levels 0..3")
+        if not self.name:
+            default = {"offline": "bundled", "hf": "madhurjindal/autonlp-Gibberish-Detector-492513457"}.get(self.kind, "")
+            object.__setattr__(self, "name", default)
         return self
 
 

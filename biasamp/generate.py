@@ -62,16 +62,23 @@ def greedy_continuations(
 
 
 def write_articles(model, tokenizer, sources: pd.DataFrame, cfg: study_config.GenerationConfig,
-                   progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+                   progress: Callable[[int, int], None] | None = None, checkpoint=None) -> pd.DataFrame:
     """One synthetic article per source article: columns article_id, title, text, n_tokens.
-    `progress(prompts_done, prompts_total)` is called after each batch."""
+    `progress(prompts_done, prompts_total)` is called after each batch of the hf backend; the vllm
+    backend generates from `checkpoint` (the same weights as `model`, saved)."""
     prompts, owner = [], []
     for k, (title, body) in enumerate(zip(sources["title"], sources["text"])):
         ps = article_prompts(tokenizer, title, body, cfg.block_tokens, cfg.max_blocks)
         prompts += ps
         owner += [k] * len(ps)
     eos = tokenizer.eos_token_id if cfg.stop_at_eos else None
-    conts = greedy_continuations(model, prompts, cfg.new_tokens, cfg.batch_size, tokenizer.pad_token_id, eos, progress)
+    if cfg.backend == "vllm":
+        from biasamp.engines import vllm_continuations
+
+        conts = vllm_continuations(checkpoint, prompts, cfg.new_tokens, eos, cfg.engines, cfg.gpus_per_engine)
+    else:
+        conts = greedy_continuations(model, prompts, cfg.new_tokens, cfg.batch_size, tokenizer.pad_token_id, eos,
+                                     progress)
     tokens: list[list[int]] = [[] for _ in range(len(sources))]
     for k, c in zip(owner, conts):
         tokens[k] += c

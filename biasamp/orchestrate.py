@@ -34,6 +34,17 @@ def prepare_study(cfg: StudyConfig, log=print) -> list[tuple[str, int]]:
     return pending
 
 
+def trajectory_bundles(cfg: StudyConfig) -> list[dict]:
+    """The placement group of one trajectory: its own process (training with the plain backend,
+    neuron capture, scoring, HF generation), plus one bundle per vLLM engine. DeepSpeed workers are
+    gang-scheduled by Ray Train in a placement group of their own, sized by train.deepspeed."""
+    res, gen = cfg.resources, cfg.generation
+    bundles = [{"CPU": res.cpus_per_trajectory, **({"GPU": res.gpus_per_trajectory} if res.gpus_per_trajectory else {})}]
+    if gen.backend == "vllm":
+        bundles += [{"CPU": 1, **({"GPU": gen.gpus_per_engine} if gen.gpus_per_engine else {})}] * gen.engines
+    return bundles
+
+
 def _trajectory_task(cfg: StudyConfig, arm: str, seed: int, cpus: float, progress) -> tuple[str, int, int]:
     import torch
     import transformers
@@ -72,7 +83,9 @@ def run_study(cfg: StudyConfig, log=print) -> int:
         # 127.0.0.1 (read when ray is first imported, and inherited by the workers it starts).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -87,33 +100,47 @@ def run_study(cfg: StudyConfig, log=print) -> int:
     res = cfg.resources
     have = ray.cluster_resources()
     log(f"Ray at {ray.get_runtime_context().gcs_address}, {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs")
-    if cfg.resources.ray_address is None:  # a fixed local machine: a task that cannot fit would wait forever
-        for key, need, unit in (("cpus_per_trajectory", res.cpus_per_trajectory, "CPU"),
-                                ("gpus_per_trajectory", res.gpus_per_trajectory, "GPU")):
+    if cfg.resources.ray_address is None:  # a fixed local machine: a group that cannot fit would wait forever
+        bundles = trajectory_bundles(cfg)
+        for key, unit in (("cpus_per_trajectory", "CPU"), ("gpus_per_trajectory", "GPU")):
+            need = sum(b.get(unit, 0) for b in bundles)
             if need > have.get(unit, 0):
                 if started_here:
                     ray.shutdown()
-                raise ValueError(f"resources.{key}: a trajectory asks for {need:g} {unit}, this machine has "
+                extra = " (with its vLLM engines)" if len(bundles) > 1 else ""
+                raise ValueError(f"resources.{key}: a trajectory{extra} asks for {need:g} {unit}, this machine has "
                                  f"{have.get(unit, 0):g}; e.g. --set resources.{key}={have.get(unit, 0):g}")
-    task = ray.remote(num_cpus=res.cpus_per_trajectory, num_gpus=res.gpus_per_trajectory, max_retries=1)(
-        _trajectory_task
-    )
+    # A failed trajectory (its worker died) is retried once; it resumes from its last finished stage.
+    task = ray.remote(max_retries=1)(_trajectory_task)
     t0 = time.time()
     ran = 0
+    groups = {}  # task ref -> its trajectory's placement group
     try:
         progress = Queue()
-        refs = [task.remote(cfg, arm, seed, res.cpus_per_trajectory, progress) for arm, seed in pending]
+        refs = []
+        for arm, seed in pending:
+            pg = placement_group(trajectory_bundles(cfg), strategy="PACK", name=f"{cfg.study}/{arm}/seed{seed}")
+            # Bundle 0 holds the trajectory itself; vLLM engines take the others (biasamp.engines).
+            # A trajectory whose group does not fit yet waits: trajectories queue when the cluster is full.
+            strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
+            refs.append(task.options(num_cpus=res.cpus_per_trajectory, num_gpus=res.gpus_per_trajectory,
+                                     scheduling_strategy=strategy).remote(cfg, arm, seed, res.cpus_per_trajectory,
+                                                                          progress))
+            groups[refs[-1]] = pg
         remaining = list(refs)
         while remaining:
             ready, remaining = ray.wait(remaining, num_returns=1, timeout=1.0)
             for message in progress.get_nowait_batch(progress.qsize()):
                 log(f"{time.time() - t0:6.0f}s {message}")
             for ref in ready:
+                remove_placement_group(groups.pop(ref))  # its resources go to the next queued trajectory
                 arm, seed, n = ray.get(ref)  # re-raises a trajectory's exception here
                 ran += n
                 log(f"{time.time() - t0:6.0f}s [{arm}/seed{seed}] finished "
                     f"({len(refs) - len(remaining)}/{len(refs)} trajectories)")
     finally:
+        for pg in groups.values():
+            remove_placement_group(pg)
         if started_here:
             ray.shutdown()
     if cfg.scoring.enabled:

@@ -30,7 +30,18 @@ class SequenceClassifier:
 
 
 def load_classifier(kind: str, name: str, label_map: dict, max_tokens: int, study_model: ModelConfig, key: str):
-    """A sequence classifier whose outputs are re-indexed through `label_map` (model label -> value)."""
+    """A sequence classifier whose outputs are re-indexed through `label_map` (model label -> value);
+    for kind 'offline', the project's own instruments (biasamp.leaning, biasamp.quality)."""
+    if kind == "offline" and key == "classifier":
+        from biasamp.leaning import MiniLMClassifier, load_head
+        from biasamp.leaning import load_tokenizer as minilm_tokenizer
+
+        head = load_head(name)  # outputs are in LABELS order; the head's own input length applies
+        return SequenceClassifier(MiniLMClassifier(head).eval(), minilm_tokenizer(), list(LABELS), head["max_tokens"])
+    if kind == "offline":
+        from biasamp.quality import QualityProxy
+
+        return QualityProxy.load(name)
     if kind == "tiny_random":
         tok = load_tokenizer(study_model)
         torch.manual_seed(0)
@@ -99,7 +110,12 @@ def quality_index(clf: SequenceClassifier, texts: list[str], batch_size: int) ->
             sents.append(s)
     levels = np.zeros(len(texts))
     if sents:
-        expected = class_probabilities(clf, sents, batch_size) @ np.asarray(clf.labels, dtype=float)
+        from biasamp.quality import QualityProxy
+
+        # the offline proxy also reads which article each sentence belongs to (repetition of earlier sentences)
+        probs = (clf.probabilities(sents, batch_size, owner) if isinstance(clf, QualityProxy)
+                 else class_probabilities(clf, sents, batch_size))
+        expected = probs @ np.asarray(clf.labels, dtype=float)
         sums = np.bincount(owner, weights=expected, minlength=len(texts))
         counts = np.bincount(owner, minlength=len(texts))
         np.divide(sums, counts, out=levels, where=counts > 0)

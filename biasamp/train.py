@@ -16,20 +16,25 @@ def training_text(title: str, body: str) -> str:
     return f"title: {title}\nbody: {body}"  # the authors' article format
 
 
-def fine_tune(model, tokenizer, articles: pd.DataFrame, cfg: TrainConfig, seed: int) -> dict:
-    """Fine-tune `model` in place on `articles` (title, text). Returns loss metrics."""
-    texts = [training_text(t, b) for t, b in zip(articles["title"], articles["text"])]
+def tokenized(tokenizer, texts: list[str], max_length: int) -> datasets.Dataset:
     datasets.disable_progress_bars()
-    ds = datasets.Dataset.from_dict({"text": texts}).map(
-        lambda batch: tokenizer(batch["text"], truncation=True, max_length=cfg.max_length),
+    return datasets.Dataset.from_dict({"text": texts}).map(
+        lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
         batched=True,
         remove_columns=["text"],
     )
-    workdir = tempfile.TemporaryDirectory(prefix="biasamp-train-")
+
+
+def make_trainer(model, tokenizer, ds, cfg: TrainConfig, seed: int, output_dir: str, deepspeed: dict | None = None,
+                 micro_batch: int | None = None, accumulation: int = 1) -> Trainer:
+    """The authors' Trainer. With `deepspeed`, one of N workers: micro_batch x accumulation x N is
+    cfg.batch_size, and the optimizer (Trainer's AdamW) and schedule are the same objects as in the
+    single-process run, so the hyper-parameters mean the same at any scale."""
     args = TrainingArguments(
-        output_dir=workdir.name,  # nothing is saved there: checkpoints are written by the caller
+        output_dir=output_dir,  # nothing is saved there by the Trainer: checkpoints are written by the caller
         num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=micro_batch or cfg.batch_size,
+        gradient_accumulation_steps=accumulation,
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
         seed=seed,
@@ -39,6 +44,9 @@ def fine_tune(model, tokenizer, articles: pd.DataFrame, cfg: TrainConfig, seed: 
         report_to="none",
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        deepspeed=deepspeed,
+        bf16=bool(deepspeed) and cfg.deepspeed.precision == "bf16",
+        fp16=bool(deepspeed) and cfg.deepspeed.precision == "fp16",
     )
     trainer = Trainer(
         model=model,
@@ -48,15 +56,36 @@ def fine_tune(model, tokenizer, articles: pd.DataFrame, cfg: TrainConfig, seed: 
         data_collator=DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False),
     )
     trainer.remove_callback(PrinterCallback)  # the loss curve is returned, not printed
-    result = trainer.train()
-    workdir.cleanup()
-    model.eval()
+    return trainer
+
+
+def train_metrics(trainer: Trainer, result, ds, cfg: TrainConfig) -> dict:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
         "train_loss": float(result.training_loss),
         "train_loss_last": float(losses[-1]) if losses else float("nan"),
         "train_steps": int(result.global_step),
-        "train_articles": len(texts),
+        "train_articles": len(ds),
         "train_tokens": int(sum(len(x) for x in ds["input_ids"])) * cfg.epochs,
         "train_seconds": float(result.metrics.get("train_runtime", 0.0)),
+        "loss_curve": [float(x) for x in losses],  # per optimizer step
     }
+
+
+def fine_tune(model, tokenizer, articles: pd.DataFrame, cfg: TrainConfig, seed: int, workdir=None) -> dict:
+    """Fine-tune `model` in place on `articles` (title, text). Returns loss metrics and the loss curve.
+
+    backend deepspeed: the same Trainer on cfg.deepspeed.workers Ray Train workers (biasamp.engines);
+    `workdir` (on storage every worker sees) carries the weights there and back.
+    """
+    texts = [training_text(t, b) for t, b in zip(articles["title"], articles["text"])]
+    if cfg.backend == "deepspeed":
+        from biasamp.engines import fine_tune_deepspeed
+
+        return fine_tune_deepspeed(model, tokenizer, texts, cfg, seed, workdir)
+    ds = tokenized(tokenizer, texts, cfg.max_length)
+    with tempfile.TemporaryDirectory(prefix="biasamp-train-") as tmp:
+        trainer = make_trainer(model, tokenizer, ds, cfg, seed, tmp)
+        result = trainer.train()
+    model.eval()
+    return train_metrics(trainer, result, ds, cfg)

@@ -62,7 +62,9 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
             train_df = training_set(arm, g, real, synthetic, seed)
             log(f"{tag} G{g}/{n - 1}: training on {len(train_df)} articles")
             torch.manual_seed(seed * 100_003 + g)
-            metrics = fine_tune(model, tokenizer, train_df, arm.train, seed * 100_003 + g)
+            metrics = fine_tune(model, tokenizer, train_df, arm.train, seed * 100_003 + g,
+                                workdir=ckpt.with_name(ckpt.name + ".train"))
+            metrics.pop("loss_curve")
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(model, tokenizer, ckpt)
         npath = artifacts.neurons_path(out, arm_name, seed, g)
@@ -75,7 +77,8 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
         log(f"{tag} G{g}/{n - 1}: writing {len(prompts)} articles")
         t1 = time.time()
         model.eval()
-        written = write_articles(model, tokenizer, prompts, cfg.generation, _every_minute(log, f"{tag} G{g}/{n - 1}"))
+        written = write_articles(model, tokenizer, prompts, cfg.generation, _every_minute(log, f"{tag} G{g}/{n - 1}"),
+                                 checkpoint=ckpt)
         gen_seconds = time.time() - t1
         table = _addressed(written.merge(real[["article_id", "source_label"]], on="article_id", how="left"),
                            cfg.study, arm_name, seed, g)

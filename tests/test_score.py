@@ -133,11 +133,11 @@ def test_classify_cli_on_a_csv(local_classifier, tmp_path):
     src = tmp_path / "arts.csv"
     pd.DataFrame({"article_id": ["a", "b"], "title": ["T1", "T2"], "text": ["Taxes fell.", "Unions rose."]}).to_csv(src, index=False)
     out = tmp_path / "out.parquet"
-    res = CliRunner().invoke(app, ["classify", str(src), "--out", str(out), "--model", str(local_classifier)])
+    res = CliRunner().invoke(app, ["classify", str(src), "--out", str(out), "--kind", "hf", "--model", str(local_classifier)])
     assert res.exit_code == 0, res.output
     df = pd.read_parquet(out)
     assert list(df.columns) == ["article_id", "p_left", "p_center", "p_right", "label"] and list(df["article_id"]) == ["a", "b"]
     np.testing.assert_allclose(df[["p_left", "p_center", "p_right"]].sum(axis=1), 1.0)
     pd.DataFrame({"body": ["x"]}).to_csv(src, index=False)
-    bad = CliRunner().invoke(app, ["classify", str(src), "--out", str(out), "--model", str(local_classifier)])
+    bad = CliRunner().invoke(app, ["classify", str(src), "--out", str(out), "--kind", "hf", "--model", str(local_classifier)])
     assert bad.exit_code == 2 and "no 'text' column" in bad.output

@@ -46,11 +46,11 @@ def test_interrupted_run_resumes_to_the_same_result(study_dict, tmp_path, monkey
     real_write = generate.write_articles
     calls = []
 
-    def dies_in_g1(model, tok, sources, cfg, progress=None):
+    def dies_in_g1(model, tok, sources, cfg, progress=None, checkpoint=None):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("killed while G1 was writing")
-        return real_write(model, tok, sources, cfg, progress)
+        return real_write(model, tok, sources, cfg, progress, checkpoint)
 
     monkeypatch.setattr(trajectory, "write_articles", dies_in_g1)
     with pytest.raises(RuntimeError, match="killed"):
