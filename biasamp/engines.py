@@ -12,16 +12,20 @@ study's output folder, which on a multi-node cluster is shared storage).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
 from biasamp.config import TrainConfig
 
-EXTENSIONS_CACHE = Path.home() / ".cache" / "biasamp" / "torch_extensions"
+# One per environment: DeepSpeed recompiles (under a file lock) for another interpreter or torch.
+EXTENSIONS_CACHE = (Path.home() / ".cache" / "biasamp" / "torch_extensions"
+                    / f"torch{torch.__version__}-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]}")
 
 
 def deepspeed_config(cfg: TrainConfig) -> dict:

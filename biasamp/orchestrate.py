@@ -45,6 +45,15 @@ def trajectory_bundles(cfg: StudyConfig) -> list[dict]:
     return bundles
 
 
+def deepspeed_workers(cfg: StudyConfig, gpus: bool) -> dict:
+    """CPUs and GPUs of the largest DeepSpeed worker group among the arms ({} without that backend)."""
+    groups = [a.train.deepspeed for a in cfg.arms.values() if a.train.backend == "deepspeed"]
+    if not groups:
+        return {}
+    return {"CPU": max(d.workers * d.cpus_per_worker for d in groups),
+            "GPU": max(d.workers for d in groups) if gpus else 0}
+
+
 def _trajectory_task(cfg: StudyConfig, arm: str, seed: int, cpus: float, progress) -> tuple[str, int, int]:
     import torch
     import transformers
@@ -100,16 +109,25 @@ def run_study(cfg: StudyConfig, log=print) -> int:
     res = cfg.resources
     have = ray.cluster_resources()
     log(f"Ray at {ray.get_runtime_context().gcs_address}, {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs")
+    bundles = trajectory_bundles(cfg)
+    workers = deepspeed_workers(cfg, gpus=have.get("GPU", 0) > 0)
     if cfg.resources.ray_address is None:  # a fixed local machine: a group that cannot fit would wait forever
-        bundles = trajectory_bundles(cfg)
         for key, unit in (("cpus_per_trajectory", "CPU"), ("gpus_per_trajectory", "GPU")):
-            need = sum(b.get(unit, 0) for b in bundles)
+            need = sum(b.get(unit, 0) for b in bundles) + workers.get(unit, 0)
             if need > have.get(unit, 0):
                 if started_here:
                     ray.shutdown()
-                extra = " (with its vLLM engines)" if len(bundles) > 1 else ""
+                extra = " (with its vLLM engines / DeepSpeed workers)" if len(bundles) > 1 or workers else ""
                 raise ValueError(f"resources.{key}: a trajectory{extra} asks for {need:g} {unit}, this machine has "
                                  f"{have.get(unit, 0):g}; e.g. --set resources.{key}={have.get(unit, 0):g}")
+    # Ray Train places DeepSpeed workers in a placement group of its own (it cannot use the
+    # trajectory's), so trajectories holding their groups could starve each other's workers: with
+    # that backend, only as many run at once as the cluster holds together with their workers.
+    in_flight = len(pending)
+    if workers:
+        whole = {u: sum(b.get(u, 0) for b in bundles) + workers.get(u, 0) for u in ("CPU", "GPU")}
+        in_flight = max(1, int(min(have.get(u, 0) // n for u, n in whole.items() if n)))
+        log(f"DeepSpeed workers outside the trajectories' groups: at most {in_flight} trajectories at once")
     # A failed trajectory (its worker died) is retried once; it resumes from its last finished stage.
     task = ray.remote(max_retries=1)(_trajectory_task)
     t0 = time.time()
@@ -117,18 +135,18 @@ def run_study(cfg: StudyConfig, log=print) -> int:
     groups = {}  # task ref -> its trajectory's placement group
     try:
         progress = Queue()
-        refs = []
-        for arm, seed in pending:
-            pg = placement_group(trajectory_bundles(cfg), strategy="PACK", name=f"{cfg.study}/{arm}/seed{seed}")
-            # Bundle 0 holds the trajectory itself; vLLM engines take the others (biasamp.engines).
-            # A trajectory whose group does not fit yet waits: trajectories queue when the cluster is full.
-            strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
-            refs.append(task.options(num_cpus=res.cpus_per_trajectory, num_gpus=res.gpus_per_trajectory,
-                                     scheduling_strategy=strategy).remote(cfg, arm, seed, res.cpus_per_trajectory,
-                                                                          progress))
-            groups[refs[-1]] = pg
-        remaining = list(refs)
-        while remaining:
+        queued, remaining = list(pending), []
+        while queued or remaining:
+            while queued and len(remaining) < in_flight:
+                arm, seed = queued.pop(0)
+                pg = placement_group(bundles, strategy="PACK", name=f"{cfg.study}/{arm}/seed{seed}")
+                # Bundle 0 holds the trajectory itself; vLLM engines take the others (biasamp.engines).
+                # A trajectory whose group does not fit yet waits: trajectories queue when the cluster is full.
+                strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
+                ref = task.options(num_cpus=res.cpus_per_trajectory, num_gpus=res.gpus_per_trajectory,
+                                   scheduling_strategy=strategy).remote(cfg, arm, seed, res.cpus_per_trajectory, progress)
+                groups[ref] = pg
+                remaining.append(ref)
             ready, remaining = ray.wait(remaining, num_returns=1, timeout=1.0)
             for message in progress.get_nowait_batch(progress.qsize()):
                 log(f"{time.time() - t0:6.0f}s {message}")
@@ -136,8 +154,8 @@ def run_study(cfg: StudyConfig, log=print) -> int:
                 remove_placement_group(groups.pop(ref))  # its resources go to the next queued trajectory
                 arm, seed, n = ray.get(ref)  # re-raises a trajectory's exception here
                 ran += n
-                log(f"{time.time() - t0:6.0f}s [{arm}/seed{seed}] finished "
-                    f"({len(refs) - len(remaining)}/{len(refs)} trajectories)")
+                done = len(pending) - len(queued) - len(remaining)
+                log(f"{time.time() - t0:6.0f}s [{arm}/seed{seed}] finished ({done}/{len(pending)} trajectories)")
     finally:
         for pg in groups.values():
             remove_placement_group(pg)

@@ -5,6 +5,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -32,10 +33,14 @@ def test_submit_smoke_study_to_a_local_head_with_token_auth(tmp_path):
     assert start.returncode == 0, start.stdout + start.stderr
     try:
         out = tmp_path / "study"
-        res = subprocess.run(
-            ["ray_jobs/submit.sh", address, "configs/smoke.yaml", "--out", str(out), "--set", "generations=2",
-             "--set", "seeds=[0]"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-        log = res.stdout + res.stderr
+        for _ in range(12):  # a head just started may not have its job agent yet (seen on a loaded machine)
+            res = subprocess.run(
+                ["ray_jobs/submit.sh", address, "configs/smoke.yaml", "--out", str(out), "--set", "generations=2",
+                 "--set", "seeds=[0]"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+            log = res.stdout + res.stderr
+            if "No available agent to submit job" not in log:
+                break
+            time.sleep(5)
         assert res.returncode == 0 and "succeeded" in log, log[-3000:]
         articles = pd.read_parquet(out / "articles")
         assert articles.groupby(["arm", "generation"]).size().to_dict() == {

@@ -162,3 +162,18 @@ def test_generation_progress_is_logged_at_most_once_a_minute(monkeypatch):
     for done in (10, 20, 30, 40):
         report(done, 40)
     assert log == ["[a/seed0] G1/2: 20/40 prompts, 1 min left"]
+
+
+def test_study_with_deepspeed_training_queues_trajectories_around_their_workers(tmp_path):
+    """The smoke study with train.backend deepspeed (2 CPU workers, ZeRO-2), each trajectory a Ray
+    task launching a Ray Train run: on 2 CPUs one trajectory at a time, no deadlock, same tables."""
+    res = _cli("run", "configs/smoke.yaml", "--out", str(tmp_path / "ds"), "--set", "seeds=[0]",
+               "--set", "generations=1", "--set", "wandb.mode=disabled", "--set", "train.backend=deepspeed",
+               "--set", "train.deepspeed={workers: 2, micro_batch: 1, cpus_per_worker: 0.5, zero_stage: 2}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "at most 1 trajectories at once" in res.stdout
+    assert "finished (2/2 trajectories)" in res.stdout
+    articles = _articles(tmp_path / "ds")
+    assert len(articles) == 2 * 12 and articles["text"].str.len().gt(0).all()
+    assert len(list((tmp_path / "ds" / "scores").glob("*.parquet"))) == 2
+    assert not list((tmp_path / "ds").rglob("*.train"))  # the weight handoff folders are cleaned up
