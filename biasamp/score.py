@@ -134,10 +134,12 @@ def perplexities(model, tokenizer, texts: list[str], max_tokens: int, batch_size
             idx = order[start : start + batch_size]
             enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=limit, padding=True,
                             return_tensors="pt").to(model.device)
-            logits = model(**enc, use_cache=False).logits[:, :-1].double()
+            # float32 log-softmax over the vocabulary (a float64 copy of the logits costs more than the
+            # forward pass for a 49k-50k vocabulary); per-token losses are summed in float64.
+            logits = model(**enc, use_cache=False).logits[:, :-1]
             target = enc["input_ids"][:, 1:]
             mask = enc["attention_mask"][:, 1:].double()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none").double()
             n = mask.sum(dim=1)
             ppl = torch.exp((nll * mask).sum(dim=1) / n.clamp(min=1))
             out[idx] = torch.where(n > 0, ppl, torch.nan).cpu().numpy()
