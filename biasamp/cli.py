@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +17,18 @@ classifier_app = typer.Typer(no_args_is_help=True, help="The offline leaning cla
 app.add_typer(classifier_app, name="classifier")
 quality_app = typer.Typer(no_args_is_help=True, help="The offline text-quality proxy (levels 0-3).")
 app.add_typer(quality_app, name="quality")
+
+
+@contextmanager
+def user_errors(code: int = 2):
+    """Bad input (a config, a file, a value; pydantic's errors are ValueErrors too) ends the
+    command with its one-line message and `code`, not a traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        raise typer.Exit(code)
+
 
 SET_HELP = "Override a config key, e.g. --set train.epochs=2 (repeatable)."
 
@@ -55,11 +68,8 @@ def run(
     from biasamp.orchestrate import run_study
 
     cfg = _load(config, set_, out)
-    try:
+    with user_errors(1):
         run_study(cfg, log=typer.echo)
-    except (ValueError, FileNotFoundError) as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
-        raise typer.Exit(1)
     typer.echo(f"results in {cfg.output_dir}")
 
 
@@ -85,19 +95,15 @@ def data_prepare(
     center_only: bool = typer.Option(False, help="Center articles only (the paper's alternative setup)"),
 ):
     """Draw a stratified study corpus from an AllSides-labelled source."""
-    from pydantic import ValidationError
 
     from biasamp.artifacts import write_parquet
     from biasamp.data import read_source, sample_corpus, write_jsonl_gz
 
-    try:
+    with user_errors():
         span = tuple(int(y) for y in years.split("-")) if years else None
         cfg = CorpusConfig(source=source, per_label=_per_label(per_label, center_only), years=span,
                            max_words=max_words, seed=seed)
         corpus = sample_corpus(read_source(source), cfg)
-    except (ValidationError, ValueError, FileNotFoundError) as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
-        raise typer.Exit(2)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.name.endswith(".jsonl.gz"):
         write_jsonl_gz(corpus, out)
@@ -130,11 +136,8 @@ def score(
         typer.secho(f"config error: {e}", err=True, fg="red")
         raise typer.Exit(2)
     cfg = cfg.model_copy(update={"out_dir": str(study_dir.resolve()), "scoring": cfg.scoring.model_copy(update={"enabled": True})})
-    try:
+    with user_errors(1):
         rescore_study(cfg, log=typer.echo)
-    except (ValueError, FileNotFoundError) as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -151,23 +154,19 @@ def classify(
 ):
     """Political leaning of any article file, with a pluggable classifier."""
     import pandas as pd
-    from pydantic import ValidationError
 
     from biasamp.artifacts import write_parquet
     from biasamp.data import read_table
     from biasamp.score import leaning, load_classifier
     from biasamp.train import training_text
 
-    try:
+    with user_errors():
         label_map = dict(p.split("=", 1) for p in labels.split(",")) if labels else ClassifierConfig().labels
         cfg = ClassifierConfig(kind=kind, name=model, labels=label_map, max_tokens=max_tokens)
         df = read_table(input)
         if "text" not in df.columns:
             raise ValueError(f"{input}: no 'text' column (has: {', '.join(map(str, df.columns))})")
         clf = load_classifier(cfg.kind, cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
-    except (ValidationError, ValueError, FileNotFoundError) as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
-        raise typer.Exit(2)
     titles = df["title"].fillna("").astype(str) if "title" in df.columns else None
     texts = df["text"].fillna("").astype(str)
     # With a title, the article is read as the study models write it; without, as plain text.
@@ -197,12 +196,8 @@ def classifier_train(
     from biasamp.artifacts import write_json
     from biasamp.leaning import study_article_ids, train
 
-    try:
+    with user_errors():
         head = train(data, per_label, study_article_ids(exclude_study), max_tokens, seed, log=typer.echo)
-    except (ValueError, FileNotFoundError) as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
-        raise typer.Exit(2)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_json(head, out)
     typer.echo(f"head (C={head['C']}, outlet-grouped CV macro-F1 {head['cv_macro_f1']:.3f}) -> {out}")
 
@@ -218,11 +213,8 @@ def classifier_eval(
     from biasamp.artifacts import write_json
     from biasamp.leaning import evaluate, load_head, study_article_ids
 
-    try:
+    with user_errors():
         result = evaluate(data, load_head(head), study_article_ids(exclude_study), log=typer.echo)
-    except (ValueError, FileNotFoundError) as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
-        raise typer.Exit(2)
     typer.echo(f"{result['eval_articles']} articles from {len(result['eval_outlets'])} unseen outlets")
     typer.echo(f"{'':16}{'macro-F1':>9}" + "".join(f"{'F1 ' + lab:>10}" for lab in ("left", "center", "right")))
     for name in ("minilm_head", "tfidf_baseline"):
@@ -231,7 +223,6 @@ def classifier_eval(
                                                            for lab in ("left", "center", "right")))
         typer.echo(f"{'':16}confusion (rows true L/C/R): {r['confusion']['matrix']}")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
         write_json(result, out)
 
 
@@ -246,11 +237,8 @@ def quality_train(
     from biasamp.leaning import study_article_ids
     from biasamp.quality import train
 
-    try:
+    with user_errors():
         proxy = train(data, study_article_ids(exclude_study), seed, log=typer.echo)
-    except (ValueError, FileNotFoundError) as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
-        raise typer.Exit(2)
     out.parent.mkdir(parents=True, exist_ok=True)
     proxy.save(out)
     typer.echo(f"quality proxy -> {out}")
@@ -269,11 +257,8 @@ def quality_eval(
     from biasamp.leaning import study_article_ids
     from biasamp.quality import QualityProxy, evaluate
 
-    try:
+    with user_errors():
         result = evaluate(QualityProxy.load(proxy), data, study_article_ids(exclude_study), seed)
-    except (ValueError, FileNotFoundError) as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
-        raise typer.Exit(2)
     typer.echo(f"{result['sentences']} held-out sentences; AUC of adjacent levels: "
                + ", ".join(f"{k}: {v:.3f}" for k, v in result["auc_adjacent"].items()))
     typer.echo("mean expected level by true level: "
@@ -294,11 +279,8 @@ def import_paper_cmd(
     from biasamp.artifacts import write_parquet
     from biasamp.summary import import_paper, write_summaries
 
-    try:
+    with user_errors():
         scores, warnings = import_paper(folder)
-    except (ValueError, FileNotFoundError) as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
-        raise typer.Exit(2)
     for w in warnings:
         typer.secho(f"warning: {w}", err=True, fg="yellow")
     out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 PROXY = Path(__file__).parent / "data" / "quality_proxy.npz"
 LEVELS = [0, 1, 2, 3]
@@ -243,7 +242,7 @@ def evaluate(proxy: QualityProxy, data: Path, exclude: set[str], seed: int) -> d
     articles vs the same articles turned into repetition loops."""
     from sklearn.metrics import roc_auc_score
 
-    from biasamp.score import quality_index
+    from biasamp.score import quality_index, sentences
 
     parts = split_articles(data, exclude, seed)
     sents, owner, y = corrupted_sentences(parts["eval"], proxy, seed + 1)
@@ -252,9 +251,7 @@ def evaluate(proxy: QualityProxy, data: Path, exclude: set[str], seed: int) -> d
             for k in LEVELS[:-1]}
     means = {str(k): float(expected[y == k].mean()) for k in LEVELS}
     clean = parts["eval"][:200]
-    from biasamp.score import sentences
-
-    first = [sentences(t)[0] if sentences(t) else t for t in clean]
+    first = [(sentences(t) or [t])[0] for t in clean]
     sentence_loop = [" ".join([f] * 10) for f in first]  # one sentence over and over
     phrase_loop = [" ".join(((f.split()[:4] or ["the"]) * 40)) + "." for f in first]  # a phrase without end
     tqi = {name: float(quality_index(proxy, texts, 0).mean())
