@@ -294,38 +294,75 @@ def import_paper_cmd(
 
 @app.command()
 def analyze(
-    study_dir: Path = typer.Argument(..., help="A study's output folder (with neurons/)."),
+    study_dir: Path = typer.Argument(..., help="A study's output folder, or an `import-paper` folder (contrasts only)."),
     summary: Optional[Path] = typer.Option(None, help="Summary table (default: STUDY_DIR/summary.parquet)."),
     targets: str = typer.Option("share_right,tqi_mean", help="Summary columns to explain, comma-separated."),
-    mode: str = typer.Option("within", help="within: first differences inside each trajectory; paper: the authors' pooled levels."),
+    mode: str = typer.Option("within", help="within: first differences inside each trajectory (calibrated); "
+                                            "paper: the authors' pooled levels, as they ran it."),
     maxlags: int = typer.Option(1, min=0, help="Newey-West lags."),
     alpha: float = typer.Option(0.05, min=0.0, max=1.0, help="Significance level (BH q; raw p in paper mode)."),
+    null_draws: int = typer.Option(10, min=0, help="Surrogate-null repetitions for the expected false discoveries."),
+    baseline: Optional[str] = typer.Option(None, help="Arm that contrasts subtract (default: the config's "
+                                                      "analysis.baseline_arm, else its first arm)."),
+    bootstrap: int = typer.Option(1000, min=10, help="Bootstrap resamples for the arm contrasts and trends."),
 ):
-    """Which neurons move with each target: per-neuron OLS with Newey-West errors."""
+    """Neuron tests (per-neuron OLS with a surrogate-null diagnostic) and arm contrasts with CIs."""
     import json
 
     import pandas as pd
 
     from biasamp.artifacts import write_json, write_parquet
-    from biasamp.stats import neuron_tests, overlap_summary
+    from biasamp.stats import arm_contrasts, neuron_tests
 
     if mode not in ("within", "paper"):
         raise typer.BadParameter("within or paper", param_hint="--mode")
     summary = summary or study_dir / "summary.parquet"
-    for path in (study_dir / "neurons", summary):
-        if not path.exists():
-            typer.secho(f"error: {path} not found", err=True, fg="red")
-            raise typer.Exit(2)
-    try:
-        tests = neuron_tests(pd.read_parquet(study_dir / "neurons"), pd.read_parquet(summary),
-                             [t.strip() for t in targets.split(",")], mode, maxlags, alpha)
-    except ValueError as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
+    scores = next((p for p in (study_dir / "scores", study_dir / "scores.parquet") if p.exists()), None)
+    has_neurons = (study_dir / "neurons").exists()
+    if not has_neurons and scores is None:
+        typer.secho(f"error: {study_dir} has neither neurons/ nor scores: nothing to analyze", err=True, fg="red")
         raise typer.Exit(2)
-    write_parquet(tests, study_dir / "neuron_tests.parquet")
-    counts = {"mode": mode, "maxlags": maxlags, "alpha": alpha, **overlap_summary(tests)}
-    write_json(counts, study_dir / "neuron_tests_summary.json")
-    typer.echo(json.dumps(counts, indent=2))
+    with user_errors():
+        if baseline is None and (study_dir / "manifest.json").exists():
+            from biasamp.config import from_dict
+
+            baseline = from_dict(json.loads((study_dir / "manifest.json").read_text())["config"]).analysis.baseline_arm
+        if has_neurons:
+            if not summary.exists():
+                raise FileNotFoundError(f"{summary} not found (neuron tests need the per-generation summary)")
+            tests, report = neuron_tests(pd.read_parquet(study_dir / "neurons"), pd.read_parquet(summary),
+                                         [t.strip() for t in targets.split(",")], mode, maxlags, alpha, null_draws)
+        if scores is not None:
+            contrasts, trends = arm_contrasts(pd.read_parquet(scores), baseline, bootstrap)
+    if has_neurons:
+        name = "neuron_tests.parquet" if mode == "within" else f"neuron_tests_{mode}.parquet"
+        write_parquet(tests, study_dir / name)
+        # One summary file, one section per mode: a paper-mode run never hides the within-mode one.
+        info_path = study_dir / "neuron_tests_summary.json"
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        info[mode] = report
+        write_json(info, info_path)
+        for w in report["warnings"]:
+            typer.secho(f"warning: {w}", err=True, fg="yellow")
+        typer.echo(f"neuron tests ({mode} mode, {name}): significant / neurons, and the count expected under "
+                   f"the null ({null_draws} surrogate draws)")
+        for key, part in report.items():
+            if isinstance(part, dict):
+                for target, r in part["null"].items():
+                    expected = "" if r["null_expected_significant"] is None else \
+                        f"   null expects {r['null_expected_significant']:.1f} (max {r['null_max_significant']})"
+                    typer.echo(f"  {key:28} {target:14} {r['significant']:7d} / {part['neurons']}{expected}"
+                               f"   [{r['n_obs']} obs, {r['n_trajectories']} trajectories]")
+    if scores is not None:
+        write_parquet(contrasts, study_dir / "arm_contrasts.parquet")
+        write_parquet(trends, study_dir / "arm_trends.parquet")
+        last = contrasts.sort_values(["study", "arm", "target", "generation"]).groupby(["study", "arm", "target"]).tail(1)
+        for r in last[last["target"].isin(["share_right", "tqi_mean"])].itertuples():
+            ci = "" if r.seed_variation_in_ci else "  (one seed: articles only)"
+            p = "p<0.0001" if r.p < 1e-4 else f"p={r.p:.2g}"
+            typer.echo(f"  {r.study}: {r.arm} - {r.baseline} at G{r.generation}, {r.target}: {r.estimate:+.3f} "
+                       f"[{r.lo:+.3f}, {r.hi:+.3f}] {p}{ci}")
+        typer.echo(f"arm contrasts -> {study_dir / 'arm_contrasts.parquet'}, trends -> {study_dir / 'arm_trends.parquet'}")
 
 
 @app.command()

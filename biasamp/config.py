@@ -19,7 +19,7 @@ Label = Literal["left", "center", "right"]
 LABELS: tuple[str, ...] = ("left", "center", "right")
 
 
-HASH_EXCLUDES = {"seeds", "generations", "scoring", "resources", "wandb", "out_dir"}
+HASH_EXCLUDES = {"seeds", "generations", "scoring", "analysis", "resources", "wandb", "out_dir"}
 
 
 class ConfigError(ValueError):
@@ -212,6 +212,12 @@ class ScoringConfig(_Frozen):
     bootstrap: int = Field(1000, ge=10)  # resamples for the confidence intervals
 
 
+class AnalysisConfig(_Frozen):
+    """What `biasamp analyze` compares (it reads the tables; nothing here changes a trajectory)."""
+
+    baseline_arm: str | None = None  # arm contrasts are each arm minus this one (None: the first arm)
+
+
 class ResourcesConfig(_Frozen):
     cpus_per_trajectory: float = Field(1, gt=0)
     gpus_per_trajectory: float = Field(0, ge=0)
@@ -236,6 +242,7 @@ class StudyConfig(_Frozen):
     generation: GenerationConfig = GenerationConfig()
     neurons: NeuronsConfig = NeuronsConfig()
     scoring: ScoringConfig = ScoringConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
     resources: ResourcesConfig = ResourcesConfig()
     wandb: WandbConfig = WandbConfig()
     out_dir: str = "runs/{study}"
@@ -251,6 +258,10 @@ class StudyConfig(_Frozen):
                 raise ValueError(f"arms.{name}: arm names are letters, digits, '_' and '-'")
             if arm.corpus not in self.corpora:
                 raise ValueError(f"arms.{name}.corpus: '{arm.corpus}' is not in corpora ({', '.join(self.corpora)})")
+        if self.analysis.baseline_arm is None:  # resolved here: the manifest stores arms in sorted order
+            object.__setattr__(self, "analysis", AnalysisConfig(baseline_arm=next(iter(self.arms))))
+        if self.analysis.baseline_arm not in self.arms:
+            raise ValueError(f"analysis.baseline_arm: '{self.analysis.baseline_arm}' is not an arm ({', '.join(self.arms)})")
         if self.neurons.probe is not None and self.neurons.probe not in self.corpora:
             raise ValueError(f"neurons.probe: '{self.neurons.probe}' is not in corpora ({', '.join(self.corpora)})")
         return self
@@ -316,9 +327,10 @@ def from_dict(raw: dict, source: str = "<dict>") -> StudyConfig:
     except ValidationError as e:
         msgs = []
         for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            loc = ".".join(str(p) for p in err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
-            msgs.append(f"{loc}: {msg}" if not msg.startswith(loc) else msg)
+            # a whole-study check already names its key path ("arms.x.corpus: ...")
+            msgs.append(f"{loc}: {msg}" if loc and not msg.startswith(loc) else msg)
         raise ConfigError(f"{source}: " + "; ".join(msgs)) from None
 
 

@@ -1,16 +1,26 @@
-"""Which neurons move with bias (or quality): per-neuron OLS with Newey-West (HAC) errors.
+"""Which neurons move with bias (or quality), and how arms differ: the statistics stage.
 
-One regression per neuron, y = a + b x, vectorised over all neurons at once. statsmodels is the
-reference (tests/test_stats.py checks every column against it to 1e-8):
+Neuron tests: one regression per neuron, y = a + b x, vectorised over all neurons at once.
+statsmodels is the reference (tests/test_stats.py checks every column against it to 1e-8):
 
 - mode "within" (default): first differences of target and neuron value between consecutive
-  generations of one (arm, seed) trajectory, never across trajectories, pooled;
-  `OLS(dy, [1, dx]).fit(cov_type="hac-panel", cov_kwds={"groups": trajectory, "maxlags": L})`
-  (Bartlett kernel, lag products only within a trajectory, small-sample factor n/(n-2)).
-- mode "paper": the authors' released procedure: levels, every version pooled in one sequence,
-  `OLS(y, [1, x]).fit(cov_type="HAC", cov_kwds={"maxlags": 1})`.
+  generations of one (arm, seed) trajectory, never across trajectories, pooled. The standard error
+  is the larger of the conventional OLS one and the Newey-West one
+  (`OLS(dy, [1, dx]).fit(cov_type="hac-panel", cov_kwds={"groups": trajectory, "maxlags": L})`),
+  and p comes from Student's t with n - 2 degrees of freedom. Why: Newey-West errors are biased
+  down in small samples, and with normal p-values 13% of null neurons had p < 0.05 at 16
+  differences (37% at 4); the max rule (Angrist & Pischke 2009, section 8.1) with t(n-2) stays at or
+  below the nominal rate at every size (`python bench/null_calibration.py` prints the table).
+- mode "paper": the authors' released procedure, kept as they ran it: levels, every version pooled
+  in one sequence, `OLS(y, [1, x]).fit(cov_type="HAC", cov_kwds={"maxlags": 1})`, normal p-values.
 
-p-values are two-sided normal, as statsmodels reports them for these covariance types.
+Every analysis also runs on surrogate nulls built from the study's own data (`null_diagnostic`):
+the target's steps in a random order inside each trajectory, so the timing of its changes carries
+no information about any neuron. The mean count flagged there is the false-discovery count to
+expect when there is nothing to find; the authors' pooled-levels procedure flags many.
+
+Arm contrasts and trends (`arm_contrasts`, `arm_trends`) come from the per-article scores, with
+bootstrap CIs: seeds resampled, then articles within each drawn seed (biasamp.summary.boot_means).
 """
 
 from __future__ import annotations
@@ -20,15 +30,22 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from scipy.special import ndtr
+from scipy.stats import t as student_t
 from statsmodels.stats.multitest import multipletests
+
+from biasamp.config import LABELS
+from biasamp.summary import boot_means
 
 Mode = Literal["within", "paper"]
 VERSION = ["study", "arm", "seed", "generation"]
-TEST_COLUMNS = ["target", "kind", "stat", "layer", "neuron", "beta", "se", "t", "p", "q", "r", "significant"]
+TEST_COLUMNS = ["target", "kind", "stat", "layer", "neuron", "beta", "se", "t", "p", "q", "r", "n_obs",
+                "n_trajectories", "significant"]
 
 
 def regress(X: np.ndarray, y: np.ndarray, groups: np.ndarray, maxlags: int, correction: bool) -> dict[str, np.ndarray]:
-    """OLS of y on [1, X[:, j]] for every column j, with Bartlett-kernel HAC standard errors.
+    """OLS of y on [1, X[:, j]] for every column j: the slope, its Bartlett-kernel HAC standard
+    error `se` (with normal p, as statsmodels reports it), the conventional standard error `se_ols`
+    and Pearson's r.
 
     X: (n, J); y: (n,); groups: (n,), observations of a group contiguous and in time order:
     lag products are summed only between observations of the same group.
@@ -44,7 +61,8 @@ def regress(X: np.ndarray, y: np.ndarray, groups: np.ndarray, maxlags: int, corr
         beta = sxy / sxx
         # For a slope, the sandwich reduces to sum-of-scores over (sum x_c^2)^2 with
         # scores v_t = (x_t - mean x) * residual_t.
-        v = xm * (ym[:, None] - xm * beta)
+        resid = ym[:, None] - xm * beta
+        v = xm * resid
         s = np.einsum("ij,ij->j", v, v)
         for lag in range(1, maxlags + 1):
             same = groups[lag:] == groups[:-lag]
@@ -54,10 +72,23 @@ def regress(X: np.ndarray, y: np.ndarray, groups: np.ndarray, maxlags: int, corr
         if correction:
             var *= n / (n - 2.0)
         se = np.sqrt(var)
+        se_ols = np.sqrt(np.einsum("ij,ij->j", resid, resid) / (n - 2.0) / sxx)
         t = beta / se
         r = sxy / np.sqrt(sxx * (ym @ ym))
     p = 2.0 * ndtr(-np.abs(t))
-    return {"beta": beta, "se": se, "t": t, "p": p, "r": r}
+    return {"beta": beta, "se": se, "se_ols": se_ols, "t": t, "p": p, "r": r}
+
+
+def fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray, mode: Mode, maxlags: int) -> dict[str, np.ndarray]:
+    """beta, se, t, p, r per column as `neuron_tests` reports them (see the module docstring)."""
+    res = regress(X, y, groups, maxlags, correction=(mode == "within"))
+    if mode == "within":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            res["se"] = np.fmax(res["se"], res["se_ols"])
+            res["t"] = res["beta"] / res["se"]
+        res["p"] = 2.0 * student_t.sf(np.abs(res["t"]), len(y) - 2)
+    del res["se_ols"]
+    return res
 
 
 def design(versions: pd.DataFrame, X: np.ndarray, y: np.ndarray, mode: Mode):
@@ -84,9 +115,12 @@ def neuron_tests(
     mode: Mode = "within",
     maxlags: int = 1,
     alpha: float = 0.05,
+    null_draws: int = 10,
+    seed: int = 0,
     chunk: int = 1 << 17,
-) -> pd.DataFrame:
-    """The table `neuron_tests` from long-format `neurons` and per-version `summary` tables.
+) -> tuple[pd.DataFrame, dict]:
+    """The table `neuron_tests` from long-format `neurons` and per-version `summary` tables, and a
+    report: counts, overlaps, the null diagnostic per (kind/stat, target), and warnings.
 
     Significant: Benjamini-Hochberg q < alpha across the neurons of one (target, kind, stat);
     in paper mode, as the authors count, raw p < alpha.
@@ -94,30 +128,86 @@ def neuron_tests(
     for col in targets:
         if col not in summary.columns:
             raise ValueError(f"summary has no column '{col}' (has: {', '.join(summary.columns)})")
-    out = []
+    rng = np.random.default_rng(seed)
+    out, null, warn = [], {}, set()
     for (kind, stat), part in neurons.groupby(["kind", "stat"], sort=True):
         versions, keys, X = _matrix(part)
         merged = versions.merge(summary[VERSION + list(targets)], on=VERSION, how="left")
         for target in targets:
             y = merged[target].to_numpy(dtype=np.float64)
             keep = ~np.isnan(y)
-            Xd, yd, groups = design(versions[keep].reset_index(drop=True), X[keep], y[keep], mode)
-            if len(yd) < 3:
-                raise ValueError(f"target {target}: {len(yd)} observations after differencing; need at least 3")
-            res = {k: np.empty(X.shape[1]) for k in ("beta", "se", "t", "p", "r")}
-            for start in range(0, X.shape[1], chunk):  # bounded memory at any model size
-                block = regress(Xd[:, start : start + chunk], yd, groups, maxlags, correction=(mode == "within"))
-                for k in res:
-                    res[k][start : start + chunk] = block[k]
-            q = np.full_like(res["p"], np.nan)
-            ok = ~np.isnan(res["p"])
-            if ok.any():
-                q[ok] = multipletests(res["p"][ok], method="fdr_bh")[1]
-            crit = res["p"] if mode == "paper" else q
-            table = pd.DataFrame({"target": target, "kind": kind, "stat": stat, **keys, **res, "q": q})
-            table["significant"] = np.nan_to_num(crit, nan=1.0) < alpha
+            v, Xk, yk = versions[keep].reset_index(drop=True), X[keep], y[keep]
+            res, n_obs, per_traj = _tests(v, Xk, yk, mode, maxlags, chunk)
+            if len(per_traj) < 3:
+                warn.add(f"{len(per_traj)} trajectories: fewer than 3, so the tests rest on very few "
+                         "independent runs; add seeds")
+            if per_traj.min() < 3:
+                warn.add(f"a trajectory has {per_traj.min()} generation-to-generation differences (fewer than 3); "
+                         "add generations")
+            q, sig = _significant(res["p"], mode, alpha)
+            table = pd.DataFrame({"target": target, "kind": kind, "stat": stat, **keys, **res, "q": q,
+                                  "n_obs": n_obs, "n_trajectories": len(per_traj), "significant": sig})
             out.append(table[TEST_COLUMNS])
-    return pd.concat(out, ignore_index=True)
+            counts, rates = [], []
+            for _ in range(null_draws):
+                p0 = _tests(v, Xk, surrogate_target(v, yk, rng), mode, maxlags, chunk)[0]["p"]
+                counts.append(int(_significant(p0, mode, alpha)[1].sum()))
+                rates.append(float(np.mean(np.nan_to_num(p0, nan=1.0) < alpha)))
+            null.setdefault(f"{kind}/{stat}", {})[target] = {
+                "significant": int(sig.sum()),
+                "p_below_alpha": float(np.mean(np.nan_to_num(res["p"], nan=1.0) < alpha)),
+                "null_expected_significant": float(np.mean(counts)) if counts else None,
+                "null_max_significant": max(counts) if counts else None,
+                "null_p_below_alpha": float(np.mean(rates)) if rates else None,
+                "n_obs": n_obs,
+                "n_trajectories": len(per_traj),
+            }
+    tests = pd.concat(out, ignore_index=True)
+    report = {"mode": mode, "maxlags": maxlags, "alpha": alpha, "null_draws": null_draws, "warnings": sorted(warn)}
+    for key, counts in overlap_summary(tests).items():
+        report[key] = {**counts, "null": null[key]}
+    return tests, report
+
+
+def _tests(versions, X, y, mode, maxlags, chunk):
+    """fit() over every neuron column in chunks (bounded memory at any model size); n_obs and the
+    number of observations per trajectory."""
+    Xd, yd, groups = design(versions, X, y, mode)
+    if len(yd) < 3:
+        raise ValueError(f"{len(yd)} observations after differencing; need at least 3 (more generations or seeds)")
+    res = {k: np.empty(X.shape[1]) for k in ("beta", "se", "t", "p", "r")}
+    for start in range(0, X.shape[1], chunk):
+        block = fit(Xd[:, start : start + chunk], yd, groups, mode, maxlags)
+        for k in res:
+            res[k][start : start + chunk] = block[k]
+    traj = versions.groupby(VERSION[:3], sort=True).ngroup().to_numpy()
+    per_traj = np.bincount(traj) - (1 if mode == "within" else 0)
+    return res, len(yd), per_traj
+
+
+def _significant(p: np.ndarray, mode: Mode, alpha: float):
+    """BH q-values across one (target, kind, stat), and the significance flag (raw p in paper mode)."""
+    q = np.full_like(p, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        q[ok] = multipletests(p[ok], method="fdr_bh")[1]
+    crit = p if mode == "paper" else q
+    return q, np.nan_to_num(crit, nan=1.0) < alpha
+
+
+def surrogate_target(versions: pd.DataFrame, y: np.ndarray, rng) -> np.ndarray:
+    """The target with its generation-to-generation steps in a random order inside each trajectory,
+    accumulated from the trajectory's first value: same start, end, step sizes and drift, but the
+    timing of its changes tells nothing about any neuron. (Autocorrelation of the steps is not kept.)"""
+    y = np.asarray(y, dtype=np.float64)
+    out = y.copy()
+    order = np.lexsort([versions[c].to_numpy() for c in reversed(VERSION)])
+    traj = versions.iloc[order].groupby(VERSION[:3], sort=False).ngroup().to_numpy()
+    for t in np.unique(traj):
+        idx = order[traj == t]
+        steps = rng.permutation(np.diff(y[idx]))
+        out[idx] = y[idx[0]] + np.concatenate([[0.0], np.cumsum(steps)])
+    return out
 
 
 def _matrix(part: pd.DataFrame):
@@ -150,3 +240,81 @@ def overlap_summary(tests: pd.DataFrame) -> dict:
         }
     return out
 
+
+
+# --- arms: contrasts against a baseline arm, trends over generations ------------------------------
+
+CONTRAST_TARGETS = [f"share_{lab}" for lab in LABELS] + ["tqi_mean", "ppl_mean"]
+
+
+def _article_values(part: pd.DataFrame) -> np.ndarray:
+    """Per article, the values whose means are CONTRAST_TARGETS: label one-hot, tqi, ppl."""
+    onehot = (part["label"].to_numpy()[:, None] == np.array(LABELS)[None, :]).astype(float)
+    return np.column_stack([onehot, part["tqi"].to_numpy(dtype=float), part["ppl"].to_numpy(dtype=float)])
+
+
+def _arm_draws(part: pd.DataFrame, rng, n_boot: int) -> dict[int, tuple]:
+    """generation -> (point (k,), bootstrap means (n_boot, k), n_seeds) for one arm. The seeds drawn
+    are the same for every generation of a draw, so that a trend's draws keep whole trajectories."""
+    seeds = sorted(part["seed"].unique())
+    seed_draws = rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
+    out = {}
+    for g, gpart in part.groupby("generation", sort=True):
+        by_seed = {s: _article_values(x) for s, x in gpart.groupby("seed", sort=True)}
+        same = list(by_seed) == seeds
+        point, boot = boot_means(list(by_seed.values()), rng, n_boot, seed_draws if same and len(seeds) > 1 else None)
+        out[int(g)] = (point, boot, len(by_seed))
+    return out
+
+
+def _interval(point: float, boot: np.ndarray) -> dict:
+    """Percentile 95% CI of a bootstrap distribution, and a two-sided p from its standard error."""
+    boot = boot[~np.isnan(boot)]
+    if np.isnan(point) or len(boot) < 2:
+        return {"estimate": point, "lo": np.nan, "hi": np.nan, "se": np.nan, "p": np.nan}
+    se = boot.std(ddof=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    p = 2.0 * ndtr(-abs(point) / se) if se > 0 else (1.0 if point == 0 else 0.0)
+    return {"estimate": point, "lo": lo, "hi": hi, "se": se, "p": p}
+
+
+def arm_contrasts(scores: pd.DataFrame, baseline: str | None = None, n_boot: int = 1000,
+                  seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per study: each arm minus the baseline arm, per generation and target, and each arm's linear
+    trend over generations (slope per generation). Both with 95% bootstrap CIs (seeds, then articles
+    within each drawn seed) and p-values from the bootstrap standard error.
+
+    `seed_variation_in_ci` is False where an arm has one seed: the CI then covers only which
+    articles were written, not how another run of the same arm would differ.
+    """
+    rng = np.random.default_rng(seed)
+    contrasts, trends = [], []
+    for study, spart in scores.groupby("study", sort=True):
+        arms = sorted(spart["arm"].unique())
+        base = baseline or arms[0]
+        if base not in arms:
+            raise ValueError(f"baseline arm '{base}' is not in study {study} (arms: {', '.join(arms)})")
+        draws = {arm: _arm_draws(apart, rng, n_boot) for arm, apart in spart.groupby("arm", sort=True)}
+        for arm in arms:
+            for g in sorted(draws[arm]):
+                if arm == base or g not in draws[base]:
+                    continue
+                (pa, ba, sa), (pb, bb, sb) = draws[arm][g], draws[base][g]
+                for k, target in enumerate(CONTRAST_TARGETS):
+                    contrasts.append({"study": study, "arm": arm, "baseline": base, "generation": g, "target": target,
+                                      **_interval(pa[k] - pb[k], ba[:, k] - bb[:, k]),
+                                      "arm_value": pa[k], "baseline_value": pb[k], "n_seeds": sa,
+                                      "n_seeds_baseline": sb, "seed_variation_in_ci": bool(sa > 1 and sb > 1)})
+            gens = np.array(sorted(draws[arm]), dtype=float)
+            if len(gens) < 2:
+                continue
+            point = np.stack([draws[arm][g][0] for g in sorted(draws[arm])])  # (G, k)
+            boot = np.stack([draws[arm][g][1] for g in sorted(draws[arm])], axis=1)  # (n_boot, G, k)
+            gc = (gens - gens.mean()) / ((gens - gens.mean()) ** 2).sum()  # OLS slope weights
+            n_seeds = max(d[2] for d in draws[arm].values())
+            for k, target in enumerate(CONTRAST_TARGETS):
+                trends.append({"study": study, "arm": arm, "target": target,
+                               **_interval(float(gc @ point[:, k]), boot[:, :, k] @ gc),
+                               "first_generation": int(gens[0]), "last_generation": int(gens[-1]),
+                               "n_generations": len(gens), "n_seeds": n_seeds, "seed_variation_in_ci": n_seeds > 1})
+    return pd.DataFrame(contrasts), pd.DataFrame(trends)

@@ -28,22 +28,32 @@ def _values(part: pd.DataFrame) -> np.ndarray:
     return np.column_stack([onehot, part["tqi"].to_numpy(dtype=float)])
 
 
-def _row(values_per_seed: list[np.ndarray], rng, n_boot: int) -> dict:
-    """Point estimates and percentile CIs; several seeds: resample seeds, then articles in each."""
+def boot_means(values_per_seed: list[np.ndarray], rng, n_boot: int, seed_draws: np.ndarray | None = None):
+    """Means of per-article values (k columns) over every seed's articles, and n_boot bootstrap
+    means (n_boot, k): seeds resampled (or `seed_draws`, (n_boot, n_seeds) indices, given), then
+    articles within each drawn seed. NaN values (a score not measured) are left out."""
     pooled = np.concatenate(values_per_seed)
-    point = pooled.mean(axis=0)
     s = len(values_per_seed)
     n = np.array([len(v) for v in values_per_seed])
     padded = np.full((s, n.max(), pooled.shape[1]), np.nan)
     for i, v in enumerate(values_per_seed):
         padded[i, : len(v)] = v
-    seeds = rng.integers(0, s, size=(n_boot, s)) if s > 1 else np.zeros((n_boot, 1), dtype=int)
+    seeds = seed_draws
+    if seeds is None:
+        seeds = rng.integers(0, s, size=(n_boot, s)) if s > 1 else np.zeros((n_boot, 1), dtype=int)
     arts = np.floor(rng.random((n_boot, s, n.max())) * n[seeds][:, :, None]).astype(int)
     arts = np.where(np.arange(n.max())[None, None, :] < n[seeds][:, :, None], arts, -1)
     draws = np.where((arts >= 0)[..., None], padded[seeds[:, :, None], np.maximum(arts, 0)], np.nan)
     with warnings.catch_warnings():  # a statistic with no values at all (e.g. no tqi) stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        boot = np.nanmean(draws.reshape(n_boot, -1, pooled.shape[1]), axis=1)
+        return np.nanmean(pooled, axis=0), np.nanmean(draws.reshape(n_boot, -1, pooled.shape[1]), axis=1)
+
+
+def _row(values_per_seed: list[np.ndarray], rng, n_boot: int) -> dict:
+    """Point estimates and percentile CIs; several seeds: resample seeds, then articles in each."""
+    point, boot = boot_means(values_per_seed, rng, n_boot)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         lo, hi = np.nanpercentile(boot, [2.5, 97.5], axis=0)
     row = {}
     for k, name in enumerate(_STATS):

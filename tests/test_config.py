@@ -93,3 +93,14 @@ def test_config_is_immutable_and_hash_ignores_scale(study_dict):
     assert more.science_hash() == cfg.science_hash()
     other = from_dict(study_dict(train={"epochs": 2}))
     assert other.science_hash() != cfg.science_hash()
+
+
+def test_baseline_arm_defaults_to_the_first_arm_and_is_checked(study_dict):
+    d = study_dict()
+    d["arms"] = {"zeta": {"mix": "replace"}, "alpha": {"mix": "accumulate"}}
+    cfg = from_dict(d)
+    assert cfg.analysis.baseline_arm == "zeta"  # the config's order, kept in the manifest (sorted keys)
+    assert from_dict(cfg.model_dump(mode="json")).analysis.baseline_arm == "zeta"
+    assert from_dict({**d, "analysis": {"baseline_arm": "alpha"}}).science_hash() == cfg.science_hash()
+    with pytest.raises(ConfigError, match="analysis.baseline_arm: 'beta' is not an arm"):
+        from_dict({**d, "analysis": {"baseline_arm": "beta"}})

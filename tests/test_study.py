@@ -135,6 +135,10 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path):
     assert set(tests["kind"]) == {"weight", "activation", "block_activation"}
     assert len(tests[(tests.kind == "weight") & (tests.stat == "mean")]) == 2 * 2 * 64  # 2 targets x 2 layers x 64
     assert (outs[0] / "neuron_tests_summary.json").exists()
+    assert "2 generation-to-generation differences" in res.stderr  # 3 generations: the tests warn
+    contrasts = pd.read_parquet(outs[0] / "arm_contrasts.parquet")
+    assert set(contrasts["arm"]) == {"preservation"} and set(contrasts["baseline"]) == {"synthetic"}
+    assert set(contrasts["generation"]) == {0, 1, 2} and contrasts["seed_variation_in_ci"].all()
     again = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]))
     assert again.returncode == 0 and "nothing to do: all 4 trajectories" in again.stdout
     bad = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]), "--set", "train.epochs=3")
