@@ -1,14 +1,9 @@
-"""Where a study's artifacts live, addressed by (study, arm, seed, generation), and atomic writes.
+"""Where a study's non-table artifacts live (checkpoints, manifest), addressed by (study, arm, seed,
+generation); the tables are declared in biasamp.tables.
 
-    OUT/manifest.json                                   config, its hash, library versions
-    OUT/corpus/{corpus}.parquet                         the real articles each corpus drew
-    OUT/checkpoints/{arm}/seed{seed}/gen{g}/            safetensors + config + tokenizer
-    OUT/articles/{arm}__seed{seed}__gen{g}.parquet      D_g, what G_g wrote
-    OUT/neurons/{arm}__seed{seed}__gen{g}.parquet       G_g's neuron summaries, one row group per layer
-    OUT/scores/{arm}__seed{seed}__gen{g}.parquet        per-article leaning, quality, perplexity of D_g
-    OUT/summary.parquet, OUT/summary_arms.parquet       per generation (per seed / across seeds)
+    OUT/manifest.json                        config, its hash, library versions
+    OUT/checkpoints/{arm}/seed{seed}/gen{g}/ safetensors + config + tokenizer
 
-`pandas.read_parquet(OUT / "articles")` reads every generation of every trajectory at once.
 An articles file is written last in a generation, so its presence marks the generation done.
 """
 
@@ -17,57 +12,24 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import pandas as pd
-
 from biasamp.config import HASH_EXCLUDES, StudyConfig
-
-NEURON_COLUMNS = ["study", "arm", "seed", "generation", "layer", "neuron", "kind", "stat", "value"]
-ARTICLE_COLUMNS = ["study", "arm", "seed", "generation", "article_id", "title", "text", "source_label", "n_tokens"]
+from biasamp.tables import TABLES
 
 
 def checkpoint_dir(out: Path, arm: str, seed: int, generation: int) -> Path:
     return out / "checkpoints" / arm / f"seed{seed}" / f"gen{generation}"
 
 
-def articles_path(out: Path, arm: str, seed: int, generation: int) -> Path:
-    return out / "articles" / f"{arm}__seed{seed}__gen{generation}.parquet"
-
-
-def neurons_path(out: Path, arm: str, seed: int, generation: int) -> Path:
-    return out / "neurons" / f"{arm}__seed{seed}__gen{generation}.parquet"
-
-
-def scores_path(out: Path, arm: str, seed: int, generation: int) -> Path:
-    return out / "scores" / f"{arm}__seed{seed}__gen{generation}.parquet"
-
-
-def corpus_path(out: Path, corpus: str) -> Path:
-    return out / "corpus" / f"{corpus}.parquet"
-
-
 def completed_generations(out: Path, arm: str, seed: int) -> int:
     """How many generations G0, G1, ... in a row have their articles written."""
     g = 0
-    while articles_path(out, arm, seed, g).exists():
+    while TABLES["articles"].file(out, arm=arm, seed=seed, generation=g).exists():
         g += 1
     return g
-
-
-def write_parquet(df: pd.DataFrame, path: Path, **to_parquet) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False, **to_parquet)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(obj, path: Path) -> None:

@@ -48,9 +48,14 @@ def _load(config: Path, overrides: list[str], out: Optional[Path] = None) -> Stu
 def validate(
     config: Path,
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    show: bool = typer.Option(False, "--show", help="Print the resolved config (defaults filled, arms inherited) as YAML."),
 ):
     """Check a study config without running it."""
     cfg = _load(config, set_)
+    if show:
+        import yaml
+
+        typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
     n = len(cfg.arms) * len(cfg.seeds)
     typer.echo(
         f"{config}: OK — study '{cfg.study}', {len(cfg.arms)} arms x {len(cfg.seeds)} seeds = {n} trajectories, "
@@ -96,7 +101,7 @@ def data_prepare(
 ):
     """Draw a stratified study corpus from an AllSides-labelled source."""
 
-    from biasamp.artifacts import write_parquet
+    from biasamp.tables import write_parquet
     from biasamp.data import read_source, sample_corpus, write_jsonl_gz
 
     with user_errors():
@@ -155,7 +160,7 @@ def classify(
     """Political leaning of any article file, with a pluggable classifier."""
     import pandas as pd
 
-    from biasamp.artifacts import write_parquet
+    from biasamp.tables import write_parquet
     from biasamp.data import read_table
     from biasamp.score import leaning, load_classifier
     from biasamp.train import training_text
@@ -276,7 +281,7 @@ def import_paper_cmd(
     bootstrap: int = typer.Option(1000, min=10),
 ):
     """The authors' released per-article numbers as biasamp scores and summary tables."""
-    from biasamp.artifacts import write_parquet
+    from biasamp.tables import write_parquet
     from biasamp.summary import import_paper, write_summaries
 
     with user_errors():
@@ -311,8 +316,10 @@ def analyze(
 
     import pandas as pd
 
-    from biasamp.artifacts import write_json, write_parquet
+    from biasamp.artifacts import write_json
+    from biasamp.tables import write_parquet
     from biasamp.stats import arm_contrasts, neuron_tests
+    from biasamp.tables import TABLES
 
     if mode not in ("within", "paper"):
         raise typer.BadParameter("within or paper", param_hint="--mode")
@@ -336,7 +343,7 @@ def analyze(
             contrasts, trends = arm_contrasts(pd.read_parquet(scores), baseline, bootstrap)
     if has_neurons:
         name = "neuron_tests.parquet" if mode == "within" else f"neuron_tests_{mode}.parquet"
-        write_parquet(tests, study_dir / name)
+        write_parquet(tests, study_dir / name)  # checked against TABLES["neuron_tests"] by neuron_tests
         # One summary file, one section per mode: a paper-mode run never hides the within-mode one.
         info_path = study_dir / "neuron_tests_summary.json"
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
@@ -354,8 +361,8 @@ def analyze(
                     typer.echo(f"  {key:28} {target:14} {r['significant']:7d} / {part['neurons']}{expected}"
                                f"   [{r['n_obs']} obs, {r['n_trajectories']} trajectories]")
     if scores is not None:
-        write_parquet(contrasts, study_dir / "arm_contrasts.parquet")
-        write_parquet(trends, study_dir / "arm_trends.parquet")
+        TABLES["arm_contrasts"].write(contrasts, study_dir)
+        TABLES["arm_trends"].write(trends, study_dir)
         last = contrasts.sort_values(["study", "arm", "target", "generation"]).groupby(["study", "arm", "target"]).tail(1)
         for r in last[last["target"].isin(["share_right", "tqi_mean"])].itertuples():
             ci = "" if r.seed_variation_in_ci else "  (one seed: articles only)"
@@ -372,7 +379,7 @@ def simulate(
     seed: int = typer.Option(0),
 ):
     """The paper's appendix: weighted MLE vs plain MLE of Beta fits over generations."""
-    from biasamp.artifacts import write_parquet
+    from biasamp.tables import write_parquet
     from biasamp.simulate import plot, simulate as run_simulation
 
     df = run_simulation(generations=generations, seed=seed)

@@ -6,10 +6,11 @@ Every error is one line naming the file and the key path, e.g.
 
 from __future__ import annotations
 
-import copy
+import difflib
 import hashlib
 import json
 from pathlib import Path
+import typing
 from typing import Literal
 
 import yaml
@@ -108,14 +109,63 @@ class TrainConfig(_Frozen):
         return self
 
 
+# Training mixes: what G_g (g >= 1) trains on. Each kind is one function in biasamp.data.MIXES;
+# its settings live here, under the kind that uses them.
+class ReplaceMix(_Frozen):
+    kind: Literal["replace"] = "replace"  # D_{g-1} only (the authors' Synthetic)
+
+
+class PreserveMix(_Frozen):
+    kind: Literal["preserve"] = "preserve"  # D_{g-1} + real_fraction*N real articles, redrawn per generation
+    real_fraction: float = Field(0.1, gt=0, le=1)
+
+
+class AccumulateMix(_Frozen):
+    kind: Literal["accumulate"] = "accumulate"  # the real corpus and every D_0 .. D_{g-1}
+
+
+class AccumulateSubsampleMix(_Frozen):
+    kind: Literal["accumulate_subsample"] = "accumulate_subsample"  # that pool, subsampled to N
+
+
+class CurateMix(_Frozen):
+    # D_{g-1} resampled (size N) so that its leaning shares, as the study's classifier labels them,
+    # match the real corpus's label shares.
+    kind: Literal["curate"] = "curate"
+
+
+class PreserveBalancedMix(_Frozen):
+    # D_{g-1} + real_fraction*N real articles whose labels are drawn to counter the leaning drift the
+    # study's classifier measured on D_{g-1}: toward the real corpus's label shares.
+    kind: Literal["preserve_balanced"] = "preserve_balanced"
+    real_fraction: float = Field(0.1, gt=0, le=1)
+
+
+MixConfig = typing.Annotated[
+    typing.Union[ReplaceMix, PreserveMix, AccumulateMix, AccumulateSubsampleMix, CurateMix, PreserveBalancedMix],
+    Field(discriminator="kind"),
+]
+MIX_KINDS = tuple(t.model_fields["kind"].default for t in typing.get_args(typing.get_args(MixConfig)[0]))
+MIXES_READING_SCORES = {"curate", "preserve_balanced"}
+
+
 class ArmConfig(_Frozen):
     corpus: str = "main"
-    # replace: D_i only; preserve: D_i plus real_fraction*N real articles, resampled per generation
-    # (the authors' Preservation); accumulate: the real corpus and every D_0..D_i;
-    # accumulate_subsample: that pool subsampled to N articles per generation.
-    mix: Literal["replace", "preserve", "accumulate", "accumulate_subsample"] = "replace"
-    real_fraction: float = Field(0.1, gt=0, le=1)
+    # `mix: preserve` is short for `mix: {kind: preserve}`; `{mix: preserve, real_fraction: 0.1}`
+    # for `mix: {kind: preserve, real_fraction: 0.1}`.
+    mix: MixConfig = ReplaceMix()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, raw):
+        if isinstance(raw, dict) and isinstance(raw.get("mix", "replace"), str):
+            raw = dict(raw)
+            mix = {"kind": raw.pop("mix", "replace")}
+            if "real_fraction" in raw:
+                mix["real_fraction"] = raw.pop("real_fraction")
+            raw["mix"] = mix
+        return raw
 
 
 class GenerationConfig(_Frozen):
@@ -247,6 +297,30 @@ class StudyConfig(_Frozen):
     wandb: WandbConfig = WandbConfig()
     out_dir: str = "runs/{study}"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit(cls, raw):
+        """Arms inherit the study's `train` key by key at every depth (an arm that sets only
+        `train.deepspeed.zero_stage` keeps the study's `workers`); the neuron probe is truncated like
+        the training data unless set. In the model, so every entry point gets it: a YAML file,
+        `--set`, a manifest, `StudyConfig.model_validate`. Idempotent: a resolved config is unchanged."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        base = raw.get("train")
+        if isinstance(base, dict) and isinstance(raw.get("arms"), dict):
+            arms = {}
+            for name, arm in raw["arms"].items():
+                arm = {} if arm is None else arm
+                if isinstance(arm, dict) and isinstance(arm.get("train", {}), dict):
+                    arm = {**arm, "train": deep_merge(base, arm.get("train") or {})}
+                arms[name] = arm
+            raw["arms"] = arms
+        neurons = raw.get("neurons")
+        if isinstance(base, dict) and "max_length" in base and (neurons is None or isinstance(neurons, dict)):
+            raw["neurons"] = {"max_length": base["max_length"], **(neurons or {})}
+        return raw
+
     @model_validator(mode="after")
     def _check(self) -> "StudyConfig":
         if not self.arms:
@@ -256,6 +330,9 @@ class StudyConfig(_Frozen):
         for name, arm in self.arms.items():
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"arms.{name}: arm names are letters, digits, '_' and '-'")
+            if arm.mix.kind in MIXES_READING_SCORES and not self.scoring.enabled:
+                raise ValueError(f"arms.{name}.mix: {arm.mix.kind} reads the classifier's scores of D_(g-1); "
+                                 "it needs scoring.enabled: true")
             if arm.corpus not in self.corpora:
                 raise ValueError(f"arms.{name}.corpus: '{arm.corpus}' is not in corpora ({', '.join(self.corpora)})")
         if self.analysis.baseline_arm is None:  # resolved here: the manifest stores arms in sorted order
@@ -305,32 +382,59 @@ def _set_path(d: dict, dotted: str, value) -> None:
     d[keys[-1]] = value
 
 
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, key by key at every depth."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys the config accepts at `loc` (a key path; map keys such as arm names are skipped)."""
+    model: type[BaseModel] = StudyConfig
+    parts = [str(p) for p in loc]
+    i = 0
+    while i < len(parts):
+        field = model.model_fields.get(parts[i])
+        if field is None:
+            return []
+        ann = field.annotation
+        if typing.get_origin(ann) is dict:
+            ann, i = typing.get_args(ann)[1], i + 1  # skip the map's key (an arm or corpus name)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model, i = ann, i + 1
+    return list(model.model_fields)
+
+
+def _key_path(loc) -> tuple[str, ...]:
+    """pydantic's error location as the user wrote the keys: without the tag it adds after a
+    discriminated union (`arms.a.mix.replace.x` -> `arms.a.mix.x`)."""
+    parts = [str(p) for p in loc]
+    return tuple(p for i, p in enumerate(parts) if not (i and parts[i - 1] == "mix" and p in MIX_KINDS))
+
+
 def from_dict(raw: dict, source: str = "<dict>") -> StudyConfig:
-    raw = copy.deepcopy(raw)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
-    # Arms inherit the top-level train settings key by key.
-    base_train = raw.get("train") or {}
-    arms = raw.get("arms")
-    if isinstance(arms, dict):
-        for name, arm in arms.items():
-            arm = {} if arm is None else arm
-            if isinstance(arm, dict) and isinstance(base_train, dict):
-                arm["train"] = {**base_train, **(arm.get("train") or {})}
-            arms[name] = arm
-    # The probe is read as the models were trained on it: same truncation unless set.
-    neurons = raw.get("neurons")
-    if isinstance(base_train, dict) and "max_length" in base_train and (neurons is None or isinstance(neurons, dict)):
-        raw["neurons"] = {"max_length": base_train["max_length"], **(neurons or {})}
     try:
         return StudyConfig.model_validate(raw)
     except ValidationError as e:
+        errors = [(_key_path(err["loc"]), err) for err in e.errors()]
+        locs = {loc for loc, _ in errors}
         msgs = []
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"])
+        for loc, err in errors:
+            # A bad study-level train key is inherited by every arm: report it once, where it was written.
+            if len(loc) > 3 and loc[0] == "arms" and loc[2] == "train" and ("train", *loc[3:]) in locs:
+                continue
+            key = ".".join(loc)
             msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(loc[-1], _known_keys(loc[:-1]), n=1)
+                msg = f"unknown key{f' (did you mean {close[0]!r}?)' if close else ''}"
             # a whole-study check already names its key path ("arms.x.corpus: ...")
-            msgs.append(f"{loc}: {msg}" if loc and not msg.startswith(loc) else msg)
+            msgs.append(f"{key}: {msg}" if key and not msg.startswith(key) else msg)
         raise ConfigError(f"{source}: " + "; ".join(msgs)) from None
 
 

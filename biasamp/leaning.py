@@ -97,7 +97,7 @@ def embeddings(texts: list[str], max_tokens: int, batch_size: int = 32, model=No
             known.update({k: v for (k, _), v in zip(chunk, vecs)})
             if progress and (start // batch_size) % 20 == 0:
                 progress(f"embedded {start + len(chunk)}/{len(todo)}")
-        from biasamp.artifacts import write_parquet
+        from biasamp.tables import write_parquet
 
         write_parquet(pd.DataFrame({"key": list(known), "emb": [np.asarray(v, np.float32) for v in known.values()]}),
                       cache_file)

@@ -12,6 +12,7 @@ import time
 from biasamp import artifacts
 from biasamp.config import StudyConfig
 from biasamp.data import read_source, sample_corpus
+from biasamp.tables import TABLES
 
 
 def prepare_study(cfg: StudyConfig, log=print) -> list[tuple[str, int]]:
@@ -20,10 +21,10 @@ def prepare_study(cfg: StudyConfig, log=print) -> list[tuple[str, int]]:
     out.mkdir(parents=True, exist_ok=True)
     artifacts.claim_output_dir(cfg, out)
     for name in sorted({arm.corpus for arm in cfg.arms.values()} | {cfg.probe_corpus}):
-        path = artifacts.corpus_path(out, name)
+        path = TABLES["corpus"].file(out, corpus=name)
         if not path.exists():
             corpus = sample_corpus(read_source(cfg.corpora[name].source), cfg.corpora[name], name)
-            artifacts.write_parquet(corpus, path)
+            TABLES["corpus"].write(corpus, out, corpus=name)
             log(f"corpus '{name}': {len(corpus)} articles -> {path}")
     pending = []
     for arm in cfg.arms:
@@ -172,7 +173,7 @@ def _summaries(cfg: StudyConfig, log) -> None:
     from biasamp.summary import write_summaries
 
     out = cfg.output_dir
-    per_arm = write_summaries(out, pd.read_parquet(out / "scores"), cfg.scoring.bootstrap)
+    per_arm = write_summaries(out, TABLES["scores"].read(out), cfg.scoring.bootstrap)
     last = per_arm.sort_values("generation").groupby("arm").tail(1)
     for r in last.itertuples():
         log(f"[{r.arm}] G{r.generation}: right {r.share_right:.1%} [{r.share_right_lo:.1%}, {r.share_right_hi:.1%}], "
@@ -196,10 +197,10 @@ def rescore_study(cfg: StudyConfig, log=print) -> None:
         for seed in cfg.seeds:
             for g in range(artifacts.completed_generations(out, arm, seed)):
                 model, tok = load_checkpoint(artifacts.checkpoint_dir(out, arm, seed, g))
-                articles = pd.read_parquet(artifacts.articles_path(out, arm, seed, g))
+                articles = pd.read_parquet(TABLES["articles"].file(out, arm=arm, seed=seed, generation=g))
                 with torch.no_grad():
                     scores = score_articles(inst, articles, own=(model.eval(), tok))
-                artifacts.write_parquet(scores, artifacts.scores_path(out, arm, seed, g))
+                TABLES["scores"].write(scores, out, arm=arm, seed=seed, generation=g)
                 log(f"[{arm}/seed{seed}] G{g}: scored {len(scores)} articles")
     _summaries(cfg, log)
 

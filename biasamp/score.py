@@ -16,9 +16,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2
 
 from biasamp.config import LABELS, ModelConfig, ScoringConfig
 from biasamp.models import load_tokenizer
+from biasamp.tables import TABLES
 
-SCORE_COLUMNS = ["study", "arm", "seed", "generation", "article_id", "p_left", "p_center", "p_right", "label", "tqi",
-                 "ppl", "ppl_ref"]
 
 
 @dataclass
@@ -187,4 +186,4 @@ def score_articles(inst: Instruments, articles: pd.DataFrame, own=None) -> pd.Da
     mt = inst.cfg.perplexity_max_tokens
     out["ppl"] = perplexities(*own, full, mt, bs) if own is not None else np.nan
     out["ppl_ref"] = perplexities(*inst.reference, full, mt, bs)
-    return out[SCORE_COLUMNS]
+    return TABLES["scores"].check(out)

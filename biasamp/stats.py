@@ -35,11 +35,10 @@ from statsmodels.stats.multitest import multipletests
 
 from biasamp.config import LABELS
 from biasamp.summary import boot_means
+from biasamp.tables import TABLES
 
 Mode = Literal["within", "paper"]
 VERSION = ["study", "arm", "seed", "generation"]
-TEST_COLUMNS = ["target", "kind", "stat", "layer", "neuron", "beta", "se", "t", "p", "q", "r", "n_obs",
-                "n_trajectories", "significant"]
 
 
 def regress(X: np.ndarray, y: np.ndarray, groups: np.ndarray, maxlags: int, correction: bool) -> dict[str, np.ndarray]:
@@ -147,7 +146,7 @@ def neuron_tests(
             q, sig = _significant(res["p"], mode, alpha)
             table = pd.DataFrame({"target": target, "kind": kind, "stat": stat, **keys, **res, "q": q,
                                   "n_obs": n_obs, "n_trajectories": len(per_traj), "significant": sig})
-            out.append(table[TEST_COLUMNS])
+            out.append(TABLES["neuron_tests"].check(table))
             counts, rates = [], []
             for _ in range(null_draws):
                 p0 = _tests(v, Xk, surrogate_target(v, yk, rng), mode, maxlags, chunk)[0]["p"]
@@ -317,4 +316,4 @@ def arm_contrasts(scores: pd.DataFrame, baseline: str | None = None, n_boot: int
                                **_interval(float(gc @ point[:, k]), boot[:, :, k] @ gc),
                                "first_generation": int(gens[0]), "last_generation": int(gens[-1]),
                                "n_generations": len(gens), "n_seeds": n_seeds, "seed_variation_in_ci": n_seeds > 1})
-    return pd.DataFrame(contrasts), pd.DataFrame(trends)
+    return TABLES["arm_contrasts"].check(pd.DataFrame(contrasts)), TABLES["arm_trends"].check(pd.DataFrame(trends))

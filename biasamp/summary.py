@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from biasamp.config import LABELS
-from biasamp.score import SCORE_COLUMNS
+from biasamp.tables import TABLES, write_parquet
 
 _STATS = [f"share_{lab}" for lab in LABELS] + ["tqi_mean"]
 
@@ -79,12 +79,10 @@ def summarize(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> tuple[
 
 
 def write_summaries(out: Path, scores: pd.DataFrame, n_boot: int) -> pd.DataFrame:
-    from biasamp.artifacts import write_parquet
-
     per_seed, per_arm = summarize(scores, n_boot)
-    write_parquet(per_seed, out / "summary.parquet")
-    write_parquet(per_arm, out / "summary_arms.parquet")
-    return per_arm
+    TABLES["summary"].write(per_seed, out)
+    TABLES["summary_arms"].write(per_arm, out)
+    return TABLES["summary_arms"].check(per_arm)
 
 
 # --- the authors' released numbers --------------------------------------------------------------
@@ -139,5 +137,5 @@ def import_paper(folder: Path, study: str = "paper") -> tuple[pd.DataFrame, list
                 else:
                     notes.append(f"{found[what].name}: G{g} has {len(vals)} rows, the scores {len(rows)}: {col} left empty")
         df["ppl_ref"] = np.nan
-        parts.append(df[SCORE_COLUMNS])
+        parts.append(TABLES["scores"].check(df))
     return pd.concat(parts, ignore_index=True), notes

@@ -15,7 +15,8 @@ import pandas as pd
 import torch
 
 from biasamp import artifacts
-from biasamp.config import LABELS, StudyConfig
+from biasamp.tables import TABLES
+from biasamp.config import LABELS, MIXES_READING_SCORES, StudyConfig, TrainConfig
 from biasamp.data import training_set
 from biasamp.generate import write_articles
 from biasamp.models import load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
@@ -34,10 +35,10 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
     if done >= n:
         log(f"{tag} complete: G0..G{n - 1} already written")
         return 0
-    real = pd.read_parquet(artifacts.corpus_path(out, arm.corpus))
-    probe_df = pd.read_parquet(artifacts.corpus_path(out, cfg.probe_corpus))
+    real = pd.read_parquet(TABLES["corpus"].file(out, corpus=arm.corpus))
+    probe_df = pd.read_parquet(TABLES["corpus"].file(out, corpus=cfg.probe_corpus))
     probe = [training_text(t, b) for t, b in zip(probe_df["title"], probe_df["text"])]
-    synthetic = [pd.read_parquet(artifacts.articles_path(out, arm_name, seed, g)) for g in range(done)]
+    synthetic = [pd.read_parquet(TABLES["articles"].file(out, **_at(arm_name, seed, g))) for g in range(done)]
     if done == 0:
         tokenizer = load_tokenizer(cfg.model)
         model = load_base_model(cfg.model, len(tokenizer), seed)
@@ -59,20 +60,28 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
         else:
             if g > 0 and arm.train.init == "base":
                 model = load_base_model(cfg.model, len(tokenizer), seed)
-            train_df = training_set(arm, g, real, synthetic, seed)
-            log(f"{tag} G{g}/{n - 1}: training on {len(train_df)} articles")
+            previous_scores = None
+            if g > 0 and arm.mix.kind in MIXES_READING_SCORES:
+                previous_scores = pd.read_parquet(TABLES["scores"].file(out, **_at(arm_name, seed, g - 1)))
+            train_df = training_set(arm, g, real, synthetic, seed, previous_scores)
+            log(f"{tag} G{g}/{n - 1}: training on {len(train_df)} articles "
+                f"({', '.join(f'{k} {v}' for k, v in train_df['source'].value_counts(sort=False).items())})")
             torch.manual_seed(seed * 100_003 + g)
             metrics = fine_tune(model, tokenizer, train_df, arm.train, seed * 100_003 + g,
                                 workdir=ckpt.with_name(ckpt.name + ".train"))
+            # What G_g trained on and how the loss went, before the checkpoint that marks training done.
+            TABLES["training"].write(_addressed(train_df[["article_id", "source"]].copy(), cfg.study, arm_name, seed, g),
+                                     out, **_at(arm_name, seed, g))
+            TABLES["train_metrics"].write(_train_metrics(metrics, arm.train, cfg.study, arm_name, seed, g),
+                                          out, **_at(arm_name, seed, g))
             metrics.pop("loss_curve")
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(model, tokenizer, ckpt)
-        npath = artifacts.neurons_path(out, arm_name, seed, g)
-        if cfg.neurons.capture and not npath.exists():
+        if cfg.neurons.capture and not TABLES["neurons"].file(out, **_at(arm_name, seed, g)).exists():
             log(f"{tag} G{g}/{n - 1}: capturing neurons on {len(probe)} probe articles")
             rows = _addressed(capture(model, tokenizer, probe, cfg.neurons), cfg.study, arm_name, seed, g)
             per_layer = int((rows["layer"] == 0).sum())  # one Parquet row group per layer
-            artifacts.write_parquet(rows[artifacts.NEURON_COLUMNS], npath, row_group_size=per_layer)
+            TABLES["neurons"].write(rows, out, row_group_size=per_layer, **_at(arm_name, seed, g))
         prompts = real if cfg.generation.prompt_source == "real" or g == 0 else _with_real_titles(synthetic[-1], real)
         log(f"{tag} G{g}/{n - 1}: writing {len(prompts)} articles")
         t1 = time.time()
@@ -86,10 +95,10 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
         if instruments is not None:
             log(f"{tag} G{g}/{n - 1}: scoring {len(table)} articles")
             scores = score_articles(instruments, table, own=(model, tokenizer))
-            artifacts.write_parquet(scores, artifacts.scores_path(out, arm_name, seed, g))
+            TABLES["scores"].write(scores, out, **_at(arm_name, seed, g))
             scored = {f"share_{lab}": float((scores["label"] == lab).mean()) for lab in LABELS}
             scored.update(tqi_mean=float(scores["tqi"].mean()), ppl_mean=float(scores["ppl"].mean()))
-        artifacts.write_parquet(table[artifacts.ARTICLE_COLUMNS], artifacts.articles_path(out, arm_name, seed, g))
+        TABLES["articles"].write(table, out, **_at(arm_name, seed, g))
         synthetic.append(table)
         summary = {
             **metrics,
@@ -122,6 +131,22 @@ def _every_minute(log, prefix: str):
             log(f"{prefix}: {done}/{total} prompts, {(now - t0) / done * (total - done) / 60:.0f} min left")
 
     return report
+
+
+def _at(arm: str, seed: int, g: int) -> dict:
+    return {"arm": arm, "seed": seed, "generation": g}
+
+
+def _train_metrics(metrics: dict, train: TrainConfig, study: str, arm: str, seed: int, g: int) -> pd.DataFrame:
+    """The train_metrics table: one row per optimizer step, the generation's totals and settings on each."""
+    curve = metrics["loss_curve"]
+    df = pd.DataFrame({"step": range(1, len(curve) + 1), "loss": pd.Series(curve, dtype=float)})
+    for key in ("train_loss", "train_articles", "train_tokens", "train_seconds"):
+        df[key] = metrics[key]
+    for key in ("epochs", "batch_size", "lr", "weight_decay", "max_length", "init", "backend"):
+        df[key] = getattr(train, key)
+    df["epochs"] = df["epochs"].astype(float)
+    return _addressed(df, study, arm, seed, g)
 
 
 def _addressed(df: pd.DataFrame, study: str, arm: str, seed: int, g: int) -> pd.DataFrame:

@@ -7,6 +7,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
+# The smoke study's two original arms, for tests whose cost grows with every arm (Ray jobs, DeepSpeed).
+TWO_ARMS = "arms={synthetic: {mix: replace}, preservation: {mix: preserve, real_fraction: 0.25}}"
+
+
 def tiny_study(tmp_path, **over) -> dict:
     """A minimal study dict: tiny GPT-2, 6 bundled articles, short generations."""
     d = {

@@ -22,8 +22,8 @@ def test_paper_config_is_the_papers_design():
     syn, over = cfg.arms["synthetic"].train, cfg.arms["overfitting"].train
     assert (syn.epochs, syn.batch_size, syn.lr, syn.weight_decay, syn.max_length) == (5, 8, 5e-5, 0.01, 512)
     assert (over.epochs, over.weight_decay, over.batch_size) == (25, 0.0, 8)  # inherits the rest
-    assert cfg.arms["preservation"].mix == "preserve" and cfg.arms["preservation"].real_fraction == 0.1
-    assert cfg.arms["accumulation"].mix == "accumulate"
+    assert cfg.arms["preservation"].mix.kind == "preserve" and cfg.arms["preservation"].mix.real_fraction == 0.1
+    assert cfg.arms["accumulation"].mix.kind == "accumulate"
     assert cfg.corpora[cfg.arms["center_only"].corpus].per_label == {"center": 1518}
     assert cfg.generation.block_tokens == 64 and cfg.generation.new_tokens == 64
     assert cfg.generation.prompt_source == "real"
@@ -38,10 +38,11 @@ def _write(tmp_path, d) -> Path:
 @pytest.mark.parametrize(
     "mutate, expected",
     [
-        (lambda d: d["arms"]["synthetic"].update(epochz=3), "arms.synthetic.epochz: Extra inputs are not permitted"),
+        (lambda d: d["arms"]["synthetic"].update(epochz=3), "arms.synthetic.epochz: unknown key"),
         (lambda d: d["train"].update(epochs="many"), "train.epochs: Input should be a valid number"),
         (lambda d: d.update(generations=0), "generations: Input should be greater than or equal to 1"),
-        (lambda d: d["arms"]["synthetic"].update(mix="shuffle"), "arms.synthetic.mix: Input should be"),
+        (lambda d: d["arms"]["synthetic"].update(mix="shuffle"), "arms.synthetic.mix: Input tag 'shuffle'"),
+        (lambda d: d["arms"]["synthetic"].update(real_fraction=0.3), "arms.synthetic.mix.real_fraction: unknown key"),
         (lambda d: d["arms"]["synthetic"].update(corpus="nope"), "arms.synthetic.corpus: 'nope' is not in corpora"),
         (lambda d: d["corpora"]["main"].update(per_label={"left": 0}), "per_label needs at least one label"),
         (lambda d: d["corpora"]["main"].update(per_label={"far_left": 3}), "corpora.main.per_label.far_left"),
@@ -104,3 +105,58 @@ def test_baseline_arm_defaults_to_the_first_arm_and_is_checked(study_dict):
     assert from_dict({**d, "analysis": {"baseline_arm": "alpha"}}).science_hash() == cfg.science_hash()
     with pytest.raises(ConfigError, match="analysis.baseline_arm: 'beta' is not an arm"):
         from_dict({**d, "analysis": {"baseline_arm": "beta"}})
+
+
+def test_arms_inherit_train_deeply_through_every_entry_point(tmp_path, study_dict):
+    """An arm that sets only train.deepspeed.zero_stage keeps the study's workers, and a study-level
+    lr reaches every arm, however the config arrives."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from biasamp.cli import app
+    from biasamp.config import StudyConfig
+
+    d = study_dict()
+    d["train"].update(lr=0.1, deepspeed={"workers": 4, "micro_batch": 1})
+    d["train"]["batch_size"] = 4
+    d["arms"]["zero3"] = {"train": {"deepspeed": {"zero_stage": 3}}}
+    path = _write(tmp_path, d)
+    entry_points = {
+        "load_config": load_config(path),
+        "from_dict": from_dict(d),
+        "model_validate": StudyConfig.model_validate(d),
+        "--set": load_config(path, ["arms.zero3.train.deepspeed.zero_stage=3"]),
+    }
+    entry_points["manifest"] = from_dict(json.loads(json.dumps(entry_points["load_config"].model_dump(mode="json"),
+                                                               sort_keys=True)))
+    for name, cfg in entry_points.items():
+        ds = cfg.arms["zero3"].train.deepspeed
+        assert (ds.workers, ds.zero_stage) == (4, 3), name
+        assert cfg.arms["synthetic"].train.lr == 0.1 and cfg.arms["zero3"].train.lr == 0.1, name
+        assert cfg.science_hash() == entry_points["load_config"].science_hash(), name
+    shown = CliRunner().invoke(app, ["validate", str(path), "--show"])
+    assert shown.exit_code == 0, shown.output
+    resolved = yaml.safe_load(shown.output.split("\n" + str(path))[0])
+    assert resolved["arms"]["zero3"]["train"]["deepspeed"] == {"workers": 4, "zero_stage": 3, "precision": "fp32",
+                                                               "micro_batch": 1, "cpus_per_worker": 1.0}
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.epoch=3", "train.epoch: unknown key (did you mean 'epochs'?)"),
+    ("trian={}", "trian: unknown key (did you mean 'train'?)"),
+    ("scoring.classifer.kind=hf", "scoring.classifer: unknown key (did you mean 'classifier'?)"),
+    ("arms.synthetic.train.deepspeed.worker=3", "arms.synthetic.train.deepspeed.worker: unknown key (did you mean 'workers'?)"),
+])
+def test_a_typo_is_reported_once_with_a_suggestion(tmp_path, study_dict, override, expected):
+    d = study_dict()
+    d["arms"]["other"] = {}
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, d), [override])
+    assert str(err.value).endswith(expected), str(err.value)  # one error, not one per arm
+
+
+def test_readme_lists_the_declared_tables():
+    from biasamp.tables import listing
+
+    assert listing() in (CONFIGS.parent / "README.md").read_text()

@@ -1,3 +1,4 @@
+import numpy as np
 import json
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def test_prepare_cli_error_is_one_line(tmp_path):
 def _gens(n_real=20, n_gens=3):
     real = pd.DataFrame({"article_id": [f"a{i}" for i in range(n_real)], "title": "t", "text": "real",
                          "source_label": "left"})
-    syn = [real.assign(text=f"D{g}") for g in range(n_gens)]
+    syn = [real.assign(text=f"D{g}", generation=g) for g in range(n_gens)]
     return real, syn
 
 
@@ -129,6 +130,7 @@ def test_preserve_adds_fraction_of_real_resampled_each_generation():
     a = training_set(arm, 2, real, syn[:2], seed=0)
     b = training_set(arm, 3, real, syn, seed=0)
     assert len(a) == 44 and (a["text"] == "D1").sum() == 40 and (a["text"] == "real").sum() == 4
+    assert a["source"].value_counts().to_dict() == {"G1": 40, "real": 4}
     real_a = set(a.loc[a["text"] == "real", "article_id"])
     real_b = set(b.loc[b["text"] == "real", "article_id"])
     assert real_a != real_b  # redrawn per generation
@@ -139,5 +141,54 @@ def test_accumulate_keeps_everything_and_subsample_keeps_size():
     real, syn = _gens()
     acc = training_set(ArmConfig(mix="accumulate"), 3, real, syn, 0)
     assert len(acc) == 80 and acc["text"].value_counts().to_dict() == {"real": 20, "D0": 20, "D1": 20, "D2": 20}
+    assert (acc["source"] == acc["text"].str.replace("D", "G")).all()  # source: real or the generation that wrote it
     sub = training_set(ArmConfig(mix="accumulate_subsample"), 3, real, syn, 0)
     assert len(sub) == 20 and set(sub["text"]) <= {"real", "D0", "D1", "D2"} and sub["text"].nunique() > 1
+
+
+def _skewed(n=300, right=0.8, seed=0):
+    """A real corpus with equal label shares, and a D_{g-1} the classifier calls `right`-heavy."""
+    rng = np.random.default_rng(seed)
+    labels = np.array(["left", "center", "right"])
+    real = pd.DataFrame({"article_id": [f"a{i}" for i in range(n)], "title": "t", "text": "real",
+                         "source_label": np.repeat(labels, n // 3)})
+    syn = real.assign(text="D0", generation=0)
+    drawn = rng.choice(labels, n, p=[(1 - right) / 2, (1 - right) / 2, right])
+    scores = pd.DataFrame({"article_id": syn["article_id"], "label": drawn})
+    return real, [syn], scores
+
+
+def test_curate_moves_a_skewed_generation_to_the_real_label_shares():
+    real, syn, scores = _skewed()
+    before = scores["label"].value_counts(normalize=True)
+    assert before["right"] > 0.7
+    ts = training_set(ArmConfig(mix="curate"), 1, real, syn, seed=0, previous_scores=scores)
+    assert len(ts) == len(syn[0]) and (ts["source"] == "G0").all()
+    shares = ts.merge(scores, on="article_id")["label"].value_counts(normalize=True)
+    for lab in ("left", "center", "right"):
+        assert shares[lab] == pytest.approx(1 / 3, abs=0.01), shares
+    assert ts["article_id"].duplicated().any()  # the scarce labels were upsampled
+    # a label the classifier never gave: its share goes to the others, nothing breaks
+    no_center = scores.assign(label=scores["label"].replace("center", "left"))
+    ts2 = training_set(ArmConfig(mix="curate"), 1, real, syn, 0, no_center)
+    assert len(ts2) == len(syn[0]) and set(ts2.merge(no_center, on="article_id")["label"]) == {"left", "right"}
+
+
+def test_preserve_balanced_draws_the_real_articles_that_counter_the_drift():
+    real, syn, scores = _skewed()
+    arm = ArmConfig(mix={"kind": "preserve_balanced", "real_fraction": 0.2})
+    ts = training_set(arm, 1, real, syn, seed=0, previous_scores=scores)
+    kept = ts[ts["source"] == "real"].merge(real, on="article_id")
+    assert len(kept) == 60 and (ts["source"] == "G0").sum() == 300
+    assert (kept["source_label"] == "right").sum() == 0  # D_0 already has too many right articles
+    plain = training_set(ArmConfig(mix="preserve", real_fraction=0.2), 1, real, syn, 0)
+    mixed = lambda t: pd.concat([t.loc[t.source == "G0"].merge(scores, on="article_id")["label"],
+                                 t.loc[t.source == "real"].merge(real, on="article_id")["source_label"]])
+    assert mixed(ts).value_counts(normalize=True)["right"] < mixed(plain).value_counts(normalize=True)["right"] - 0.05
+
+
+def test_every_config_mix_has_one_function():
+    from biasamp.config import MIX_KINDS
+    from biasamp.data import MIXES
+
+    assert sorted(MIXES) == sorted(MIX_KINDS)

@@ -13,7 +13,8 @@ from biasamp.cli import app
 from biasamp.config import LABELS, ClassifierConfig, ModelConfig, QualityConfig, ScoringConfig
 from biasamp.data import read_source
 from biasamp.quality import QualityProxy, corrupted_sentences
-from biasamp.score import SCORE_COLUMNS, class_probabilities, load_classifier, load_instruments, quality_index, score_articles
+from biasamp.tables import TABLES
+from biasamp.score import class_probabilities, load_classifier, load_instruments, quality_index, score_articles
 
 TINY = ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe", tiny={"n_layer": 1, "n_embd": 32, "n_head": 2})
 
@@ -138,6 +139,6 @@ def test_offline_instruments_fill_the_scores_table():
     articles = read_source("bundled").head(4).assign(study="s", arm="a", seed=0, generation=0)
     inst = load_instruments(ScoringConfig(batch_size=2), TINY)
     scores = score_articles(inst, articles)
-    assert list(scores.columns) == SCORE_COLUMNS
+    assert list(scores.columns) == list(TABLES["scores"].columns)
     assert scores["label"].isin(LABELS).all() and scores["tqi"].between(0, 3).all()
     assert scores["ppl_ref"].notna().all()

@@ -4,6 +4,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from biasamp import artifacts
+from biasamp.tables import TABLES
 from biasamp.config import ModelConfig, NeuronsConfig, from_dict
 from biasamp.data import read_source
 from biasamp.models import load_base_model, load_tokenizer
@@ -78,9 +79,9 @@ def test_trajectory_writes_neurons_readable_by_layer(study_dict):
     prepare_study(cfg, log=lambda m: None)
     run_trajectory(cfg, "synthetic", 0, log=lambda m: None)
     out = cfg.output_dir
-    path = artifacts.neurons_path(out, "synthetic", 0, 1)
+    path = TABLES["neurons"].file(out, arm="synthetic", seed=0, generation=1)
     df = pd.read_parquet(out / "neurons")
-    assert list(pd.read_parquet(path).columns) == artifacts.NEURON_COLUMNS
+    assert list(pd.read_parquet(path).columns) == list(TABLES["neurons"].columns)
     assert set(df["generation"]) == {0, 1} and df["layer"].nunique() == 1  # the tiny study has 1 layer
     one = pd.read_parquet(path, filters=[("layer", "==", 0)])
     assert len(one) == len(pd.read_parquet(path))

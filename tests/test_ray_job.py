@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from conftest import TWO_ARMS
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -36,7 +38,7 @@ def test_submit_smoke_study_to_a_local_head_with_token_auth(tmp_path):
         for _ in range(12):  # a head just started may not have its job agent yet (seen on a loaded machine)
             res = subprocess.run(
                 ["ray_jobs/submit.sh", address, "configs/smoke.yaml", "--out", str(out), "--set", "generations=2",
-                 "--set", "seeds=[0]"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+                 "--set", "seeds=[0]", "--set", TWO_ARMS], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
             log = res.stdout + res.stderr
             if "No available agent to submit job" not in log:
                 break

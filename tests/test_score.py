@@ -8,7 +8,8 @@ from transformers import GPT2Config, GPT2ForSequenceClassification
 
 from biasamp.config import ClassifierConfig, ModelConfig, ScoringConfig
 from biasamp.models import load_base_model, load_tokenizer
-from biasamp.score import (SCORE_COLUMNS, class_probabilities, leaning, load_classifier, perplexities,
+from biasamp.tables import TABLES
+from biasamp.score import (class_probabilities, leaning, load_classifier, perplexities,
                            quality_index, sentences)
 from biasamp.summary import import_paper, summarize
 
@@ -88,7 +89,7 @@ def _scores(n=400, seeds=(0, 1, 2), p_right=0.6, seed=0):
         rows.append(pd.DataFrame({"study": "x", "arm": "a", "seed": s, "generation": 0, "article_id": np.arange(n).astype(str),
                                   "p_left": 0.0, "p_center": 0.0, "p_right": 0.0, "label": labels,
                                   "tqi": rng.normal(2.5, 0.3, size=n), "ppl": 10.0, "ppl_ref": 20.0}))
-    return pd.concat(rows, ignore_index=True)[SCORE_COLUMNS]
+    return pd.concat(rows, ignore_index=True)[list(TABLES["scores"].columns)]
 
 
 def test_summary_shares_and_bootstrap_intervals():

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from biasamp import artifacts, generate, trajectory
+from biasamp.tables import TABLES
+from conftest import TWO_ARMS
 from biasamp.config import from_dict, load_config
 from biasamp.orchestrate import prepare_study
 from biasamp.trajectory import run_trajectory
@@ -26,7 +28,7 @@ def test_trajectory_tables_and_checkpoints(study_dict):
     assert run_trajectory(cfg, "acc", 0, log=lambda m: None) == 2
     out = cfg.output_dir
     df = _articles(out)
-    assert list(pd.read_parquet(artifacts.articles_path(out, "acc", 0, 1)).columns) == artifacts.ARTICLE_COLUMNS
+    assert list(pd.read_parquet(TABLES["articles"].file(out, arm="acc", seed=0, generation=1)).columns) == list(TABLES["articles"].columns)
     assert df.groupby("generation").size().to_dict() == {0: 6, 1: 6}
     assert set(df["source_label"]) == {"left", "center", "right"} and (df["study"] == "t").all()
     assert (df["n_tokens"] > 0).all() and (df["n_tokens"] <= 16).all()  # title + 1 block, 8 new tokens each
@@ -107,7 +109,7 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path):
     for out in outs:
         res = _cli("run", "configs/smoke.yaml", "--out", str(out), "--set", "wandb.mode=offline", env={"WANDB_API_KEY": key})
         assert res.returncode == 0, res.stdout + res.stderr
-        assert "finished (4/4 trajectories)" in res.stdout
+        assert "finished (8/8 trajectories)" in res.stdout
         assert "Ray at 127.0.0.1:" in res.stdout  # the private Ray listens on loopback only
     a, b = _articles(outs[0]), _articles(outs[1])
     assert len(a) == len(cfg.arms) * len(cfg.seeds) * cfg.generations * 12
@@ -120,11 +122,30 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path):
         if f.is_file() and f.stat().st_size < 50_000_000:
             assert key.encode() not in f.read_bytes(), f
     pd.testing.assert_frame_equal(_sorted(outs[0] / "scores"), _sorted(outs[1] / "scores"))
-    from biasamp.score import SCORE_COLUMNS
-
-    assert list(pd.read_parquet(outs[0] / "scores").columns) == SCORE_COLUMNS
+    # What each generation trained on: the preserve arms mix in round(real_fraction x N) real articles
+    # a generation, the curation arm resamples D_(g-1) to N, every arm's G0 is the real corpus.
+    training = pd.read_parquet(outs[0] / "training")
+    assert list(training.columns) == list(TABLES["training"].columns)
+    n = len(pd.read_parquet(outs[0] / "corpus" / "main.parquet"))
+    real = training[training.source == "real"].groupby(["arm", "seed", "generation"]).size()
+    for arm in ("preservation", "preservation_balanced"):
+        for seed in (0, 1):
+            assert [real[(arm, seed, g)] for g in (1, 2)] == [round(0.25 * n)] * 2
+    assert (training[training.generation == 0]["source"] == "real").all()
+    cur = training[(training.arm == "curation") & (training.generation == 2)]
+    assert len(cur) == 2 * n and set(cur["source"]) == {"G1"}
+    metrics = pd.read_parquet(outs[0] / "train_metrics")
+    assert metrics.groupby(["arm", "seed", "generation"]).size().min() >= 1 and (metrics["lr"] == 5e-4).all()
+    # Every table written is what biasamp.tables declares.
+    for table in TABLES.values():
+        where = outs[0] / table.path.split("/")[0]
+        if where.exists():
+            frame = table.read(outs[0])
+            assert list(frame.columns) == list(table.columns), table.name
+            table.check(frame)
+    assert list(pd.read_parquet(outs[0] / "scores").columns) == list(TABLES["scores"].columns)
     summary = pd.read_parquet(outs[0] / "summary.parquet")
-    assert len(summary) == 2 * 2 * 3 and {"share_right", "share_right_lo", "share_right_hi", "tqi_mean",
+    assert len(summary) == 4 * 2 * 3 and {"share_right", "share_right_lo", "share_right_hi", "tqi_mean",
                                           "tqi_mean_lo", "tqi_mean_hi", "ppl_mean", "ppl_ref_mean"} <= set(summary.columns)
     assert (pd.read_parquet(outs[0] / "summary_arms.parquet")["n_seeds"] == 2).all()
     # The statistics stage on the smoke study's own neurons and summary.
@@ -137,10 +158,11 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path):
     assert (outs[0] / "neuron_tests_summary.json").exists()
     assert "2 generation-to-generation differences" in res.stderr  # 3 generations: the tests warn
     contrasts = pd.read_parquet(outs[0] / "arm_contrasts.parquet")
-    assert set(contrasts["arm"]) == {"preservation"} and set(contrasts["baseline"]) == {"synthetic"}
+    assert set(contrasts["arm"]) == {"preservation", "curation", "preservation_balanced"}
+    assert set(contrasts["baseline"]) == {"synthetic"}
     assert set(contrasts["generation"]) == {0, 1, 2} and contrasts["seed_variation_in_ci"].all()
     again = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]))
-    assert again.returncode == 0 and "nothing to do: all 4 trajectories" in again.stdout
+    assert again.returncode == 0 and "nothing to do: all 8 trajectories" in again.stdout
     bad = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]), "--set", "train.epochs=3")
     assert bad.returncode == 1 and "differs in" in bad.stderr
 
@@ -153,7 +175,7 @@ def test_a_trajectory_that_cannot_fit_the_machine_is_an_error(tmp_path):
 
 def test_validate_cli():
     ok = _cli("validate", "configs/smoke.yaml")
-    assert ok.returncode == 0 and "4 trajectories" in ok.stdout
+    assert ok.returncode == 0 and "8 trajectories" in ok.stdout
     bad = _cli("validate", "configs/smoke.yaml", "--set", "generation.batch_size=0")
     assert bad.returncode == 2 and "configs/smoke.yaml: generation.batch_size: Input should be greater" in bad.stderr
 
@@ -171,7 +193,7 @@ def test_generation_progress_is_logged_at_most_once_a_minute(monkeypatch):
 def test_study_with_deepspeed_training_queues_trajectories_around_their_workers(tmp_path):
     """The smoke study with train.backend deepspeed (2 CPU workers, ZeRO-2), each trajectory a Ray
     task launching a Ray Train run: on 2 CPUs one trajectory at a time, no deadlock, same tables."""
-    res = _cli("run", "configs/smoke.yaml", "--out", str(tmp_path / "ds"), "--set", "seeds=[0]",
+    res = _cli("run", "configs/smoke.yaml", "--out", str(tmp_path / "ds"), "--set", "seeds=[0]", "--set", TWO_ARMS,
                "--set", "generations=1", "--set", "wandb.mode=disabled", "--set", "train.backend=deepspeed",
                "--set", "train.deepspeed={workers: 2, micro_batch: 1, cpus_per_worker: 0.5, zero_stage: 2}")
     assert res.returncode == 0, res.stdout + res.stderr

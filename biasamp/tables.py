@@ -1,0 +1,129 @@
+"""The tables every stage reads and writes: the contract between stages, declared once.
+
+Each table has a path under the study folder (per version: `{arm}__seed{seed}__gen{generation}`),
+its columns with their types, and its key. `write` checks a frame against its declaration and
+writes it atomically; `read` reads every file of a table at once. The README's artifact list is
+`listing()` (a test checks it is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import os
+import tempfile
+
+import pandas as pd
+from pandas.api import types
+
+
+ADDRESS = "study:str arm:str seed:int generation:int"
+_STATS = " ".join(f"{s}:float {s}_lo:float {s}_hi:float" for s in ("share_left", "share_center", "share_right", "tqi_mean"))
+_CHECK = {"str": types.is_string_dtype, "int": types.is_integer_dtype, "bool": types.is_bool_dtype,
+          "float": lambda s: types.is_float_dtype(s) or types.is_integer_dtype(s)}
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    path: str  # under OUT; per-version tables: a folder of {arm}__seed{seed}__gen{generation}.parquet
+    spec: str  # "column:type ..." (str, int, float, bool), in column order
+    key: tuple[str, ...]
+    doc: str
+
+    @property
+    def columns(self) -> dict[str, str]:
+        return dict(item.split(":") for item in self.spec.split())
+
+    def file(self, out: Path, **address) -> Path:
+        return Path(out) / self.path.format(**address)
+
+    def check(self, df: pd.DataFrame) -> pd.DataFrame:
+        """The frame with the declared columns in declared order; a missing column or a wrong type
+        is an error (a stage broke the contract)."""
+        missing = [c for c in self.columns if c not in df.columns]
+        if missing:
+            raise ValueError(f"table {self.name}: missing column(s) {missing}")
+        df = df[list(self.columns)].reset_index(drop=True)
+        for col, kind in self.columns.items():
+            if len(df) and not df[col].isna().all() and not _CHECK[kind](df[col]):
+                raise ValueError(f"table {self.name}: column {col} is {df[col].dtype}, declared {kind}")
+        return df
+
+    def write(self, df: pd.DataFrame, out: Path, row_group_size: int | None = None, **address) -> Path:
+        path = self.file(out, **address)
+        write_parquet(self.check(df), path, row_group_size=row_group_size)
+        return path
+
+    def read(self, out: Path, **filters) -> pd.DataFrame:
+        """Every file of the table (a per-version table's whole folder), optionally filtered."""
+        per_version = "{" in self.path
+        where = Path(out) / (self.path.split("/")[0] if per_version else self.path)
+        flt = [(k, "==", v) for k, v in filters.items()] or None
+        return pd.read_parquet(where, filters=flt)
+
+
+def write_parquet(df: pd.DataFrame, path: Path, **to_parquet) -> None:
+    """Write to a temp name beside `path`, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False, **to_parquet)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_VERSION = "{arm}__seed{seed}__gen{generation}.parquet"
+TABLES = {t.name: t for t in [
+    Table("corpus", "corpus/{corpus}.parquet", "article_id:str title:str text:str source_label:str outlet:str date:str",
+          ("article_id",), "the real articles each corpus drew (file named by corpus)"),
+    Table("training", "training/" + _VERSION, f"{ADDRESS} article_id:str source:str", (),
+          "one row per training example of G_g: source is real or the generation that wrote it (G0, G1, ...)"),
+    Table("train_metrics", "train_metrics/" + _VERSION,
+          f"{ADDRESS} step:int loss:float train_loss:float train_articles:int train_tokens:float train_seconds:float "
+          "epochs:float batch_size:int lr:float weight_decay:float max_length:int init:str backend:str",
+          ("study", "arm", "seed", "generation", "step"),
+          "G_g's fine-tuning: loss per optimizer step, then per generation: mean loss, articles, tokens, seconds, "
+          "the resolved hyper-parameters"),
+    Table("articles", "articles/" + _VERSION,
+          f"{ADDRESS} article_id:str title:str text:str source_label:str n_tokens:int",
+          ("study", "arm", "seed", "generation", "article_id"), "D_g, what G_g wrote; written last: marks G_g done"),
+    Table("neurons", "neurons/" + _VERSION, f"{ADDRESS} layer:int neuron:int kind:str stat:str value:float",
+          ("study", "arm", "seed", "generation", "layer", "neuron", "kind", "stat"),
+          "G_g's neuron summaries, one row group per layer"),
+    Table("scores", "scores/" + _VERSION,
+          f"{ADDRESS} article_id:str p_left:float p_center:float p_right:float label:str tqi:float ppl:float "
+          "ppl_ref:float", ("study", "arm", "seed", "generation", "article_id"),
+          "per-article leaning, quality, perplexity of D_g"),
+    Table("summary", "summary.parquet", f"{ADDRESS} n_articles:int {_STATS} ppl_mean:float ppl_ref_mean:float",
+          ("study", "arm", "seed", "generation"), "per version: label shares and tqi with 95% bootstrap CIs"),
+    Table("summary_arms", "summary_arms.parquet",
+          f"study:str arm:str generation:int n_seeds:int n_articles:int {_STATS} ppl_mean:float ppl_ref_mean:float",
+          ("study", "arm", "generation"), "the same across seeds (two-stage bootstrap)"),
+    Table("neuron_tests", "neuron_tests.parquet",
+          "target:str kind:str stat:str layer:int neuron:int beta:float se:float t:float p:float q:float r:float "
+          "n_obs:int n_trajectories:int significant:bool", ("target", "kind", "stat", "layer", "neuron"),
+          "`biasamp analyze`; `--mode paper` writes neuron_tests_paper.parquet"),
+    Table("arm_contrasts", "arm_contrasts.parquet",
+          "study:str arm:str baseline:str generation:int target:str estimate:float lo:float hi:float se:float "
+          "p:float arm_value:float baseline_value:float n_seeds:int n_seeds_baseline:int seed_variation_in_ci:bool",
+          ("study", "arm", "generation", "target"), "`biasamp analyze`: each arm minus the baseline arm"),
+    Table("arm_trends", "arm_trends.parquet",
+          "study:str arm:str target:str estimate:float lo:float hi:float se:float p:float first_generation:int "
+          "last_generation:int n_generations:int n_seeds:int seed_variation_in_ci:bool",
+          ("study", "arm", "target"), "`biasamp analyze`: each arm's slope per generation"),
+]}
+
+
+def listing() -> str:
+    """The README's artifact list, from the declarations."""
+    lines = []
+    for t in TABLES.values():
+        lines.append(f"OUT/{t.path}")
+        lines.append(f"    {t.doc}")
+        lines.append(f"    {', '.join(t.columns)}")
+    return "\n".join(lines)
