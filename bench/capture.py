@@ -15,9 +15,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from biasamp.config import ModelConfig, NeuronsConfig
-from biasamp.data import read_source
+from biasamp.stages.corpus import read_source
 from biasamp.models import load_tokenizer
-from biasamp.neurons import capture
+from biasamp.stages.neurons import capture
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ import time
 import torch
 
 from biasamp.config import ModelConfig
-from biasamp.data import read_source
-from biasamp.generate import article_prompts, greedy_continuations
+from biasamp.stages.corpus import read_source
+from biasamp.stages.generate import article_prompts, greedy_continuations
 from biasamp.models import load_base_model, load_tokenizer
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 import statsmodels.api as sm
 from scipy.stats import t as student_t
 
-from biasamp.stats import design, fit
+from biasamp.stages.analyze import design, fit
 
 
 def data(n_neurons: int, rng):

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
-from biasamp.stats import design, fit, regress
+from biasamp.stages.analyze import design, fit, regress
 
 SIZES = [(2, 1, 3), (2, 2, 5), (2, 3, 5), (2, 3, 11), (6, 3, 11)]  # arms x seeds x generations
 

@@ -10,10 +10,12 @@ import time
 import torch
 
 from biasamp.config import ModelConfig
-from biasamp.data import read_source
+from biasamp.stages.corpus import read_source
 from biasamp.models import load_base_model, load_tokenizer
-from biasamp.score import leaning, load_classifier, perplexities, quality_index
-from biasamp.train import training_text
+from biasamp.instruments.hf import leaning, load_classifier
+from biasamp.stages.score import perplexities
+from biasamp.instruments.quality import quality_index
+from biasamp.text import training_text
 
 
 def main():

@@ -70,7 +70,7 @@ def run(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """Run (or resume) a study: every (arm, seed) trajectory as a Ray task."""
-    from biasamp.orchestrate import run_study
+    from biasamp.backends.ray_cluster import run_study
 
     cfg = _load(config, set_, out)
     with user_errors(1):
@@ -102,7 +102,7 @@ def data_prepare(
     """Draw a stratified study corpus from an AllSides-labelled source."""
 
     from biasamp.tables import write_parquet
-    from biasamp.data import read_source, sample_corpus, write_jsonl_gz
+    from biasamp.stages.corpus import read_source, sample_corpus, write_jsonl_gz
 
     with user_errors():
         span = tuple(int(y) for y in years.split("-")) if years else None
@@ -127,7 +127,7 @@ def score(
     import json
 
     from biasamp.config import apply_overrides, from_dict
-    from biasamp.orchestrate import rescore_study
+    from biasamp.backends.ray_cluster import rescore_study
 
     manifest = study_dir / "manifest.json"
     if not manifest.exists():
@@ -161,9 +161,9 @@ def classify(
     import pandas as pd
 
     from biasamp.tables import write_parquet
-    from biasamp.data import read_table
-    from biasamp.score import leaning, load_classifier
-    from biasamp.train import training_text
+    from biasamp.stages.corpus import read_table
+    from biasamp.instruments.hf import leaning, load_classifier
+    from biasamp.text import training_text
 
     with user_errors():
         label_map = dict(p.split("=", 1) for p in labels.split(",")) if labels else ClassifierConfig().labels
@@ -199,7 +199,7 @@ def classifier_train(
 ):
     """Train the offline leaning classifier's head on ABP's media-split train outlets."""
     from biasamp.artifacts import write_json
-    from biasamp.leaning import study_article_ids, train
+    from biasamp.instruments.leaning import study_article_ids, train
 
     with user_errors():
         head = train(data, per_label, study_article_ids(exclude_study), max_tokens, seed, log=typer.echo)
@@ -216,7 +216,7 @@ def classifier_eval(
 ):
     """Macro-F1 on unseen outlets, beside a TF-IDF + logistic-regression baseline fitted in the same run."""
     from biasamp.artifacts import write_json
-    from biasamp.leaning import evaluate, load_head, study_article_ids
+    from biasamp.instruments.leaning import evaluate, load_head, study_article_ids
 
     with user_errors():
         result = evaluate(data, load_head(head), study_article_ids(exclude_study), log=typer.echo)
@@ -239,8 +239,8 @@ def quality_train(
     seed: int = typer.Option(0),
 ):
     """Count the word LM and fit the level model on controlled corruptions of real sentences."""
-    from biasamp.leaning import study_article_ids
-    from biasamp.quality import train
+    from biasamp.instruments.leaning import study_article_ids
+    from biasamp.instruments.quality import train
 
     with user_errors():
         proxy = train(data, study_article_ids(exclude_study), seed, log=typer.echo)
@@ -259,8 +259,8 @@ def quality_eval(
 ):
     """AUC per adjacent level pair on held-out corruptions, and the index of clean vs looping articles."""
     from biasamp.artifacts import write_json
-    from biasamp.leaning import study_article_ids
-    from biasamp.quality import QualityProxy, evaluate
+    from biasamp.instruments.leaning import study_article_ids
+    from biasamp.instruments.quality import QualityProxy, evaluate
 
     with user_errors():
         result = evaluate(QualityProxy.load(proxy), data, study_article_ids(exclude_study), seed)
@@ -282,7 +282,7 @@ def import_paper_cmd(
 ):
     """The authors' released per-article numbers as biasamp scores and summary tables."""
     from biasamp.tables import write_parquet
-    from biasamp.summary import import_paper, write_summaries
+    from biasamp.stages.summarize import import_paper, write_summaries
 
     with user_errors():
         scores, warnings = import_paper(folder)
@@ -318,7 +318,7 @@ def analyze(
 
     from biasamp.artifacts import write_json
     from biasamp.tables import write_parquet
-    from biasamp.stats import arm_contrasts, neuron_tests
+    from biasamp.stages.analyze import arm_contrasts, neuron_tests
     from biasamp.tables import TABLES
 
     if mode not in ("within", "paper"):

@@ -109,6 +109,29 @@ class TrainConfig(_Frozen):
         return self
 
 
+def _nest(raw, key: str, default: str, settings: tuple[str, ...], union) -> dict:
+    """The flat shorthand `{key: kind, setting: v}` as `{key: {kind: kind, setting: v}}`. A setting the
+    kind does not take is dropped only when it holds its default (a config written before the settings
+    moved, e.g. an old manifest, has every default); any other value stays and is reported."""
+    if isinstance(raw, dict) and isinstance(raw.get(key), dict) and "kind" not in raw[key]:
+        return {**raw, key: {"kind": default, **raw[key]}}  # e.g. --set generation.backend.engines=2
+    if not (isinstance(raw, dict) and isinstance(raw.get(key, default), str)):
+        return raw
+    raw = dict(raw)
+    kind = raw.pop(key, default)
+    members = {m.model_fields["kind"].default: m for m in typing.get_args(typing.get_args(union)[0])}
+    nested = {"kind": kind}
+    for name in settings:
+        if name in raw:
+            value = raw.pop(name)
+            takes = kind in members and name in members[kind].model_fields
+            defaults = [m.model_fields[name].default for m in members.values() if name in m.model_fields]
+            if takes or value not in defaults:
+                nested[name] = value
+    raw[key] = nested
+    return raw
+
+
 # Training mixes: what G_g (g >= 1) trains on. Each kind is one function in biasamp.data.MIXES;
 # its settings live here, under the kind that uses them.
 class ReplaceMix(_Frozen):
@@ -159,13 +182,22 @@ class ArmConfig(_Frozen):
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, raw):
-        if isinstance(raw, dict) and isinstance(raw.get("mix", "replace"), str):
-            raw = dict(raw)
-            mix = {"kind": raw.pop("mix", "replace")}
-            if "real_fraction" in raw:
-                mix["real_fraction"] = raw.pop("real_fraction")
-            raw["mix"] = mix
-        return raw
+        return _nest(raw, "mix", "replace", ("real_fraction",), MixConfig)
+
+
+class HFGeneration(_Frozen):
+    kind: Literal["hf"] = "hf"  # the batched greedy generator of biasamp.stages.generate, in the trajectory's process
+
+
+class VLLMGeneration(_Frozen):
+    # `engines` vLLM engines as Ray actors, data-parallel over the prompt blocks, each loading the
+    # generation's safetensors checkpoint (biasamp.backends.vllm_engines).
+    kind: Literal["vllm"] = "vllm"
+    engines: int = Field(1, ge=1)
+    gpus_per_engine: float = Field(1, ge=0)
+
+
+GenerationBackend = typing.Annotated[typing.Union[HFGeneration, VLLMGeneration], Field(discriminator="kind")]
 
 
 class GenerationConfig(_Frozen):
@@ -177,16 +209,18 @@ class GenerationConfig(_Frozen):
     max_blocks: int | None = Field(None, ge=1)  # body blocks per article (None: all)
     batch_size: int = Field(32, ge=1)
     stop_at_eos: bool = True
-    # hf: the batched greedy generator of biasamp.generate, in the trajectory's process.
-    # vllm: `engines` vLLM engines as Ray actors, data-parallel over the prompt blocks, each loading
-    # the generation's safetensors checkpoint (biasamp.engines).
-    backend: Literal["hf", "vllm"] = "hf"
-    engines: int = Field(1, ge=1)
-    gpus_per_engine: float = Field(1, ge=0)
+    # `backend: vllm` is short for `backend: {kind: vllm}`; `{backend: vllm, engines: 2}` for
+    # `backend: {kind: vllm, engines: 2}`.
+    backend: GenerationBackend = HFGeneration()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, raw):
+        return _nest(raw, "backend", "hf", ("engines", "gpus_per_engine"), GenerationBackend)
 
 
 class NeuronsConfig(_Frozen):
-    """Neuron-level capture after each generation's training (biasamp/neurons.py)."""
+    """Neuron-level capture after each generation's training (biasamp/stages/neurons.py)."""
 
     capture: bool = True
     probe: str | None = None  # the corpus whose real articles are the probe set (None: the first corpus)
@@ -402,6 +436,8 @@ def _known_keys(loc: tuple) -> list[str]:
         ann = field.annotation
         if typing.get_origin(ann) is dict:
             ann, i = typing.get_args(ann)[1], i + 1  # skip the map's key (an arm or corpus name)
+        if typing.get_origin(ann) is typing.Union and i == len(parts) - 1:  # a mix or backend: any kind's keys
+            return sorted({k for m in typing.get_args(ann) if issubclass(m, BaseModel) for k in m.model_fields})
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return []
         model, i = ann, i + 1
@@ -412,7 +448,8 @@ def _key_path(loc) -> tuple[str, ...]:
     """pydantic's error location as the user wrote the keys: without the tag it adds after a
     discriminated union (`arms.a.mix.replace.x` -> `arms.a.mix.x`)."""
     parts = [str(p) for p in loc]
-    return tuple(p for i, p in enumerate(parts) if not (i and parts[i - 1] == "mix" and p in MIX_KINDS))
+    tags = {"mix": MIX_KINDS, "backend": ("hf", "vllm")}
+    return tuple(p for i, p in enumerate(parts) if not (i and p in tags.get(parts[i - 1], ())))
 
 
 def from_dict(raw: dict, source: str = "<dict>") -> StudyConfig:
@@ -431,8 +468,10 @@ def from_dict(raw: dict, source: str = "<dict>") -> StudyConfig:
             key = ".".join(loc)
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                close = difflib.get_close_matches(loc[-1], _known_keys(loc[:-1]), n=1)
-                msg = f"unknown key{f' (did you mean {close[0]!r}?)' if close else ''}"
+                known = _known_keys(loc[:-1])
+                close = difflib.get_close_matches(loc[-1], known, n=1)
+                msg = (f"not a setting of this {loc[-2]} kind" if loc[-1] in known
+                       else f"unknown key{f' (did you mean {close[0]!r}?)' if close else ''}")
             # a whole-study check already names its key path ("arms.x.corpus: ...")
             msgs.append(f"{key}: {msg}" if key and not msg.startswith(key) else msg)
         raise ConfigError(f"{source}: " + "; ".join(msgs)) from None

@@ -27,7 +27,7 @@ def test_rayjob_runs_a_shipped_study_without_secrets():
     script, config = job["spec"]["entrypoint"].split()[1:3]
     assert (ROOT / script).exists()
     cfg = load_config(ROOT / config, [])
-    assert cfg.train.backend == "deepspeed" and cfg.generation.backend == "vllm"
+    assert cfg.train.backend == "deepspeed" and cfg.generation.backend.kind == "vllm"
     for group in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
         for container in group["template"]["spec"]["containers"]:
             for env in container.get("env", []):

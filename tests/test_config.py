@@ -42,7 +42,7 @@ def _write(tmp_path, d) -> Path:
         (lambda d: d["train"].update(epochs="many"), "train.epochs: Input should be a valid number"),
         (lambda d: d.update(generations=0), "generations: Input should be greater than or equal to 1"),
         (lambda d: d["arms"]["synthetic"].update(mix="shuffle"), "arms.synthetic.mix: Input tag 'shuffle'"),
-        (lambda d: d["arms"]["synthetic"].update(real_fraction=0.3), "arms.synthetic.mix.real_fraction: unknown key"),
+        (lambda d: d["arms"]["synthetic"].update(real_fraction=0.3), "arms.synthetic.mix.real_fraction: not a setting of this mix kind"),
         (lambda d: d["arms"]["synthetic"].update(corpus="nope"), "arms.synthetic.corpus: 'nope' is not in corpora"),
         (lambda d: d["corpora"]["main"].update(per_label={"left": 0}), "per_label needs at least one label"),
         (lambda d: d["corpora"]["main"].update(per_label={"far_left": 3}), "corpora.main.per_label.far_left"),
@@ -160,3 +160,29 @@ def test_readme_lists_the_declared_tables():
     from biasamp.tables import listing
 
     assert listing() in (CONFIGS.parent / "README.md").read_text()
+
+
+def test_backend_settings_live_under_the_backend_that_uses_them(study_dict):
+    d = study_dict(generation={"backend": "vllm", "engines": 2})
+    cfg = from_dict(d)
+    assert (cfg.generation.backend.kind, cfg.generation.backend.engines) == ("vllm", 2)
+    assert from_dict(cfg.model_dump(mode="json")).generation.backend == cfg.generation.backend
+    hf = from_dict(study_dict())
+    assert "engines" not in hf.model_dump()["generation"]["backend"]  # the hash means what it says
+    with pytest.raises(ConfigError, match="generation.backend.engines: not a setting of this backend kind"):
+        from_dict(study_dict(generation={"engines": 2}))
+
+
+def test_a_manifest_written_before_settings_moved_under_their_kind_still_loads(study_dict):
+    """Old manifests are flat and carry every default: mix: replace + real_fraction: 0.1, backend: hf +
+    engines: 1. Defaults for another kind are dropped; a deliberate value still fails, in one line."""
+    d = study_dict(generation={"backend": "hf", "engines": 1, "gpus_per_engine": 1.0})
+    d["arms"] = {"synthetic": {"mix": "replace", "real_fraction": 0.1}, "pres": {"mix": "preserve", "real_fraction": 0.3}}
+    cfg = from_dict(d)
+    assert cfg.arms["synthetic"].mix.kind == "replace" and cfg.arms["pres"].mix.real_fraction == 0.3
+    assert cfg.generation.backend.kind == "hf"
+    d["arms"]["synthetic"]["real_fraction"] = 0.5
+    with pytest.raises(ConfigError, match="arms.synthetic.mix.real_fraction: not a setting of this mix kind"):
+        from_dict(d)
+    with pytest.raises(ConfigError, match="generation.backend.engines: not a setting of this backend kind"):
+        from_dict(study_dict(generation={"backend": {"engines": 2}}))

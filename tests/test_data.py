@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from biasamp.cli import app
 from biasamp.config import ArmConfig, CorpusConfig
-from biasamp.data import read_source, sample_corpus, training_set
+from biasamp.stages.corpus import read_source, sample_corpus
+from biasamp.stages.mix import training_set
 
 SHARED = Path(__file__).parents[1].parent / "shared" / "data" / "article-bias-prediction"
 
@@ -189,6 +190,6 @@ def test_preserve_balanced_draws_the_real_articles_that_counter_the_drift():
 
 def test_every_config_mix_has_one_function():
     from biasamp.config import MIX_KINDS
-    from biasamp.data import MIXES
+    from biasamp.stages.mix import MIXES
 
     assert sorted(MIXES) == sorted(MIX_KINDS)

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from biasamp.config import ModelConfig, TrainConfig
-from biasamp.data import read_source
+from biasamp.stages.corpus import read_source
 from biasamp.models import load_base_model, load_tokenizer, save_checkpoint
-from biasamp.train import fine_tune
+from biasamp.stages.train import fine_tune
+from biasamp.stages.trajectory import TRAINERS
 
 TINY = ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe")
 LOSS_TOLERANCE = 0.02  # nats per step; the difference is each worker averaging over its own tokens
@@ -34,7 +35,7 @@ def test_deepspeed_zero2_two_workers_matches_plain(ray_local, tmp_path):
         cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-3, max_length=64, backend=backend,
                           deepspeed={"workers": 2, "zero_stage": 2, "micro_batch": 1, "cpus_per_worker": 0.5})
         model = load_base_model(TINY, len(tok), seed=0)
-        metrics = fine_tune(model, tok, articles, cfg, seed=0, workdir=tmp_path / "work")
+        metrics = TRAINERS[backend](model, tok, articles, cfg, seed=0, workdir=tmp_path / "work")
         curves[backend] = metrics["loss_curve"]
         weights[backend] = torch.cat([p.detach().flatten() for p in model.parameters()])
     plain, ds = curves["plain"], curves["deepspeed"]
@@ -55,8 +56,8 @@ def test_deepspeed_batch_must_divide():
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM does not import here (separate venv)")
 def test_vllm_greedy_matches_hf(ray_local, tmp_path):
-    from biasamp.engines import vllm_continuations
-    from biasamp.generate import article_prompts, greedy_continuations
+    from biasamp.backends.vllm_engines import vllm_continuations
+    from biasamp.stages.generate import article_prompts, greedy_continuations
 
     tok = load_tokenizer(TINY)
     model = load_base_model(ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe",

@@ -3,10 +3,10 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from biasamp import generate
+from biasamp.stages import generate
 from biasamp.config import GenerationConfig, ModelConfig
-from biasamp.data import read_source
-from biasamp.generate import article_prompts, greedy_continuations, write_articles
+from biasamp.stages.corpus import read_source
+from biasamp.stages.generate import article_prompts, greedy_continuations, write_articles
 from biasamp.models import load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
 
 TINY = ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe")

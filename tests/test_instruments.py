@@ -8,13 +8,15 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from biasamp import leaning
+from biasamp.instruments import leaning
 from biasamp.cli import app
 from biasamp.config import LABELS, ClassifierConfig, ModelConfig, QualityConfig, ScoringConfig
-from biasamp.data import read_source
-from biasamp.quality import QualityProxy, corrupted_sentences
+from biasamp.stages.corpus import read_source
+from biasamp.instruments.quality import QualityProxy, corrupted_sentences
 from biasamp.tables import TABLES
-from biasamp.score import class_probabilities, load_classifier, load_instruments, quality_index, score_articles
+from biasamp.instruments.hf import class_probabilities, load_classifier
+from biasamp.stages.score import load_instruments, score_articles
+from biasamp.instruments.quality import quality_index
 
 TINY = ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe", tiny={"n_layer": 1, "n_embd": 32, "n_head": 2})
 

@@ -6,11 +6,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from biasamp import artifacts
 from biasamp.tables import TABLES
 from biasamp.config import ModelConfig, NeuronsConfig, from_dict
-from biasamp.data import read_source
+from biasamp.stages.corpus import read_source
 from biasamp.models import load_base_model, load_tokenizer
-from biasamp.neurons import capture, layer_modules
-from biasamp.orchestrate import prepare_study
-from biasamp.trajectory import run_trajectory
+from biasamp.stages.neurons import capture, layer_modules
+from biasamp.backends.ray_cluster import prepare_study
+from biasamp.stages.trajectory import run_trajectory
 
 TINY = ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe", tiny={"n_layer": 2, "n_embd": 32, "n_head": 2})
 

@@ -9,9 +9,11 @@ from transformers import GPT2Config, GPT2ForSequenceClassification
 from biasamp.config import ClassifierConfig, ModelConfig, ScoringConfig
 from biasamp.models import load_base_model, load_tokenizer
 from biasamp.tables import TABLES
-from biasamp.score import (class_probabilities, leaning, load_classifier, perplexities,
-                           quality_index, sentences)
-from biasamp.summary import import_paper, summarize
+from biasamp.instruments.hf import class_probabilities, leaning, load_classifier
+from biasamp.stages.score import perplexities
+from biasamp.instruments.quality import quality_index
+from biasamp.text import sentences
+from biasamp.stages.summarize import import_paper, summarize
 
 TINY = ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe")
 PAPER = Path(__file__).parents[1].parent / "shared" / "data" / "paper-results" / "Bias_Performance_and_Generation_Quality"

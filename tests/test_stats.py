@@ -5,7 +5,7 @@ import statsmodels.api as sm
 
 from scipy import stats as sps
 
-from biasamp.stats import arm_contrasts, design, fit, neuron_tests, regress, surrogate_target
+from biasamp.stages.analyze import arm_contrasts, design, fit, neuron_tests, regress, surrogate_target
 
 
 def _versions(arms=("a", "b"), seeds=(0, 1), gens=6):
@@ -240,7 +240,7 @@ def test_contrasts_on_the_authors_numbers(tmp_path):
     """Preservation minus Synthetic at G10 on the authors' released per-article scores."""
     from pathlib import Path
 
-    from biasamp.summary import import_paper
+    from biasamp.stages.summarize import import_paper
 
     folder = Path(__file__).parents[1] / ".." / "shared" / "data" / "paper-results" / "Bias_Performance_and_Generation_Quality"
     if not folder.exists():

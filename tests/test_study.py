@@ -8,12 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from biasamp import artifacts, generate, trajectory
+from biasamp import artifacts
+from biasamp.stages import generate
+from biasamp.stages import trajectory
 from biasamp.tables import TABLES
 from conftest import TWO_ARMS
 from biasamp.config import from_dict, load_config
-from biasamp.orchestrate import prepare_study
-from biasamp.trajectory import run_trajectory
+from biasamp.backends.ray_cluster import prepare_study
+from biasamp.stages.trajectory import run_trajectory
 
 ROOT = Path(__file__).parents[1]
 
@@ -184,7 +186,7 @@ def test_generation_progress_is_logged_at_most_once_a_minute(monkeypatch):
     clock = iter([0.0, 30.0, 61.0, 90.0, 125.0])
     monkeypatch.setattr(trajectory.time, "time", lambda: next(clock))
     log = []
-    report = trajectory._every_minute(log.append, "[a/seed0] G1/2")
+    report = trajectory._every_minute(lambda m: log.append(f"[a/seed0] G1/2: {m}"))
     for done in (10, 20, 30, 40):
         report(done, 40)
     assert log == ["[a/seed0] G1/2: 20/40 prompts, 1 min left"]

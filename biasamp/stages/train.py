@@ -10,10 +10,7 @@ import tempfile
 from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainingArguments
 
 from biasamp.config import TrainConfig
-
-
-def training_text(title: str, body: str) -> str:
-    return f"title: {title}\nbody: {body}"  # the authors' article format
+from biasamp.text import training_text
 
 
 def tokenized(tokenizer, texts: list[str], max_length: int) -> datasets.Dataset:
@@ -73,16 +70,10 @@ def train_metrics(trainer: Trainer, result, ds, cfg: TrainConfig) -> dict:
 
 
 def fine_tune(model, tokenizer, articles: pd.DataFrame, cfg: TrainConfig, seed: int, workdir=None) -> dict:
-    """Fine-tune `model` in place on `articles` (title, text). Returns loss metrics and the loss curve.
-
-    backend deepspeed: the same Trainer on cfg.deepspeed.workers Ray Train workers (biasamp.engines);
-    `workdir` (on storage every worker sees) carries the weights there and back.
-    """
+    """Fine-tune `model` in place on `articles` (title, text) in this process. Returns loss metrics
+    and the loss curve. (train.backend deepspeed: biasamp.backends.deepspeed_train.fine_tune_deepspeed,
+    the same Trainer on Ray Train workers, same signature.)"""
     texts = [training_text(t, b) for t, b in zip(articles["title"], articles["text"])]
-    if cfg.backend == "deepspeed":
-        from biasamp.engines import fine_tune_deepspeed
-
-        return fine_tune_deepspeed(model, tokenizer, texts, cfg, seed, workdir)
     ds = tokenized(tokenizer, texts, cfg.max_length)
     with tempfile.TemporaryDirectory(prefix="biasamp-train-") as tmp:
         trainer = make_trainer(model, tokenizer, ds, cfg, seed, tmp)

@@ -14,6 +14,8 @@ import torch
 from transformers import GenerationConfig
 
 from biasamp import config as study_config
+from biasamp.backends.vllm_engines import vllm_continuations
+from biasamp.text import by_length
 
 
 def article_prompts(tokenizer, title: str, body: str, block_tokens: int, max_blocks: int | None) -> list[list[int]]:
@@ -38,11 +40,10 @@ def greedy_continuations(
     """
     # A fresh config: greedy, and none of the checkpoint's own sampling defaults.
     config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id, eos_token_id=eos_id)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
     device = model.device
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    done = 0
+    for idx in by_length(prompts, batch_size):
         width = len(prompts[idx[-1]])
         ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -56,8 +57,9 @@ def greedy_continuations(
             if eos_id is not None and eos_id in seq:
                 seq = seq[: seq.index(eos_id)]
             out[i] = seq
+        done += len(idx)
         if progress is not None:
-            progress(min(start + batch_size, len(order)), len(order))
+            progress(done, len(prompts))
     return out
 
 
@@ -72,10 +74,9 @@ def write_articles(model, tokenizer, sources: pd.DataFrame, cfg: study_config.Ge
         prompts += ps
         owner += [k] * len(ps)
     eos = tokenizer.eos_token_id if cfg.stop_at_eos else None
-    if cfg.backend == "vllm":
-        from biasamp.engines import vllm_continuations
-
-        conts = vllm_continuations(checkpoint, prompts, cfg.new_tokens, eos, cfg.engines, cfg.gpus_per_engine)
+    if cfg.backend.kind == "vllm":
+        conts = vllm_continuations(checkpoint, prompts, cfg.new_tokens, eos, cfg.backend.engines,
+                                   cfg.backend.gpus_per_engine)
     else:
         conts = greedy_continuations(model, prompts, cfg.new_tokens, cfg.batch_size, tokenizer.pad_token_id, eos,
                                      progress)

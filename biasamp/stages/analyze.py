@@ -34,7 +34,7 @@ from scipy.stats import t as student_t
 from statsmodels.stats.multitest import multipletests
 
 from biasamp.config import LABELS
-from biasamp.summary import boot_means
+from biasamp.stages.summarize import boot_means
 from biasamp.tables import TABLES
 
 Mode = Literal["within", "paper"]

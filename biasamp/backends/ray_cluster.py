@@ -11,7 +11,11 @@ import time
 
 from biasamp import artifacts
 from biasamp.config import StudyConfig
-from biasamp.data import read_source, sample_corpus
+from biasamp.models import load_checkpoint
+from biasamp.stages.corpus import read_source, sample_corpus
+from biasamp.stages.score import load_instruments, score_articles
+from biasamp.stages.summarize import write_summaries
+from biasamp.stages.trajectory import run_trajectory
 from biasamp.tables import TABLES
 
 
@@ -41,8 +45,9 @@ def trajectory_bundles(cfg: StudyConfig) -> list[dict]:
     gang-scheduled by Ray Train in a placement group of their own, sized by train.deepspeed."""
     res, gen = cfg.resources, cfg.generation
     bundles = [{"CPU": res.cpus_per_trajectory, **({"GPU": res.gpus_per_trajectory} if res.gpus_per_trajectory else {})}]
-    if gen.backend == "vllm":
-        bundles += [{"CPU": 1, **({"GPU": gen.gpus_per_engine} if gen.gpus_per_engine else {})}] * gen.engines
+    if gen.backend.kind == "vllm":
+        gpus = gen.backend.gpus_per_engine
+        bundles += [{"CPU": 1, **({"GPU": gpus} if gpus else {})}] * gen.backend.engines
     return bundles
 
 
@@ -64,7 +69,6 @@ def _trajectory_task(cfg: StudyConfig, arm: str, seed: int, cpus: float, progres
     torch.set_num_threads(max(1, int(cpus)))
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    from biasamp.trajectory import run_trajectory
 
     logfile = cfg.output_dir / "logs" / f"{arm}__seed{seed}.log"
     logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +145,7 @@ def run_study(cfg: StudyConfig, log=print) -> int:
             while queued and len(remaining) < in_flight:
                 arm, seed = queued.pop(0)
                 pg = placement_group(bundles, strategy="PACK", name=f"{cfg.study}/{arm}/seed{seed}")
-                # Bundle 0 holds the trajectory itself; vLLM engines take the others (biasamp.engines).
+                # Bundle 0 holds the trajectory itself; vLLM engines take the others (vllm_engines).
                 # A trajectory whose group does not fit yet waits: trajectories queue when the cluster is full.
                 strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
                 ref = task.options(num_cpus=res.cpus_per_trajectory, num_gpus=res.gpus_per_trajectory,
@@ -170,8 +174,6 @@ def run_study(cfg: StudyConfig, log=print) -> int:
 def _summaries(cfg: StudyConfig, log) -> None:
     import pandas as pd
 
-    from biasamp.summary import write_summaries
-
     out = cfg.output_dir
     per_arm = write_summaries(out, TABLES["scores"].read(out), cfg.scoring.bootstrap)
     last = per_arm.sort_values("generation").groupby("arm").tail(1)
@@ -186,9 +188,6 @@ def rescore_study(cfg: StudyConfig, log=print) -> None:
     Plain Python, one trajectory after another."""
     import pandas as pd
     import torch
-
-    from biasamp.models import load_checkpoint
-    from biasamp.score import load_instruments, score_articles
 
     out = cfg.output_dir
     artifacts.claim_output_dir(cfg, out)  # same trajectories required; records the new scoring config

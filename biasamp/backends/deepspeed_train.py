@@ -3,7 +3,7 @@
 Why Ray Train's TorchTrainer and not a hand-made worker group: it places the N workers (a placement
 group of its own, so a trajectory's trainer queues until the cluster has room for all of them),
 sets up torch.distributed (NCCL on GPUs, gloo on CPUs), and restarts a failed worker group. Inside each
-worker runs the very Trainer of biasamp.train with a DeepSpeed ZeRO config, so the optimizer,
+worker runs the very Trainer of biasamp.stages.train with a DeepSpeed ZeRO config, so the optimizer,
 schedule and data order are the ones of the single-process run.
 
 Weights travel as ordinary HF safetensors folders under `workdir` (storage all workers see: the
@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 
 from biasamp.config import TrainConfig
+from biasamp.stages.train import make_trainer, tokenized, train_metrics
+from biasamp.text import training_text
 
 # One per environment: DeepSpeed recompiles (under a file lock) for another interpreter or torch.
 EXTENSIONS_CACHE = (Path.home() / ".cache" / "biasamp" / "torch_extensions"
@@ -56,8 +58,6 @@ def _worker(config: dict) -> None:
     import ray.train
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from biasamp.train import make_trainer, tokenized, train_metrics
-
     cfg = TrainConfig.model_validate(config["train"])
     init = Path(config["init"])
     tokenizer = AutoTokenizer.from_pretrained(init)
@@ -74,8 +74,10 @@ def _worker(config: dict) -> None:
         (Path(config["out"]) / "metrics.json").write_text(json.dumps(metrics))
 
 
-def fine_tune_deepspeed(model, tokenizer, texts: list[str], cfg: TrainConfig, seed: int, workdir: Path | None) -> dict:
-    """Fine-tune `model` in place on cfg.deepspeed.workers Ray Train workers with DeepSpeed ZeRO."""
+def fine_tune_deepspeed(model, tokenizer, articles, cfg: TrainConfig, seed: int, workdir: Path | None = None) -> dict:
+    """Fine-tune `model` in place on `articles` (title, text) on cfg.deepspeed.workers Ray Train workers
+    with DeepSpeed ZeRO; `workdir` (on storage every worker sees) carries the weights there and back."""
+    texts = [training_text(t, b) for t, b in zip(articles["title"], articles["text"])]
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -108,61 +110,3 @@ def fine_tune_deepspeed(model, tokenizer, texts: list[str], cfg: TrainConfig, se
     metrics = json.loads((out / "metrics.json").read_text())
     shutil.rmtree(workdir, ignore_errors=True)
     return metrics
-
-
-
-# ---- vLLM generation engines ----------------------------------------------------------------------
-
-class VLLMEngine:
-    """One vLLM engine (a Ray actor in `vllm_continuations`): greedy continuations of token prompts
-    from a checkpoint folder. Loaded once per generation: the safetensors checkpoint is the handoff
-    (simple, resumable); live weight sync would only pay off when a generation's load time rivals its
-    decoding time, i.e. for multi-billion-parameter models over short corpora."""
-
-    def __init__(self, checkpoint: str, max_model_len: int):
-        from vllm import LLM
-
-        gpu = torch.cuda.is_available()
-        # On vLLM's CPU backend gpu_memory_utilization is the share of host RAM reserved for the KV cache.
-        self.llm = LLM(model=checkpoint, tokenizer=checkpoint, dtype="auto" if gpu else "float32",
-                       max_model_len=max_model_len, enforce_eager=True, seed=0,
-                       gpu_memory_utilization=0.85 if gpu else 0.15)
-
-    def continuations(self, prompts: list[list[int]], new_tokens: int, eos_id: int | None) -> list[list[int]]:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=eos_id is None, detokenize=False)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        result = []
-        for o in outs:  # vLLM returns outputs in prompt order
-            seq = list(o.outputs[0].token_ids)
-            if eos_id is not None and eos_id in seq:
-                seq = seq[: seq.index(eos_id)]
-            result.append(seq)
-        return result
-
-
-def vllm_continuations(checkpoint: Path, prompts: list[list[int]], new_tokens: int, eos_id: int | None,
-                       engines: int, gpus_per_engine: float) -> list[list[int]]:
-    """Greedy continuations from `engines` data-parallel vLLM engines, each a Ray actor holding
-    `gpus_per_engine` GPUs and every engines-th prompt; inside a trajectory's placement group
-    (biasamp.orchestrate.trajectory_bundles) each engine takes its own bundle."""
-    import ray
-
-    longest = max((len(p) for p in prompts), default=1) + new_tokens
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    actor = ray.remote(num_gpus=gpus_per_engine, num_cpus=1)(VLLMEngine)
-    pg = ray.util.get_current_placement_group()  # the trajectory's: bundles 1.. are the engines'
-    shards = [prompts[i::engines] for i in range(engines)]  # strided: similar lengths in every shard
-    place = [{"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=1 + i)}
-             if pg is not None else {} for i in range(engines)]
-    handles = [actor.options(**place[i]).remote(str(checkpoint), longest) for i in range(engines)]
-    results = ray.get([h.continuations.remote(s, new_tokens, eos_id) for h, s in zip(handles, shards)])
-    for h in handles:
-        ray.kill(h)
-    out: list[list[int]] = [[] for _ in prompts]
-    for i, res in enumerate(results):
-        out[i::engines] = res
-    return out

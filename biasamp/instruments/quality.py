@@ -16,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-PROXY = Path(__file__).parent / "data" / "quality_proxy.npz"
+from biasamp.stages.corpus import read_source
+from biasamp.text import sentences
+
+PROXY = Path(__file__).parents[1] / "data" / "quality_proxy.npz"
 LEVELS = [0, 1, 2, 3]
 VOCAB_SIZE = 20_000
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
@@ -196,8 +199,6 @@ def corrupt(sentence: str, level: int, rng: np.random.Generator, vocab: list[str
 def corrupted_sentences(articles: list[str], proxy: QualityProxy, seed: int, per_article: int = 8):
     """(sentences, owner, level): each article's sentences in order, each replaced by a corruption at
     a random level; 'earlier' repeats copy a previous sentence of the same article."""
-    from biasamp.score import sentences
-
     rng = np.random.default_rng(seed)
     top = proxy.vocab[:5000]
     weights = proxy.counts[:5000] / proxy.counts[:5000].sum()
@@ -217,8 +218,6 @@ def corrupted_sentences(articles: list[str], proxy: QualityProxy, seed: int, per
 def split_articles(data: Path, exclude: set[str], seed: int) -> dict[str, list[str]]:
     """Three disjoint sets of ABP article bodies (study-corpus articles excluded): word counts,
     fitting, evaluation."""
-    from biasamp.data import read_source
-
     df = read_source(str(data))
     df = df[~df["article_id"].isin(exclude) & (df["text"].str.len() > 200)]
     order = np.random.default_rng(seed).permutation(len(df))
@@ -242,8 +241,6 @@ def evaluate(proxy: QualityProxy, data: Path, exclude: set[str], seed: int) -> d
     articles vs the same articles turned into repetition loops."""
     from sklearn.metrics import roc_auc_score
 
-    from biasamp.score import quality_index, sentences
-
     parts = split_articles(data, exclude, seed)
     sents, owner, y = corrupted_sentences(parts["eval"], proxy, seed + 1)
     expected = proxy.probabilities(sents, 0, owner) @ np.array(LEVELS, float)
@@ -257,3 +254,22 @@ def evaluate(proxy: QualityProxy, data: Path, exclude: set[str], seed: int) -> d
     tqi = {name: float(quality_index(proxy, texts, 0).mean())
            for name, texts in [("clean", clean), ("sentence_loop", sentence_loop), ("phrase_loop", phrase_loop)]}
     return {"sentences": len(sents), "auc_adjacent": aucs, "mean_expected_level": means, "article_tqi": tqi}
+
+
+def quality_index(clf, texts: list[str], batch_size: int) -> np.ndarray:
+    """Per article: the mean over its sentences of the expected level sum_k k * p_k (0 = noise ..
+    3 = clean); 0 for an article with no sentence, as the authors do."""
+    owner, sents = [], []
+    for k, t in enumerate(texts):
+        for s in sentences(t):
+            owner.append(k)
+            sents.append(s)
+    levels = np.zeros(len(texts))
+    if sents:
+        # the offline proxy also reads which article each sentence belongs to (repetition of earlier sentences)
+        probs = clf.probabilities(sents, batch_size, owner)
+        expected = probs @ np.asarray(clf.labels, dtype=float)
+        sums = np.bincount(owner, weights=expected, minlength=len(texts))
+        counts = np.bincount(owner, minlength=len(texts))
+        np.divide(sums, counts, out=levels, where=counts > 0)
+    return levels

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from biasamp.config import NeuronsConfig
+from biasamp.text import by_length
 
 _FFN_OUT = ("mlp.c_proj", "mlp.down_proj", "mlp.fc2", "mlp.dense_4h_to_h")
 
@@ -85,9 +86,8 @@ def activation_rows(model, tokenizer, texts: list[str], ffn: list, blocks: list,
     max_length = min(cfg.max_length, getattr(model.config, "max_position_embeddings", None) or cfg.max_length)
     n_tokens = 0
     try:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: little padding
-        for start in range(0, len(order), cfg.batch_size):
-            batch = [texts[i] for i in order[start : start + cfg.batch_size]]
+        for idx in by_length(texts, cfg.batch_size):
+            batch = [texts[i] for i in idx]
             enc = tokenizer(batch, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
             enc = {k: v.to(model.device) for k, v in enc.items()}
             mask_now[:] = [enc["attention_mask"]]

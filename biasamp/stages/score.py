@@ -1,0 +1,83 @@
+"""The scoring stage: each article of D_g through the instruments (biasamp.instruments), and its
+perplexity under the generation's own model and under the study's base model.
+
+scores columns: study, arm, seed, generation, article_id, p_left, p_center, p_right, label, tqi,
+ppl (under the generation's own model), ppl_ref (under the study's base model, fixed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from biasamp.config import ModelConfig, ScoringConfig
+from biasamp.instruments.hf import SequenceClassifier, leaning, load_classifier
+from biasamp.instruments.quality import quality_index
+from biasamp.models import load_base_model, load_tokenizer
+from biasamp.tables import TABLES
+from biasamp.text import by_length, training_text
+
+
+@torch.no_grad()
+def perplexities(model, tokenizer, texts: list[str], max_tokens: int, batch_size: int) -> np.ndarray:
+    """exp(mean next-token NLL) per text, padding masked out."""
+    out = np.full(len(texts), np.nan)
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    limit = min(max_tokens, getattr(model.config, "max_position_embeddings", None) or max_tokens)
+    try:
+        for idx in by_length(texts, batch_size):
+            enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=limit, padding=True,
+                            return_tensors="pt").to(model.device)
+            # float32 log-softmax over the vocabulary (a float64 copy of the logits costs more than the
+            # forward pass for a 49k-50k vocabulary); per-token losses are summed in float64.
+            logits = model(**enc, use_cache=False).logits[:, :-1]
+            target = enc["input_ids"][:, 1:]
+            mask = enc["attention_mask"][:, 1:].double()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none").double()
+            n = mask.sum(dim=1)
+            ppl = torch.exp((nll * mask).sum(dim=1) / n.clamp(min=1))
+            out[idx] = torch.where(n > 0, ppl, torch.nan).cpu().numpy()
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+@dataclass
+class Instruments:
+    leaning: SequenceClassifier
+    quality: SequenceClassifier
+    reference: tuple  # (model, tokenizer) for ppl_ref
+    cfg: ScoringConfig
+
+
+def load_instruments(cfg: ScoringConfig, study_model: ModelConfig) -> Instruments:
+    """The classifier, the quality model, and the study's base model as the fixed perplexity
+    reference (seed-independent: one reference for every trajectory, in `run` and `score` alike)."""
+    c, q = cfg.classifier, cfg.quality
+    ref_tok = load_tokenizer(study_model)
+    return Instruments(
+        load_classifier(c.kind, c.name, c.labels, c.max_tokens, study_model, "classifier"),
+        load_classifier(q.kind, q.name, q.labels, q.max_tokens, study_model, "quality"),
+        (load_base_model(study_model, len(ref_tok)).eval(), ref_tok),
+        cfg,
+    )
+
+
+def score_articles(inst: Instruments, articles: pd.DataFrame, own=None) -> pd.DataFrame:
+    """Scores of an articles table (study, arm, seed, generation, article_id, title, text).
+
+    The classifier reads each article as the models were trained on it (`title: ...\\nbody: ...`),
+    the quality index reads the generated text, perplexity the same text as the classifier.
+    """
+    bs = inst.cfg.batch_size
+    full = [training_text(t, b) for t, b in zip(articles["title"], articles["text"])]
+    out = articles[["study", "arm", "seed", "generation", "article_id"]].reset_index(drop=True)
+    out = pd.concat([out, leaning(inst.leaning, full, bs)], axis=1)
+    out["tqi"] = quality_index(inst.quality, list(articles["text"]), bs)
+    mt = inst.cfg.perplexity_max_tokens
+    out["ppl"] = perplexities(*own, full, mt, bs) if own is not None else np.nan
+    out["ppl_ref"] = perplexities(*inst.reference, full, mt, bs)
+    return TABLES["scores"].check(out)

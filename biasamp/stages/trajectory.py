@@ -1,0 +1,235 @@
+"""One (arm, seed) trajectory: G0 .. G_{n-1}, each a list of stages (train, capture, write).
+
+Plain Python: the Ray layer (biasamp.backends.ray_cluster) only decides where this runs.
+Resumable: each stage is skipped when what it writes exists. A generation is done when its articles
+table exists (written last); a generation whose checkpoint exists is not retrained.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from biasamp import artifacts
+from biasamp.backends.deepspeed_train import fine_tune_deepspeed
+from biasamp.config import MIXES_READING_SCORES, ArmConfig, StudyConfig, TrainConfig
+from biasamp.models import load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
+from biasamp.stages.generate import write_articles
+from biasamp.stages.mix import training_set
+from biasamp.stages.neurons import capture
+from biasamp.stages.score import Instruments, load_instruments, score_articles
+from biasamp.stages.summarize import summarize
+from biasamp.stages.train import fine_tune
+from biasamp.tables import TABLES
+from biasamp.text import training_text
+
+# train.backend -> who fine-tunes: this process, or DeepSpeed on Ray Train workers (same signature).
+TRAINERS = {"plain": fine_tune, "deepspeed": fine_tune_deepspeed}
+
+
+@dataclass
+class Trajectory:
+    """What the stages of one trajectory share; `g` and what follows change every generation."""
+
+    cfg: StudyConfig
+    arm_name: str
+    seed: int
+    log: Callable[[str], None]
+    real: pd.DataFrame  # the arm's real corpus
+    probe: list[str]  # the neuron probe texts
+    synthetic: list[pd.DataFrame]  # D_0 .. D_{g-1}
+    model: object
+    tokenizer: object
+    instruments: Instruments | None
+    g: int = 0
+    metrics: dict = field(default_factory=dict)  # this generation's, for W&B and the log
+
+    @property
+    def arm(self) -> ArmConfig:
+        return self.cfg.arms[self.arm_name]
+
+    @property
+    def out(self) -> Path:
+        return self.cfg.output_dir
+
+    @property
+    def at(self) -> dict:
+        return {"arm": self.arm_name, "seed": self.seed, "generation": self.g}
+
+    @property
+    def ckpt(self) -> Path:
+        return artifacts.checkpoint_dir(self.out, self.arm_name, self.seed, self.g)
+
+    def say(self, message: str) -> None:
+        self.log(f"[{self.arm_name}/seed{self.seed}] G{self.g}/{self.cfg.generations - 1}: {message}")
+
+    def addressed(self, df: pd.DataFrame) -> pd.DataFrame:
+        return _addressed(df, self.cfg.study, self.arm_name, self.seed, self.g)
+
+
+def train_stage(t: Trajectory) -> None:
+    """G_g's weights: its checkpoint if saved; else fine-tuned on the arm's mix, with the training
+    and train_metrics tables written before the checkpoint (whose folder marks training done)."""
+    if t.ckpt.exists():
+        t.say("checkpoint found, skipping training")
+        t.model, t.tokenizer = load_checkpoint(t.ckpt)
+        return
+    cfg, arm, g, seed = t.cfg, t.arm, t.g, t.seed
+    if g > 0 and arm.train.init == "base":
+        t.model = load_base_model(cfg.model, len(t.tokenizer), seed)
+    previous_scores = None
+    if g > 0 and arm.mix.kind in MIXES_READING_SCORES:
+        previous_scores = pd.read_parquet(TABLES["scores"].file(t.out, **{**t.at, "generation": g - 1}))
+    train_df = training_set(arm, g, t.real, t.synthetic, seed, previous_scores)
+    t.say(f"training on {len(train_df)} articles "
+          f"({', '.join(f'{k} {v}' for k, v in train_df['source'].value_counts(sort=False).items())})")
+    torch.manual_seed(seed * 100_003 + g)
+    metrics = TRAINERS[arm.train.backend](t.model, t.tokenizer, train_df, arm.train, seed * 100_003 + g,
+                                          workdir=t.ckpt.with_name(t.ckpt.name + ".train"))
+    TABLES["training"].write(t.addressed(train_df[["article_id", "source"]].copy()), t.out, **t.at)
+    TABLES["train_metrics"].write(t.addressed(_train_metrics(metrics, arm.train)), t.out, **t.at)
+    metrics.pop("loss_curve")
+    t.metrics.update(metrics)
+    t.ckpt.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(t.model, t.tokenizer, t.ckpt)
+
+
+def capture_stage(t: Trajectory) -> None:
+    """G_g's neuron summaries on the probe set (table neurons), unless written or not asked for."""
+    if not t.cfg.neurons.capture or TABLES["neurons"].file(t.out, **t.at).exists():
+        return
+    t.say(f"capturing neurons on {len(t.probe)} probe articles")
+    rows = t.addressed(capture(t.model, t.tokenizer, t.probe, t.cfg.neurons))
+    per_layer = int((rows["layer"] == 0).sum())  # one Parquet row group per layer
+    TABLES["neurons"].write(rows, t.out, row_group_size=per_layer, **t.at)
+
+
+def write_stage(t: Trajectory) -> None:
+    """D_g: generated, scored (table scores), then written (table articles, last: G_g is done)."""
+    cfg, g = t.cfg, t.g
+    prompts = t.real if cfg.generation.prompt_source == "real" or g == 0 else _with_real_titles(t.synthetic[-1], t.real)
+    t.say(f"writing {len(prompts)} articles")
+    start = time.time()
+    t.model.eval()
+    written = write_articles(t.model, t.tokenizer, prompts, cfg.generation,
+                             _every_minute(t.say), checkpoint=t.ckpt)
+    seconds = time.time() - start
+    table = t.addressed(written.merge(t.real[["article_id", "source_label"]], on="article_id", how="left"))
+    t.metrics.update(gen_tokens=int(table["n_tokens"].sum()), mean_article_tokens=float(table["n_tokens"].mean()),
+                     gen_tokens_per_s=float(table["n_tokens"].sum() / max(seconds, 1e-9)))
+    if t.instruments is not None:
+        t.say(f"scoring {len(table)} articles")
+        scores = score_articles(t.instruments, table, own=(t.model, t.tokenizer))
+        TABLES["scores"].write(scores, t.out, **t.at)
+        row = summarize(scores, cfg.scoring.bootstrap)[0].iloc[0]  # the summary table's own statistics
+        t.metrics.update({k: float(v) for k, v in row.items() if k.startswith(("share_", "tqi_", "ppl_"))})
+    TABLES["articles"].write(table, t.out, **t.at)
+    t.synthetic.append(table)
+
+
+STAGES = [train_stage, capture_stage, write_stage]
+
+
+def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[str], None] = print) -> int:
+    """Run the missing generations of one trajectory; returns how many were run."""
+    out, n, tag = cfg.output_dir, cfg.generations, f"[{arm_name}/seed{seed}]"
+    arm = cfg.arms[arm_name]
+    done = artifacts.completed_generations(out, arm_name, seed)
+    if done >= n:
+        log(f"{tag} complete: G0..G{n - 1} already written")
+        return 0
+    probe_df = pd.read_parquet(TABLES["corpus"].file(out, corpus=cfg.probe_corpus))
+    if done == 0:
+        tokenizer = load_tokenizer(cfg.model)
+        model = load_base_model(cfg.model, len(tokenizer), seed)
+    else:
+        log(f"{tag} resuming after G{done - 1}")
+        model, tokenizer = load_checkpoint(artifacts.checkpoint_dir(out, arm_name, seed, done - 1))
+    instruments = None
+    if cfg.scoring.enabled:
+        log(f"{tag} loading the scoring instruments")
+        instruments = load_instruments(cfg.scoring, cfg.model)
+    t = Trajectory(
+        cfg, arm_name, seed, log,
+        real=pd.read_parquet(TABLES["corpus"].file(out, corpus=arm.corpus)),
+        probe=[training_text(a, b) for a, b in zip(probe_df["title"], probe_df["text"])],
+        synthetic=[pd.read_parquet(TABLES["articles"].file(out, arm=arm_name, seed=seed, generation=g))
+                   for g in range(done)],
+        model=model, tokenizer=tokenizer, instruments=instruments,
+    )
+    run = _wandb_run(cfg, arm_name, seed)
+    for g in range(done, n):
+        t.g, t.metrics, start = g, {}, time.time()
+        for stage in STAGES:
+            stage(t)
+        t.metrics["generation_seconds"] = time.time() - start
+        t.say(f"done in {t.metrics['generation_seconds']:.0f}s (loss {t.metrics.get('train_loss', float('nan')):.3f}, "
+              f"{t.metrics['gen_tokens_per_s']:.0f} tok/s)")
+        if run is not None:
+            run.log({"generation": g, **t.metrics})
+    if run is not None:
+        run.finish()
+    return n - done
+
+
+def _every_minute(say):
+    """A progress callback that logs at most once a minute: long generations show they move."""
+    t0 = last = time.time()
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.time()
+        if now - last >= 60 and done < total:
+            last = now
+            say(f"{done}/{total} prompts, {(now - t0) / done * (total - done) / 60:.0f} min left")
+
+    return report
+
+
+def _train_metrics(metrics: dict, train: TrainConfig) -> pd.DataFrame:
+    """The train_metrics table: one row per optimizer step, the generation's totals and settings on each."""
+    curve = metrics["loss_curve"]
+    df = pd.DataFrame({"step": range(1, len(curve) + 1), "loss": pd.Series(curve, dtype=float)})
+    for key in ("train_loss", "train_articles", "train_tokens", "train_seconds"):
+        df[key] = metrics[key]
+    for key in ("epochs", "batch_size", "lr", "weight_decay", "max_length", "init", "backend"):
+        df[key] = getattr(train, key)
+    df["epochs"] = df["epochs"].astype(float)
+    return df
+
+
+def _addressed(df: pd.DataFrame, study: str, arm: str, seed: int, g: int) -> pd.DataFrame:
+    """Prefix the (study, arm, seed, generation) address columns."""
+    for col, value in (("generation", g), ("seed", seed), ("arm", arm), ("study", study)):
+        df.insert(0, col, value)
+    return df
+
+
+def _with_real_titles(previous: pd.DataFrame, real: pd.DataFrame) -> pd.DataFrame:
+    """prompt_source=previous: the previous generation's text under the real article's title."""
+    return real[["article_id", "title"]].merge(previous[["article_id", "text"]], on="article_id")
+
+
+def _wandb_run(cfg: StudyConfig, arm: str, seed: int):
+    if cfg.wandb.mode == "disabled":
+        return None
+    import wandb
+
+    # Only the config goes to W&B: the API key stays in the environment (WANDB_API_KEY).
+    return wandb.init(
+        project=cfg.wandb.project,
+        entity=cfg.wandb.entity,
+        mode=cfg.wandb.mode,
+        group=cfg.study,
+        name=f"{arm}/seed{seed}",
+        id=f"{cfg.study}-{cfg.science_hash()}-{arm}-seed{seed}".replace(".", "_"),
+        resume="allow",
+        dir=str(Path(cfg.output_dir).resolve()),
+        config={**cfg.model_dump(mode="json"), "arm": arm, "seed": seed},
+        settings=wandb.Settings(silent=True),
+    )
