@@ -19,6 +19,8 @@ install: $(STAMP)
 
 quickstart: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/biasamp run configs/quickstart.yaml
+	$(BIN)/biasamp analyze runs/quickstart
+	$(BIN)/biasamp report runs/quickstart --out runs/quickstart/report
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -329,11 +329,14 @@ def analyze(
     if not has_neurons and scores is None:
         typer.secho(f"error: {study_dir} has neither neurons/ nor scores: nothing to analyze", err=True, fg="red")
         raise typer.Exit(2)
+    study_cfg = None
     with user_errors():
-        if baseline is None and (study_dir / "manifest.json").exists():
+        if (study_dir / "manifest.json").exists():
             from biasamp.config import from_dict
 
-            baseline = from_dict(json.loads((study_dir / "manifest.json").read_text())["config"]).analysis.baseline_arm
+            study_cfg = from_dict(json.loads((study_dir / "manifest.json").read_text())["config"])
+            study_cfg = study_cfg.model_copy(update={"out_dir": str(study_dir.resolve())})
+            baseline = baseline or study_cfg.analysis.baseline_arm
         if has_neurons:
             if not summary.exists():
                 raise FileNotFoundError(f"{summary} not found (neuron tests need the per-generation summary)")
@@ -370,6 +373,43 @@ def analyze(
             typer.echo(f"  {r.study}: {r.arm} - {r.baseline} at G{r.generation}, {r.target}: {r.estimate:+.3f} "
                        f"[{r.lo:+.3f}, {r.hi:+.3f}] {p}{ci}")
         typer.echo(f"arm contrasts -> {study_dir / 'arm_contrasts.parquet'}, trends -> {study_dir / 'arm_trends.parquet'}")
+    if study_cfg is not None:  # the study's W&B group gets the tables too
+        from biasamp.tracking import log_study_tables
+
+        counts = None
+        if has_neurons:
+            counts = pd.DataFrame([{"mode": mode, "neurons": f"{key}", "target": t, **r}
+                                   for key, part in report.items() if isinstance(part, dict)
+                                   for t, r in part["null"].items()])
+        log_study_tables(study_cfg, f"analyze-{mode}", {"neuron_counts": counts,
+                                                         "arm_contrasts": contrasts if scores is not None else None,
+                                                         "arm_trends": trends if scores is not None else None})
+
+
+@app.command()
+def report(
+    study_dirs: list[Path] = typer.Argument(..., help="Study folders (several share the axes), or import-paper folders."),
+    out: Path = typer.Option(..., help="Report folder: index.html, each figure as PNG and SVG, wandb_report.json."),
+    paper: Optional[Path] = typer.Option(None, help="An `import-paper` folder: the authors' curves, dashed, on our axes."),
+    simulation: Optional[Path] = typer.Option(None, help="A `biasamp simulate` folder whose figures to include."),
+    wandb: Optional[str] = typer.Option(None, help="ENTITY/PROJECT: also publish a W&B Report (network, API key and "
+                                                   "the wandb-workspaces package)."),
+):
+    """Figures and one self-contained HTML page from a study's tables (and a W&B Report spec)."""
+    from biasamp.stages.report import build, publish
+
+    entity, project = (wandb.split("/", 1) if wandb and "/" in wandb else (None, wandb))
+    with user_errors():
+        page = build(study_dirs, out, paper, simulation, entity, project)
+    typer.echo(f"report -> {page.resolve()}  (open it in a browser; W&B Report spec: {out / 'wandb_report.json'})")
+    if wandb:
+        import json
+
+        try:
+            typer.echo(f"W&B Report: {publish(json.loads((out / 'wandb_report.json').read_text()))}")
+        except Exception as e:  # no network, no key, no package: the page and the spec are written anyway
+            typer.secho(f"warning: W&B Report not published ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                        err=True, fg="yellow")
 
 
 @app.command()

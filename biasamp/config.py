@@ -313,6 +313,7 @@ class WandbConfig(_Frozen):
     mode: Literal["offline", "online", "disabled"] = "offline"
     project: str = "biasamp"
     entity: str | None = None
+    artifacts: bool = False  # each generation's checkpoint and articles as a W&B artifact (GBs at GPT-2 size)
 
 
 class StudyConfig(_Frozen):

@@ -163,6 +163,14 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path):
     assert set(contrasts["arm"]) == {"preservation", "curation", "preservation_balanced"}
     assert set(contrasts["baseline"]) == {"synthetic"}
     assert set(contrasts["generation"]) == {0, 1, 2} and contrasts["seed_variation_in_ci"].all()
+    # The report from those tables: every figure, every arm named; the W&B offline runs took the logs.
+    rep = _cli("report", str(outs[0]), "--out", str(outs[0] / "report"))
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    page = (outs[0] / "report" / "index.html").read_text()
+    assert page.count("<img ") >= 5
+    for arm in cfg.arms:
+        assert arm in (outs[0] / "report" / "leaning_shares.svg").read_text()
+    assert len(list((outs[0] / "wandb").glob("offline-run-*"))) >= 8 + 2  # trajectories, summary, analyze
     again = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]))
     assert again.returncode == 0 and "nothing to do: all 8 trajectories" in again.stdout
     bad = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]), "--set", "train.epochs=3")

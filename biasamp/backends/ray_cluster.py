@@ -17,6 +17,7 @@ from biasamp.stages.score import load_instruments, score_articles
 from biasamp.stages.summarize import write_summaries
 from biasamp.stages.trajectory import run_trajectory
 from biasamp.tables import TABLES
+from biasamp.tracking import log_study_tables
 
 
 def prepare_study(cfg: StudyConfig, log=print) -> list[tuple[str, int]]:
@@ -172,10 +173,9 @@ def run_study(cfg: StudyConfig, log=print) -> int:
 
 
 def _summaries(cfg: StudyConfig, log) -> None:
-    import pandas as pd
-
     out = cfg.output_dir
     per_arm = write_summaries(out, TABLES["scores"].read(out), cfg.scoring.bootstrap)
+    log_study_tables(cfg, "summary", {"summary_arms": per_arm, "summary": TABLES["summary"].read(out)})
     last = per_arm.sort_values("generation").groupby("arm").tail(1)
     for r in last.itertuples():
         log(f"[{r.arm}] G{r.generation}: right {r.share_right:.1%} [{r.share_right_lo:.1%}, {r.share_right_hi:.1%}], "

@@ -15,7 +15,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from biasamp import artifacts
+from biasamp import artifacts, tracking
 from biasamp.backends.deepspeed_train import fine_tune_deepspeed
 from biasamp.config import MIXES_READING_SCORES, ArmConfig, StudyConfig, TrainConfig
 from biasamp.models import load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
@@ -48,6 +48,8 @@ class Trajectory:
     instruments: Instruments | None
     g: int = 0
     metrics: dict = field(default_factory=dict)  # this generation's, for W&B and the log
+    scores: pd.DataFrame | None = None  # this generation's, for W&B
+    loss_curve: list | None = None  # this generation's training loss per step, for W&B
 
     @property
     def arm(self) -> ArmConfig:
@@ -93,7 +95,7 @@ def train_stage(t: Trajectory) -> None:
                                           workdir=t.ckpt.with_name(t.ckpt.name + ".train"))
     TABLES["training"].write(t.addressed(train_df[["article_id", "source"]].copy()), t.out, **t.at)
     TABLES["train_metrics"].write(t.addressed(_train_metrics(metrics, arm.train)), t.out, **t.at)
-    metrics.pop("loss_curve")
+    t.loss_curve = metrics.pop("loss_curve")
     t.metrics.update(metrics)
     t.ckpt.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(t.model, t.tokenizer, t.ckpt)
@@ -126,6 +128,7 @@ def write_stage(t: Trajectory) -> None:
         t.say(f"scoring {len(table)} articles")
         scores = score_articles(t.instruments, table, own=(t.model, t.tokenizer))
         TABLES["scores"].write(scores, t.out, **t.at)
+        t.scores = scores
         row = summarize(scores, cfg.scoring.bootstrap)[0].iloc[0]  # the summary table's own statistics
         t.metrics.update({k: float(v) for k, v in row.items() if k.startswith(("share_", "tqi_", "ppl_"))})
     TABLES["articles"].write(table, t.out, **t.at)
@@ -162,16 +165,19 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
                    for g in range(done)],
         model=model, tokenizer=tokenizer, instruments=instruments,
     )
-    run = _wandb_run(cfg, arm_name, seed)
+    run = tracking.trajectory_run(cfg, arm_name, seed)
     for g in range(done, n):
-        t.g, t.metrics, start = g, {}, time.time()
+        t.g, t.metrics, t.scores, t.loss_curve, start = g, {}, None, None, time.time()
         for stage in STAGES:
             stage(t)
         t.metrics["generation_seconds"] = time.time() - start
         t.say(f"done in {t.metrics['generation_seconds']:.0f}s (loss {t.metrics.get('train_loss', float('nan')):.3f}, "
               f"{t.metrics['gen_tokens_per_s']:.0f} tok/s)")
         if run is not None:
-            run.log({"generation": g, **t.metrics})
+            tracking.log_generation(run, g, t.metrics, t.synthetic[-1], t.scores, t.loss_curve)
+            if cfg.wandb.artifacts:
+                tracking.log_artifacts(run, cfg, arm_name, seed, g, t.ckpt,
+                                       [TABLES[n].file(out, **t.at) for n in ("articles", "scores", "training")])
     if run is not None:
         run.finish()
     return n - done
@@ -213,23 +219,3 @@ def _addressed(df: pd.DataFrame, study: str, arm: str, seed: int, g: int) -> pd.
 def _with_real_titles(previous: pd.DataFrame, real: pd.DataFrame) -> pd.DataFrame:
     """prompt_source=previous: the previous generation's text under the real article's title."""
     return real[["article_id", "title"]].merge(previous[["article_id", "text"]], on="article_id")
-
-
-def _wandb_run(cfg: StudyConfig, arm: str, seed: int):
-    if cfg.wandb.mode == "disabled":
-        return None
-    import wandb
-
-    # Only the config goes to W&B: the API key stays in the environment (WANDB_API_KEY).
-    return wandb.init(
-        project=cfg.wandb.project,
-        entity=cfg.wandb.entity,
-        mode=cfg.wandb.mode,
-        group=cfg.study,
-        name=f"{arm}/seed{seed}",
-        id=f"{cfg.study}-{cfg.science_hash()}-{arm}-seed{seed}".replace(".", "_"),
-        resume="allow",
-        dir=str(Path(cfg.output_dir).resolve()),
-        config={**cfg.model_dump(mode="json"), "arm": arm, "seed": seed},
-        settings=wandb.Settings(silent=True),
-    )

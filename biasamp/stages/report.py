@@ -1,0 +1,368 @@
+"""`biasamp report`: a study's tables as figures and one self-contained HTML page.
+
+Reads only the tables (biasamp.tables) and the manifest, never a model: summary_arms (leaning
+shares, quality, perplexity with CIs), train_metrics, arm_contrasts, neuron_tests and
+neuron_tests_summary.json. Several study folders share the axes (colour = arm, line style =
+folder); `--paper` adds the authors' imported numbers, dashed. Each figure is a PNG (for the page)
+and an SVG (for papers).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from biasamp.config import LABELS  # noqa: E402
+from biasamp.tables import TABLES  # noqa: E402
+
+plt.rcParams["svg.fonttype"] = "none"  # SVG text stays text: editable in a paper, searchable
+# Okabe-Ito: distinguishable with every common colour-vision deficiency.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+STYLES = ["-", "--", ":", "-."]
+SHARE_TITLES = {"left": "left-leaning", "center": "center", "right": "right-leaning"}
+
+
+def _read(folder: Path, name: str) -> pd.DataFrame | None:
+    table = TABLES[name]
+    where = folder / table.path.split("/")[0]
+    return table.read(folder) if where.exists() else None
+
+
+def load(folder: Path) -> dict:
+    """One study folder (or an `import-paper` folder): its tables, manifest and neuron summary."""
+    folder = Path(folder)
+    if not (folder / "summary_arms.parquet").exists():
+        raise FileNotFoundError(f"{folder}: no summary_arms.parquet (run the study, or `biasamp score`, first)")
+    manifest = folder / "manifest.json"
+    nsum = folder / "neuron_tests_summary.json"
+    return {
+        "folder": folder,
+        "label": folder.name,
+        "summary_arms": _read(folder, "summary_arms"),
+        "train_metrics": _read(folder, "train_metrics"),
+        "contrasts": _read(folder, "arm_contrasts"),
+        "neuron_tests": _read(folder, "neuron_tests"),
+        "neuron_summary": json.loads(nsum.read_text()) if nsum.exists() else {},
+        "manifest": json.loads(manifest.read_text()) if manifest.exists() else None,
+    }
+
+
+def _colours(studies: list[dict], paper: dict | None) -> dict[str, str]:
+    arms = []
+    for s in studies + ([paper] if paper else []):
+        arms += [a for a in s["summary_arms"]["arm"].unique() if a not in arms]
+    return {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(arms)}
+
+
+def _series(studies: list[dict], paper: dict | None):
+    """(label, colour, line style, rows of one study/arm) for every curve, ours then the authors'."""
+    colour = _colours(studies, paper)
+    several = len(studies) > 1
+    k = 0  # one line style per (folder, study): an import-paper folder holds two studies
+    for s in studies:
+        for j, (study, spart) in enumerate(s["summary_arms"].groupby("study", sort=True)):
+            for arm, part in spart.groupby("arm", sort=True):
+                label = arm if not several and j == 0 else f"{s['label'] if several else study}: {arm}"
+                if arm == "gpt2_base":
+                    label += " (before fine-tuning)"
+                yield label, colour[arm], STYLES[k % len(STYLES)], part.sort_values("generation")
+            k += 1
+    if paper:
+        for (study, arm), part in paper["summary_arms"].groupby(["study", "arm"], sort=True):
+            part = part[part["generation"] >= 0]
+            if len(part) > 1 and study == "paper":
+                yield f"authors: {arm}", colour[arm], (0, (5, 2)), part.sort_values("generation")
+
+
+def _save(fig, out: Path, name: str) -> str:
+    for ext in ("png", "svg"):
+        tmp = out / f".{name}.{ext}.tmp"
+        fig.savefig(tmp, dpi=110, format=ext, bbox_inches="tight")
+        tmp.replace(out / f"{name}.{ext}")
+    plt.close(fig)
+    return name
+
+
+def _legend_below(fig, ax) -> None:
+    """One legend under the panels, where it hides no curve."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=9, frameon=False)
+
+
+def _generations(ax) -> None:
+    ax.set_xlabel("generation")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def _band(ax, part, col, colour, style, label, percent=False):
+    k = 100 if percent else 1
+    ax.plot(part["generation"], part[col] * k, ls=style, color=colour, label=label, lw=1.8, marker="o", ms=3)
+    if f"{col}_lo" in part and part[f"{col}_lo"].notna().any():
+        ax.fill_between(part["generation"], part[f"{col}_lo"] * k, part[f"{col}_hi"] * k, color=colour, alpha=0.13, lw=0)
+
+
+def fig_leaning(studies, paper, out: Path) -> str:
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharey=True, layout="constrained")
+    for ax, lab in zip(axes, LABELS):
+        for label, colour, style, part in _series(studies, paper):
+            _band(ax, part, f"share_{lab}", colour, style, label, percent=True)
+        ax.set_title(f"share of {SHARE_TITLES[lab]} articles")
+        _generations(ax)
+    axes[0].set_ylabel("% of the generation's articles (95% CI)")
+    _legend_below(fig, axes[0])
+    fig.suptitle("Leaning of what each generation writes (classifier argmax shares)")
+    return _save(fig, out, "leaning_shares")
+
+
+def fig_quality(studies, paper, out: Path) -> str:
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
+    for label, colour, style, part in _series(studies, paper):
+        _band(axes[0], part, "tqi_mean", colour, style, label)
+        for ax, col in zip(axes[1:], ("ppl_mean", "ppl_ref_mean")):
+            if part[col].notna().any():
+                ax.plot(part["generation"], part[col], ls=style, color=colour, label=label, lw=1.8, marker="o", ms=3)
+    titles = ("text-quality index (0 noise .. 3 clean; 95% CI)", "perplexity under the generation's own model",
+              "perplexity under the base model (fixed)")
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=10)
+        _generations(ax)
+    for ax in axes[1:]:
+        if ax.lines:
+            values = [v for line in ax.lines for v in line.get_ydata() if v > 0]
+            if max(values) / min(values) > 10:  # log only where the range spans more than a decade
+                ax.set_yscale("log")
+                ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        else:
+            ax.text(0.5, 0.5, "not measured in these tables", ha="center", va="center", transform=ax.transAxes,
+                    color="0.4")
+    axes[0].set_ylabel("mean over articles")
+    axes[1].set_ylabel("mean perplexity")
+    _legend_below(fig, axes[0])
+    fig.suptitle("Quality of what each generation writes")
+    return _save(fig, out, "quality")
+
+
+def fig_training(studies, out: Path) -> str | None:
+    parts = [s["train_metrics"].assign(folder=s["label"]) for s in studies if s["train_metrics"] is not None]
+    if not parts:
+        return None
+    tm = pd.concat(parts)
+    colour = _colours(studies, None)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), layout="constrained")
+    per_gen = tm.groupby(["folder", "arm", "seed", "generation"], as_index=False)["train_loss"].first()
+    for k, (folder, fpart) in enumerate(per_gen.groupby("folder", sort=True)):
+        for arm, part in fpart.groupby("arm", sort=True):
+            mean = part.groupby("generation")["train_loss"].mean()
+            label = arm if len(studies) == 1 else f"{folder}: {arm}"
+            axes[0].plot(mean.index, mean.values, ls=STYLES[k % len(STYLES)], color=colour[arm], marker="o", ms=3, label=label)
+    first = tm[(tm["seed"] == tm["seed"].min()) & (tm["folder"] == tm["folder"].iloc[0])]
+    for arm, part in first.sort_values(["generation", "step"]).groupby("arm", sort=True):
+        axes[1].plot(range(len(part)), part["loss"], color=colour[arm], lw=1, label=arm)
+    axes[0].set_title("mean training loss of each generation (over seeds)", fontsize=10)
+    _generations(axes[0])
+    axes[1].set_title(f"loss per optimizer step, seed {tm['seed'].min()}, generations one after another", fontsize=10)
+    axes[1].set_xlabel("optimizer step (all generations)")
+    for ax in axes:
+        ax.set_ylabel("cross-entropy (nats per token)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _save(fig, out, "training_loss")
+
+
+def fig_contrasts(studies, out: Path) -> str | None:
+    parts = [s["contrasts"].assign(folder=s["label"]) for s in studies if s["contrasts"] is not None]
+    if not parts:
+        return None
+    c = pd.concat(parts)
+    colour = _colours(studies, None)
+    targets = [("share_right", "right-leaning share", 100), ("tqi_mean", "text-quality index", 1),
+               ("ppl_mean", "own perplexity", 1)]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
+    keys = sorted(c.groupby(["folder", "study", "arm"]).groups)
+    several = len({(f, s) for f, s, _ in keys}) > 1
+    for ax, (target, title, k) in zip(axes, targets):
+        part = c[c["target"] == target]
+        for i, (folder, study, arm) in enumerate(keys):
+            a = part[(part["folder"] == folder) & (part["study"] == study) & (part["arm"] == arm)].sort_values("generation")
+            a = a[a["estimate"].notna()]
+            if a.empty:
+                continue
+            x = a["generation"] + (i - (len(keys) - 1) / 2) * 0.1  # side by side
+            style = STYLES[sorted({(f, s) for f, s, _ in keys}).index((folder, study)) % len(STYLES)]
+            ax.errorbar(x, a["estimate"] * k, yerr=[(a["estimate"] - a["lo"]) * k, (a["hi"] - a["estimate"]) * k],
+                        fmt="o", ls=style, color=colour.get(arm, "k"), ms=4, lw=1.2, capsize=2,
+                        label=f"{study}: {arm}" if several else arm)
+        ax.axhline(0, color="0.3", lw=0.8)
+        base = ", ".join(sorted(c["baseline"].unique()))
+        ax.set_title(f"{title}: arm minus {base}" + (" (points)" if k == 100 else ""), fontsize=10)
+        _generations(ax)
+        if not ax.lines[1:]:
+            ax.text(0.5, 0.5, "not measured in these tables", ha="center", va="center", transform=ax.transAxes,
+                    color="0.4")
+    axes[0].set_ylabel("difference (95% CI)")
+    axes[0].legend(fontsize=8)
+    one_seed = not c["seed_variation_in_ci"].all()
+    fig.suptitle("Arm contrasts" + (" (one seed: CIs cover which articles were written, not run-to-run variation)"
+                                    if one_seed else ""), fontsize=11)
+    return _save(fig, out, "arm_contrasts")
+
+
+def fig_neurons(studies, out: Path) -> tuple[str | None, str]:
+    """Significant neurons per layer for each target, the real count beside the surrogate null's, and
+    the overlap between targets; plus an HTML table of the top neurons."""
+    s = next((s for s in studies if s["neuron_tests"] is not None), None)
+    if s is None:
+        return None, ""
+    tests = s["neuron_tests"]
+    pairs = list(tests.groupby(["kind", "stat"]).groups)
+    kind, stat = ("weight", "l2") if ("weight", "l2") in pairs else pairs[0]
+    part = tests[(tests["kind"] == kind) & (tests["stat"] == stat)]
+    targets = sorted(part["target"].unique())
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [2, 1]}, layout="constrained")
+    layers = sorted(part["layer"].unique())
+    width = 0.8 / max(len(targets), 1)
+    for i, target in enumerate(targets):
+        counts = part[part["target"] == target].groupby("layer")["significant"].sum().reindex(layers, fill_value=0)
+        axes[0].bar([l + (i - (len(targets) - 1) / 2) * width for l in layers], counts.values, width,
+                    color=PALETTE[i], label=target)
+    axes[0].set_xlabel("layer")
+    axes[0].set_xticks(layers)
+    axes[0].set_ylabel("significant neurons (BH q < 0.05)")
+    axes[0].set_title(f"{kind}/{stat}, within-trajectory test", fontsize=10)
+    axes[0].legend(fontsize=8)
+    rows = []
+    for mode, report in s["neuron_summary"].items():
+        for target, r in report.get(f"{kind}/{stat}", {}).get("null", {}).items():
+            rows.append((f"{mode}\n{target}", r["significant"], r["null_expected_significant"] or 0))
+    if rows:
+        x = range(len(rows))
+        real = axes[1].bar([i - 0.2 for i in x], [r[1] for r in rows], 0.4, color=PALETTE[0], label="real target")
+        null = axes[1].bar([i + 0.2 for i in x], [r[2] for r in rows], 0.4, color="0.6", label="surrogate null (expected)")
+        axes[1].bar_label(real, fmt="%g", fontsize=8)
+        axes[1].bar_label(null, fmt="%.1f", fontsize=8)
+        axes[1].set_xticks(list(x), [r[0] for r in rows], fontsize=8)
+        axes[1].set_ylabel("neurons flagged")
+        axes[1].set_title("flagged vs flagged when nothing is there", fontsize=10)
+        axes[1].legend(fontsize=8)
+    n = part.groupby("target").size().iloc[0]
+    sig = {t: set(zip(*part[(part.target == t) & part.significant][["layer", "neuron"]].to_numpy().T)) for t in targets}
+    if len(targets) == 2:
+        a, b = targets
+        fig.suptitle(f"{n} neurons: {len(sig[a] - sig[b])} only {a}, {len(sig[a] & sig[b])} both, "
+                     f"{len(sig[b] - sig[a])} only {b}", fontsize=11)
+    name = _save(fig, out, "neurons")
+    top = (part.assign(abs_t=part["t"].abs()).sort_values("p").groupby("target").head(10)
+           [["target", "layer", "neuron", "beta", "t", "p", "q", "n_obs", "significant"]])
+    return name, top.to_html(index=False, float_format=lambda v: f"{v:.3g}", classes="t")
+
+
+def wandb_spec(studies: list[dict], entity: str | None, project: str | None) -> dict:
+    """The W&B Report this study gets: runs of the study's group, the metrics the trajectories log
+    (biasamp.stages.trajectory: the summary table's own columns) by generation, grouped by arm."""
+    s = studies[0]
+    config = (s["manifest"] or {}).get("config", {})
+    study = config.get("study") or s["summary_arms"]["study"].iloc[0]
+    wandb_cfg = config.get("wandb", {})
+    metrics = [f"share_{lab}" for lab in LABELS] + ["tqi_mean", "ppl_mean", "ppl_ref_mean", "train_loss"]
+    return {
+        "title": f"biasamp: {study}",
+        "entity": entity or wandb_cfg.get("entity"),
+        "project": project or wandb_cfg.get("project", "biasamp"),
+        "runset": {"filters": {"group": study}, "groupby": ["arm"]},
+        "panels": [{"type": "LinePlot", "x": "generation", "y": [m], "groupby": "arm"} for m in metrics],
+        "tables": ["arm_contrasts", "neuron_counts"],
+    }
+
+
+def publish(spec: dict) -> str:
+    """Create the W&B Report from the spec (needs wandb-workspaces, a network and an API key)."""
+    import wandb_workspaces.reports.v2 as wr
+
+    runset = wr.Runset(entity=spec["entity"], project=spec["project"], name=spec["title"],
+                       filters=f"Config('group') == '{spec['runset']['filters']['group']}'")
+    report = wr.Report(entity=spec["entity"], project=spec["project"], title=spec["title"],
+                       description="Made by `biasamp report`: leaning, quality and perplexity by generation, per arm.")
+    report.blocks = [
+        wr.H1(spec["title"]),
+        wr.PanelGrid(runsets=[runset], panels=[wr.LinePlot(x=p["x"], y=p["y"], groupby="arm") for p in spec["panels"]]),
+    ]
+    report.save()
+    return report.url
+
+
+def _table(df: pd.DataFrame | None, cols: list[str] | None = None) -> str:
+    if df is None or df.empty:
+        return "<p>(none)</p>"
+    df = df[cols] if cols else df
+    return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", classes="t", na_rep="")
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;color:#222}
+img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}figcaption{color:#555;font-size:.9em}
+table.t{border-collapse:collapse;font-size:.8em;margin:.5em 0}table.t td,table.t th{border:1px solid #ccc;padding:2px 6px}
+pre{background:#f6f6f6;padding:1em;font-size:.8em;overflow:auto;max-height:30em}h2{border-bottom:1px solid #ddd}"""
+
+
+def build(folders: list[Path], out: Path, paper: Path | None = None, simulation: Path | None = None,
+          entity: str | None = None, project: str | None = None) -> Path:
+    """Write DIR/index.html, the figures (PNG + SVG) and wandb_report.json; returns the page's path."""
+    if simulation is not None and not list(Path(simulation).glob("simulation_*.png")):
+        raise FileNotFoundError(f"--simulation {simulation}: no simulation_*.png (run `biasamp simulate --out DIR`)")
+    studies = [load(f) for f in folders]
+    paper_study = load(paper) if paper else None
+    out.mkdir(parents=True, exist_ok=True)
+    figures = [
+        (fig_leaning(studies, paper_study, out), "Leaning shares by generation, one line per arm (95% CI bands)"
+         + ("; the authors' released numbers dashed" if paper_study else "") + ". The paper's Figure 2 view."),
+        (fig_quality(studies, paper_study, out), "Text-quality index and perplexity by generation."),
+        (fig_training(studies, out), "Training loss: per generation (mean over seeds) and per optimizer step."),
+        (fig_contrasts(studies, out), "Each arm minus the baseline arm, per generation, with 95% bootstrap CIs."),
+    ]
+    neuron_fig, top_html = fig_neurons(studies, out)
+    figures.append((neuron_fig, "Neurons whose change moves with each target (within-trajectory test), the "
+                                "count flagged on surrogate targets where nothing is there, and the overlap."))
+    if simulation is not None:
+        for png in sorted(Path(simulation).glob("simulation_*.png")):
+            shutil.copy(png, out / png.name)
+            figures.append((png.stem, "The paper's appendix simulation (`biasamp simulate`)."))
+    spec = wandb_spec(studies, entity, project)
+    (out / "wandb_report.json").write_text(json.dumps(spec, indent=2) + "\n")
+    body = [f"<h1>biasamp report: {html.escape(', '.join(s['label'] for s in studies))}</h1>"]
+    for name, caption in figures:
+        if name is None:
+            continue
+        svg = f' (<a href="{name}.svg">SVG</a>)' if (out / f"{name}.svg").exists() else ""
+        body.append(f'<figure><img src="{name}.png" alt="{html.escape(caption)}">'
+                    f"<figcaption>{html.escape(caption)}{svg}</figcaption></figure>")
+    if top_html:
+        body.append("<h2>Top neurons (smallest p per target)</h2>" + top_html)
+    for s in studies:
+        body.append(f"<h2>{html.escape(s['label'])}</h2>")
+        if s["contrasts"] is not None:
+            last = s["contrasts"].sort_values("generation").groupby(["study", "arm", "target"]).tail(1)
+            body.append("<h3>Arm contrasts at the last generation</h3>" + _table(
+                last, ["study", "arm", "baseline", "generation", "target", "estimate", "lo", "hi", "p", "n_seeds"]))
+        body.append("<h3>Summary per arm and generation</h3>" + _table(s["summary_arms"]))
+        if s["manifest"]:
+            m = s["manifest"]
+            body.append(f"<h3>Config (hash {html.escape(str(m.get('science_hash')))})</h3>"
+                        f"<pre>{html.escape(yaml.safe_dump(m.get('config', {}), sort_keys=False))}</pre>"
+                        f"<h3>Versions</h3><pre>{html.escape(json.dumps(m.get('versions', {}), indent=1))}</pre>")
+    page = out / "index.html"
+    tmp = out / ".index.html.tmp"
+    tmp.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>biasamp report</title>"
+                   f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
+    tmp.replace(page)
+    return page

@@ -1,0 +1,76 @@
+"""W&B, as its users expect it: one run per (arm, seed) trajectory in the study's group, with
+`generation` as the step metric (generation g is logged at step g, so extending or resuming a study
+appends to the same run at the right step), arm and seed as job_type, tags and config keys; one run
+per study-level stage (`biasamp analyze`, `biasamp score`) in the same group for its tables.
+Only the config goes to W&B: the API key stays in the environment (WANDB_API_KEY).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import wandb
+
+from biasamp.config import StudyConfig
+
+SAMPLE_ARTICLES = 8  # generated articles per generation shown in W&B, with their scores
+
+
+def _init(cfg: StudyConfig, run_id: str, name: str, job_type: str, tags: list[str], extra: dict):
+    return wandb.init(
+        project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode, group=cfg.study,
+        name=name, job_type=job_type, tags=tags,
+        id=f"{cfg.study}-{cfg.science_hash()}-{run_id}".replace(".", "_"), resume="allow",
+        dir=str(Path(cfg.output_dir).resolve()),
+        config={**cfg.model_dump(mode="json"), **extra},
+        settings=wandb.Settings(silent=True),
+    )
+
+
+def trajectory_run(cfg: StudyConfig, arm: str, seed: int):
+    """The (arm, seed) run, or None when W&B is disabled."""
+    if cfg.wandb.mode == "disabled":
+        return None
+    run = _init(cfg, f"{arm}-seed{seed}", f"{arm}/seed{seed}", arm, [arm, f"seed{seed}", cfg.study],
+                {"arm": arm, "seed": seed})
+    run.define_metric("generation")
+    run.define_metric("*", step_metric="generation")
+    return run
+
+
+def log_generation(run, g: int, metrics: dict, articles: pd.DataFrame, scores: pd.DataFrame | None,
+                   loss_curve: list[float] | None) -> None:
+    """Generation g's metrics (with their CIs), a table of sample articles with their scores, and
+    the loss per optimizer step, at step g."""
+    row = {"generation": g, **metrics}
+    sample = articles.head(SAMPLE_ARTICLES)[["article_id", "title", "text", "source_label", "n_tokens"]]
+    if scores is not None:
+        sample = sample.merge(scores[["article_id", "label", "p_left", "p_center", "p_right", "tqi", "ppl"]],
+                              on="article_id", how="left")
+    row["articles"] = wandb.Table(dataframe=sample.assign(text=sample["text"].str.slice(0, 1000)))
+    if loss_curve:
+        curve = wandb.Table(data=[[i + 1, v] for i, v in enumerate(loss_curve)], columns=["step", "loss"])
+        row["train_loss_curve"] = wandb.plot.line(curve, "step", "loss", title=f"training loss, G{g}")
+    run.log(row, step=g)
+
+
+def log_study_tables(cfg: StudyConfig, job_type: str, tables: dict[str, pd.DataFrame]) -> None:
+    """A study-level stage's tables (e.g. arm contrasts, neuron counts, summaries) in the study's group."""
+    if cfg.wandb.mode == "disabled":
+        return
+    run = _init(cfg, job_type, job_type, job_type, [job_type, cfg.study], {})
+    run.log({name: wandb.Table(dataframe=df.reset_index(drop=True)) for name, df in tables.items() if df is not None})
+    run.finish()
+
+
+def log_artifacts(run, cfg: StudyConfig, arm: str, seed: int, g: int, checkpoint: Path, files: list[Path]) -> None:
+    """Generation g's checkpoint folder and tables as one artifact (wandb.artifacts: true only)."""
+    art = wandb.Artifact(f"{cfg.study}-{arm}-seed{seed}-gen{g}", type="generation",
+                         metadata={"study": cfg.study, "arm": arm, "seed": seed, "generation": g,
+                                   "science_hash": cfg.science_hash()})
+    art.add_dir(str(checkpoint), name="checkpoint")
+    for f in files:
+        if f.exists():
+            art.add_file(str(f), name=f"{f.parent.name}/{f.name}")
+    run.log_artifact(art)

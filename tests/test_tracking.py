@@ -1,0 +1,93 @@
+"""W&B as its users expect: generation is the step metric, an extended study appends to the same run
+at the right step, arm and seed are job_type and tags, and every generation brings its CIs, a table of
+sample articles with their scores and the loss curve. (wandb itself is replaced by a recorder: what
+is checked is what biasamp asks of it.)"""
+
+from types import SimpleNamespace
+
+from biasamp import tracking
+from biasamp.backends.ray_cluster import prepare_study
+from biasamp.config import from_dict
+from biasamp.stages.trajectory import run_trajectory
+
+
+class _Run:
+    def __init__(self, **kw):
+        self.kw, self.defined, self.logged, self.artifacts = kw, [], [], []
+
+    def define_metric(self, name, step_metric=None):
+        self.defined.append((name, step_metric))
+
+    def log(self, row, step=None):
+        self.logged.append((step, row))
+
+    def finish(self):
+        pass
+
+    def log_artifact(self, art):
+        self.artifacts.append(art)
+
+
+class _Artifact:
+    def __init__(self, name, type, metadata):
+        self.name, self.files = name, []
+
+    def add_dir(self, path, name):
+        self.files.append(name)
+
+    def add_file(self, path, name):
+        self.files.append(name)
+
+
+class _Table:
+    def __init__(self, dataframe=None, data=None, columns=None):
+        self.dataframe, self.data, self.columns = dataframe, data, columns
+
+
+def _fake_wandb(runs):
+    return SimpleNamespace(init=lambda **kw: runs.append(_Run(**kw)) or runs[-1], Settings=lambda **kw: kw,
+                           Table=_Table, Artifact=_Artifact, plot=SimpleNamespace(line=lambda table, x, y, title=None: ("line", x, y)))
+
+
+def test_an_extended_study_appends_generation_g_at_step_g_to_the_same_run(study_dict, monkeypatch):
+    runs = []
+    monkeypatch.setattr(tracking, "wandb", _fake_wandb(runs))
+    d = study_dict(generations=1, wandb={"mode": "offline"})
+    cfg = from_dict(d)
+    prepare_study(cfg, log=lambda m: None)
+    run_trajectory(cfg, "synthetic", 0, log=lambda m: None)
+    run_trajectory(from_dict({**d, "generations": 2}), "synthetic", 0, log=lambda m: None)  # extended
+    first, second = runs
+    assert first.kw["id"] == second.kw["id"] and second.kw["resume"] == "allow"
+    assert first.kw["job_type"] == "synthetic" and {"synthetic", "seed0"} <= set(first.kw["tags"])
+    assert first.kw["config"]["arm"] == "synthetic" and first.kw["group"] == "t"
+    assert ("*", "generation") in first.defined and ("*", "generation") in second.defined
+    history = [(step, row["generation"]) for run in runs for step, row in run.logged]
+    assert history == [(0, 0), (1, 1)]
+    row = second.logged[0][1]
+    assert {"share_right", "share_right_lo", "share_right_hi", "tqi_mean", "ppl_ref_mean", "train_loss"} <= set(row)
+    sample = row["articles"].dataframe
+    assert {"title", "text", "label", "p_right", "tqi"} <= set(sample.columns) and len(sample) == 6
+    assert row["train_loss_curve"] == ("line", "step", "loss")
+    assert first.artifacts == [] and second.artifacts == []  # off by default: checkpoints are large
+
+
+def test_artifacts_when_asked(study_dict, monkeypatch):
+    runs = []
+    monkeypatch.setattr(tracking, "wandb", _fake_wandb(runs))
+    cfg = from_dict(study_dict(generations=1, wandb={"mode": "offline", "artifacts": True}))
+    prepare_study(cfg, log=lambda m: None)
+    run_trajectory(cfg, "synthetic", 0, log=lambda m: None)
+    (art,) = runs[0].artifacts
+    assert art.name == "t-synthetic-seed0-gen0"
+    assert art.files == ["checkpoint", "articles/synthetic__seed0__gen0.parquet", "scores/synthetic__seed0__gen0.parquet",
+                         "training/synthetic__seed0__gen0.parquet"]
+
+
+def test_disabled_wandb_makes_no_run(study_dict, monkeypatch):
+    runs = []
+    monkeypatch.setattr(tracking, "wandb", _fake_wandb(runs))
+    cfg = from_dict(study_dict())
+    assert tracking.trajectory_run(cfg, "synthetic", 0) is None
+    tracking.log_study_tables(cfg, "analyze-within", {})
+    assert runs == []
