@@ -30,6 +30,19 @@ def user_errors(code: int = 2):
         raise typer.Exit(code)
 
 
+def _version(value: bool):
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"biasamp {version('biasamp')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version.")):
+    """Bias-amplification studies of self-consuming LMs."""
+
+
 SET_HELP = "Override a config key, e.g. --set train.epochs=2 (repeatable)."
 
 

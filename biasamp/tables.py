@@ -69,12 +69,19 @@ def write_parquet(df: pd.DataFrame, path: Path, **to_parquet) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: the team on shared storage reads what the umask allows
     try:
         df.to_parquet(tmp, index=False, **to_parquet)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 _VERSION = "{arm}__seed{seed}__gen{generation}.parquet"

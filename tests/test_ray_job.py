@@ -2,6 +2,8 @@
 
 import os
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,19 +30,25 @@ def test_submit_smoke_study_to_a_local_head_with_token_auth(tmp_path):
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     dash = _free_port()
     address = f"http://127.0.0.1:{dash}"
-    start = subprocess.run(
-        ["ray", "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+    # Someone else's Ray on this machine (a process named like a Ray daemon: `ray stop --force` kills
+    # it): the test must leave it alone.
+    sentinel_exe = tmp_path / "raylet"
+    shutil.copy("/bin/sleep", sentinel_exe)
+    sentinel = subprocess.Popen([str(sentinel_exe), "600"], start_new_session=True)
+    # Our head runs in a process session of its own (--block keeps `ray start` as its leader), so the
+    # test stops exactly the processes it started and never runs `ray stop`.
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dash}", f"--port={_free_port()}", "--num-cpus=2", "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, timeout=180)
-    assert start.returncode == 0, start.stdout + start.stderr
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         out = tmp_path / "study"
-        for _ in range(12):  # a head just started may not have its job agent yet (seen on a loaded machine)
+        for _ in range(24):  # the head starting in the background, or without its job agent yet: try again
             res = subprocess.run(
                 ["ray_jobs/submit.sh", address, "configs/smoke.yaml", "--out", str(out), "--set", "generations=2",
                  "--set", "seeds=[0]", "--set", TWO_ARMS], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
             log = res.stdout + res.stderr
-            if "No available agent to submit job" not in log:
+            if "submitted successfully" in log:  # the job ran (or failed) on the cluster: no retry
                 break
             time.sleep(5)
         assert res.returncode == 0 and "succeeded" in log, log[-3000:]
@@ -56,4 +64,19 @@ def test_submit_smoke_study_to_a_local_head_with_token_auth(tmp_path):
             if f.is_file() and f.stat().st_size < 50_000_000:
                 assert token.encode() not in f.read_bytes(), f
     finally:
-        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_session(head)
+    assert sentinel.poll() is None, "the test killed a process that was not its own"
+    sentinel.kill()
+
+
+def _stop_session(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL, to every process of `proc`'s session (the head and what it started)."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue

@@ -171,8 +171,10 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path):
     for arm in cfg.arms:
         assert arm in (outs[0] / "report" / "leaning_shares.svg").read_text()
     assert len(list((outs[0] / "wandb").glob("offline-run-*"))) >= 8 + 2  # trajectories, summary, analyze
+    (outs[0] / "summary_arms.parquet").unlink()  # as if killed after the last trajectory
     again = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]))
     assert again.returncode == 0 and "nothing to do: all 8 trajectories" in again.stdout
+    assert (outs[0] / "summary_arms.parquet").exists()  # the study-level stage is finished on resume
     bad = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]), "--set", "train.epochs=3")
     assert bad.returncode == 1 and "differs in" in bad.stderr
 
@@ -213,3 +215,25 @@ def test_study_with_deepspeed_training_queues_trajectories_around_their_workers(
     assert len(articles) == 2 * 12 and articles["text"].str.len().gt(0).all()
     assert len(list((tmp_path / "ds" / "scores").glob("*.parquet"))) == 2
     assert not list((tmp_path / "ds").rglob("*.train"))  # the weight handoff folders are cleaned up
+
+
+def test_a_run_that_fails_on_its_data_does_not_claim_the_folder(tmp_path):
+    out = tmp_path / "x"
+    bad = _cli("run", "configs/smoke.yaml", "--out", str(out), "--set", "corpora.main.source=/no/such/corpus")
+    assert bad.returncode != 0 and "/no/such/corpus" in bad.stderr
+    assert not (out / "manifest.json").exists()  # so the corrected config is not refused
+
+
+def test_outputs_are_readable_as_the_umask_allows(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = TABLES["summary_arms"].file(tmp_path)
+        from biasamp.tables import write_parquet
+
+        write_parquet(pd.DataFrame({"a": [1]}), path)
+        assert path.stat().st_mode & 0o777 == 0o644
+        os.umask(0o027)
+        write_parquet(pd.DataFrame({"a": [2]}), path)
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)

@@ -21,16 +21,18 @@ from biasamp.tracking import log_study_tables
 
 
 def prepare_study(cfg: StudyConfig, log=print) -> list[tuple[str, int]]:
-    """Claim the output folder, draw the corpora once, and list the unfinished trajectories."""
+    """Draw the corpora, claim the output folder, write the corpora once, and list the unfinished
+    trajectories. The corpora are drawn before the folder is claimed: a run that fails on its data
+    leaves no manifest behind to refuse the corrected config."""
     out = cfg.output_dir
+    names = sorted({arm.corpus for arm in cfg.arms.values()} | {cfg.probe_corpus})
+    drawn = {name: sample_corpus(read_source(cfg.corpora[name].source), cfg.corpora[name], name)
+             for name in names if not TABLES["corpus"].file(out, corpus=name).exists()}
     out.mkdir(parents=True, exist_ok=True)
     artifacts.claim_output_dir(cfg, out)
-    for name in sorted({arm.corpus for arm in cfg.arms.values()} | {cfg.probe_corpus}):
-        path = TABLES["corpus"].file(out, corpus=name)
-        if not path.exists():
-            corpus = sample_corpus(read_source(cfg.corpora[name].source), cfg.corpora[name], name)
-            TABLES["corpus"].write(corpus, out, corpus=name)
-            log(f"corpus '{name}': {len(corpus)} articles -> {path}")
+    for name, corpus in drawn.items():
+        path = TABLES["corpus"].write(corpus, out, corpus=name)
+        log(f"corpus '{name}': {len(corpus)} articles -> {path}")
     pending = []
     for arm in cfg.arms:
         for seed in cfg.seeds:
@@ -89,6 +91,8 @@ def run_study(cfg: StudyConfig, log=print) -> int:
     if not pending:
         log(f"nothing to do: all {total} trajectories of '{cfg.study}' have G0..G{cfg.generations - 1} "
             f"in {cfg.output_dir}")
+        if cfg.scoring.enabled and not all((cfg.output_dir / f).exists() for f in ("summary.parquet", "summary_arms.parquet")):
+            _summaries(cfg, log)  # a run killed after its last trajectory: finish the study-level stage
         return 0
     log(f"study '{cfg.study}': {len(pending)} of {total} trajectories to run, "
         f"{cfg.resources.cpus_per_trajectory:g} CPU / {cfg.resources.gpus_per_trajectory:g} GPU each")

@@ -154,11 +154,16 @@ def fig_quality(studies, paper, out: Path) -> str:
     return _save(fig, out, "quality")
 
 
+def _stacked(studies, key: str) -> pd.DataFrame | None:
+    """One table of every study folder that has it, with a `folder` column (None: no folder has it)."""
+    parts = [s[key].assign(folder=s["label"]) for s in studies if s[key] is not None]
+    return pd.concat(parts) if parts else None
+
+
 def fig_training(studies, out: Path) -> str | None:
-    parts = [s["train_metrics"].assign(folder=s["label"]) for s in studies if s["train_metrics"] is not None]
-    if not parts:
+    tm = _stacked(studies, "train_metrics")
+    if tm is None:
         return None
-    tm = pd.concat(parts)
     colour = _colours(studies, None)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), layout="constrained")
     per_gen = tm.groupby(["folder", "arm", "seed", "generation"], as_index=False)["train_loss"].first()
@@ -182,10 +187,9 @@ def fig_training(studies, out: Path) -> str | None:
 
 
 def fig_contrasts(studies, out: Path) -> str | None:
-    parts = [s["contrasts"].assign(folder=s["label"]) for s in studies if s["contrasts"] is not None]
-    if not parts:
+    c = _stacked(studies, "contrasts")
+    if c is None:
         return None
-    c = pd.concat(parts)
     colour = _colours(studies, None)
     targets = [("share_right", "right-leaning share", 100), ("tqi_mean", "text-quality index", 1),
                ("ppl_mean", "own perplexity", 1)]
