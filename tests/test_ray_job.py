@@ -4,6 +4,7 @@ import os
 import secrets
 import shutil
 import signal
+import tempfile
 import socket
 import subprocess
 import sys
@@ -28,7 +29,7 @@ def test_submit_smoke_study_to_a_local_head_with_token_auth(tmp_path):
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-    dash = _free_port()
+    dash, gcs = _free_port(), _free_port()
     address = f"http://127.0.0.1:{dash}"
     # Someone else's Ray on this machine (a process named like a Ray daemon: `ray stop --force` kills
     # it): the test must leave it alone.
@@ -39,7 +40,7 @@ def test_submit_smoke_study_to_a_local_head_with_token_auth(tmp_path):
     # test stops exactly the processes it started and never runs `ray stop`.
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", f"--port={_free_port()}", "--num-cpus=2", "--disable-usage-stats"],
+         f"--dashboard-port={dash}", f"--port={gcs}", "--num-cpus=2", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         out = tmp_path / "study"
@@ -65,6 +66,11 @@ def test_submit_smoke_study_to_a_local_head_with_token_auth(tmp_path):
                 assert token.encode() not in f.read_bytes(), f
     finally:
         _stop_session(head)
+        # `ray start` named our head as this machine's current cluster; `ray stop` would remove that
+        # note, so without it we remove it, only if it still names our head.
+        note = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if note.exists() and note.read_text().strip().endswith(f":{gcs}"):
+            note.unlink()
     assert sentinel.poll() is None, "the test killed a process that was not its own"
     sentinel.kill()
 
