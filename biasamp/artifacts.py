@@ -9,8 +9,10 @@ An articles file is written last in a generation, so its presence marks the gene
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from contextlib import contextmanager
 import platform
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -22,6 +24,32 @@ from biasamp.tables import TABLES
 
 def checkpoint_dir(out: Path, arm: str, seed: int, generation: int) -> Path:
     return out / "checkpoints" / arm / f"seed{seed}" / f"gen{generation}"
+
+
+@contextmanager
+def output_lock(out: Path):
+    """One writer per study folder: an OS lock on OUT/.lock, released when the holder exits or dies.
+    A second `run`, `score` or `analyze` on a folder in use stops at once, in one line."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise ValueError(f"{out} is in use by another biasamp process (pid {holder}); wait for it, "
+                             "or use another --out") from None
+        fh.truncate(0)
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            if created and [f.name for f in out.iterdir()] == [".lock"]:  # a run that wrote nothing
+                (out / ".lock").unlink()
+                out.rmdir()
 
 
 def completed_generations(out: Path, arm: str, seed: int) -> int:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from biasamp import artifacts
 from biasamp.config import ClassifierConfig, ConfigError, CorpusConfig, ModelConfig, StudyConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Bias-amplification studies of self-consuming LMs.")
@@ -342,61 +343,64 @@ def analyze(
     if not has_neurons and scores is None:
         typer.secho(f"error: {study_dir} has neither neurons/ nor scores: nothing to analyze", err=True, fg="red")
         raise typer.Exit(2)
-    study_cfg = None
-    with user_errors():
-        if (study_dir / "manifest.json").exists():
-            from biasamp.config import from_dict
+    with ExitStack() as held:
+        with user_errors():
+            held.enter_context(artifacts.output_lock(study_dir))  # one writer per study folder
+        study_cfg = None
+        with user_errors():
+            if (study_dir / "manifest.json").exists():
+                from biasamp.config import from_dict
 
-            study_cfg = from_dict(json.loads((study_dir / "manifest.json").read_text())["config"])
-            study_cfg = study_cfg.model_copy(update={"out_dir": str(study_dir.resolve())})
-            baseline = baseline or study_cfg.analysis.baseline_arm
+                study_cfg = from_dict(json.loads((study_dir / "manifest.json").read_text())["config"])
+                study_cfg = study_cfg.model_copy(update={"out_dir": str(study_dir.resolve())})
+                baseline = baseline or study_cfg.analysis.baseline_arm
+            if has_neurons:
+                if not summary.exists():
+                    raise FileNotFoundError(f"{summary} not found (neuron tests need the per-generation summary)")
+                tests, report = neuron_tests(pd.read_parquet(study_dir / "neurons"), pd.read_parquet(summary),
+                                             [t.strip() for t in targets.split(",")], mode, maxlags, alpha, null_draws)
+            if scores is not None:
+                contrasts, trends = arm_contrasts(pd.read_parquet(scores), baseline, bootstrap)
         if has_neurons:
-            if not summary.exists():
-                raise FileNotFoundError(f"{summary} not found (neuron tests need the per-generation summary)")
-            tests, report = neuron_tests(pd.read_parquet(study_dir / "neurons"), pd.read_parquet(summary),
-                                         [t.strip() for t in targets.split(",")], mode, maxlags, alpha, null_draws)
+            name = "neuron_tests.parquet" if mode == "within" else f"neuron_tests_{mode}.parquet"
+            write_parquet(tests, study_dir / name)  # checked against TABLES["neuron_tests"] by neuron_tests
+            # One summary file, one section per mode: a paper-mode run never hides the within-mode one.
+            info_path = study_dir / "neuron_tests_summary.json"
+            info = json.loads(info_path.read_text()) if info_path.exists() else {}
+            info[mode] = report
+            write_json(info, info_path)
+            for w in report["warnings"]:
+                typer.secho(f"warning: {w}", err=True, fg="yellow")
+            typer.echo(f"neuron tests ({mode} mode, {name}): significant / neurons, and the count expected under "
+                       f"the null ({null_draws} surrogate draws)")
+            for key, part in report.items():
+                if isinstance(part, dict):
+                    for target, r in part["null"].items():
+                        expected = "" if r["null_expected_significant"] is None else \
+                            f"   null expects {r['null_expected_significant']:.1f} (max {r['null_max_significant']})"
+                        typer.echo(f"  {key:28} {target:14} {r['significant']:7d} / {part['neurons']}{expected}"
+                                   f"   [{r['n_obs']} obs, {r['n_trajectories']} trajectories]")
         if scores is not None:
-            contrasts, trends = arm_contrasts(pd.read_parquet(scores), baseline, bootstrap)
-    if has_neurons:
-        name = "neuron_tests.parquet" if mode == "within" else f"neuron_tests_{mode}.parquet"
-        write_parquet(tests, study_dir / name)  # checked against TABLES["neuron_tests"] by neuron_tests
-        # One summary file, one section per mode: a paper-mode run never hides the within-mode one.
-        info_path = study_dir / "neuron_tests_summary.json"
-        info = json.loads(info_path.read_text()) if info_path.exists() else {}
-        info[mode] = report
-        write_json(info, info_path)
-        for w in report["warnings"]:
-            typer.secho(f"warning: {w}", err=True, fg="yellow")
-        typer.echo(f"neuron tests ({mode} mode, {name}): significant / neurons, and the count expected under "
-                   f"the null ({null_draws} surrogate draws)")
-        for key, part in report.items():
-            if isinstance(part, dict):
-                for target, r in part["null"].items():
-                    expected = "" if r["null_expected_significant"] is None else \
-                        f"   null expects {r['null_expected_significant']:.1f} (max {r['null_max_significant']})"
-                    typer.echo(f"  {key:28} {target:14} {r['significant']:7d} / {part['neurons']}{expected}"
-                               f"   [{r['n_obs']} obs, {r['n_trajectories']} trajectories]")
-    if scores is not None:
-        TABLES["arm_contrasts"].write(contrasts, study_dir)
-        TABLES["arm_trends"].write(trends, study_dir)
-        last = contrasts.sort_values(["study", "arm", "target", "generation"]).groupby(["study", "arm", "target"]).tail(1)
-        for r in last[last["target"].isin(["share_right", "tqi_mean"])].itertuples():
-            ci = "" if r.seed_variation_in_ci else "  (one seed: articles only)"
-            p = "p<0.0001" if r.p < 1e-4 else f"p={r.p:.2g}"
-            typer.echo(f"  {r.study}: {r.arm} - {r.baseline} at G{r.generation}, {r.target}: {r.estimate:+.3f} "
-                       f"[{r.lo:+.3f}, {r.hi:+.3f}] {p}{ci}")
-        typer.echo(f"arm contrasts -> {study_dir / 'arm_contrasts.parquet'}, trends -> {study_dir / 'arm_trends.parquet'}")
-    if study_cfg is not None:  # the study's W&B group gets the tables too
-        from biasamp.tracking import log_study_tables
+            TABLES["arm_contrasts"].write(contrasts, study_dir)
+            TABLES["arm_trends"].write(trends, study_dir)
+            last = contrasts.sort_values(["study", "arm", "target", "generation"]).groupby(["study", "arm", "target"]).tail(1)
+            for r in last[last["target"].isin(["share_right", "tqi_mean"])].itertuples():
+                ci = "" if r.seed_variation_in_ci else "  (one seed: articles only)"
+                p = "p<0.0001" if r.p < 1e-4 else f"p={r.p:.2g}"
+                typer.echo(f"  {r.study}: {r.arm} - {r.baseline} at G{r.generation}, {r.target}: {r.estimate:+.3f} "
+                           f"[{r.lo:+.3f}, {r.hi:+.3f}] {p}{ci}")
+            typer.echo(f"arm contrasts -> {study_dir / 'arm_contrasts.parquet'}, trends -> {study_dir / 'arm_trends.parquet'}")
+        if study_cfg is not None:  # the study's W&B group gets the tables too
+            from biasamp.tracking import log_study_tables
 
-        counts = None
-        if has_neurons:
-            counts = pd.DataFrame([{"mode": mode, "neurons": f"{key}", "target": t, **r}
-                                   for key, part in report.items() if isinstance(part, dict)
-                                   for t, r in part["null"].items()])
-        log_study_tables(study_cfg, f"analyze-{mode}", {"neuron_counts": counts,
-                                                         "arm_contrasts": contrasts if scores is not None else None,
-                                                         "arm_trends": trends if scores is not None else None})
+            counts = None
+            if has_neurons:
+                counts = pd.DataFrame([{"mode": mode, "neurons": f"{key}", "target": t, **r}
+                                       for key, part in report.items() if isinstance(part, dict)
+                                       for t, r in part["null"].items()])
+            log_study_tables(study_cfg, f"analyze-{mode}", {"neuron_counts": counts,
+                                                             "arm_contrasts": contrasts if scores is not None else None,
+                                                             "arm_trends": trends if scores is not None else None})
 
 
 @app.command()

@@ -237,3 +237,22 @@ def test_outputs_are_readable_as_the_umask_allows(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
+
+
+def test_one_writer_per_study_folder(tmp_path):
+    """While one process holds a study folder, a second `run` or `analyze` stops at once in one line;
+    a folder the lock created and nothing else wrote is removed again."""
+    import time
+
+    out = tmp_path / "busy"
+    with artifacts.output_lock(out):
+        (out / "scores").mkdir()
+        start = time.time()
+        run = _cli("run", "configs/smoke.yaml", "--out", str(out))
+        analyze = _cli("analyze", str(out))
+        assert time.time() - start < 60
+        for res in (run, analyze):
+            assert res.returncode != 0 and f"is in use by another biasamp process (pid {os.getpid()})" in res.stderr
+            assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+        (out / "scores").rmdir()
+    assert not out.exists()

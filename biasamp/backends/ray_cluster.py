@@ -85,7 +85,13 @@ def _trajectory_task(cfg: StudyConfig, arm: str, seed: int, cpus: float, progres
 
 
 def run_study(cfg: StudyConfig, log=print) -> int:
-    """Run every unfinished trajectory of the study; returns how many generations were run."""
+    """Run every unfinished trajectory of the study (one writer per folder); returns how many
+    generations were run."""
+    with artifacts.output_lock(cfg.output_dir):
+        return _run_study(cfg, log)
+
+
+def _run_study(cfg: StudyConfig, log) -> int:
     pending = prepare_study(cfg, log)
     total = len(cfg.arms) * len(cfg.seeds)
     if not pending:
@@ -190,6 +196,11 @@ def _summaries(cfg: StudyConfig, log) -> None:
 def rescore_study(cfg: StudyConfig, log=print) -> None:
     """Score every written generation again (e.g. with another classifier) and redo the summaries.
     Plain Python, one trajectory after another."""
+    with artifacts.output_lock(cfg.output_dir):
+        _rescore(cfg, log)
+
+
+def _rescore(cfg: StudyConfig, log) -> None:
     import pandas as pd
     import torch
 
