@@ -8,7 +8,6 @@ from typing import Optional
 
 import typer
 
-from biasamp import artifacts
 from biasamp.config import ClassifierConfig, ConfigError, CorpusConfig, ModelConfig, StudyConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Bias-amplification studies of self-consuming LMs.")
@@ -304,7 +303,7 @@ def import_paper_cmd(
         typer.secho(f"warning: {w}", err=True, fg="yellow")
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(scores, out / "scores.parquet")
-    per_arm = write_summaries(out, scores, bootstrap)
+    _, per_arm = write_summaries(out, scores, bootstrap)
     for (study, arm), part in per_arm.groupby(["study", "arm"]):
         shares = " ".join(f"G{r.generation}:{r.share_right:.1%}" for r in part.itertuples())
         typer.echo(f"{study}/{arm} right: {shares}")
@@ -330,7 +329,7 @@ def analyze(
 
     import pandas as pd
 
-    from biasamp.artifacts import write_json
+    from biasamp.artifacts import output_lock, write_json
     from biasamp.tables import write_parquet
     from biasamp.stages.analyze import arm_contrasts, neuron_tests
     from biasamp.tables import TABLES
@@ -345,7 +344,7 @@ def analyze(
         raise typer.Exit(2)
     with ExitStack() as held:
         with user_errors():
-            held.enter_context(artifacts.output_lock(study_dir))  # one writer per study folder
+            held.enter_context(output_lock(study_dir))  # one writer per study folder
         study_cfg = None
         with user_errors():
             if (study_dir / "manifest.json").exists():

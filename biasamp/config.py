@@ -132,7 +132,7 @@ def _nest(raw, key: str, default: str, settings: tuple[str, ...], union) -> dict
     return raw
 
 
-# Training mixes: what G_g (g >= 1) trains on. Each kind is one function in biasamp.data.MIXES;
+# Training mixes: what G_g (g >= 1) trains on. Each kind is one function in biasamp.stages.mix.MIXES;
 # its settings live here, under the kind that uses them.
 class ReplaceMix(_Frozen):
     kind: Literal["replace"] = "replace"  # D_{g-1} only (the authors' Synthetic)

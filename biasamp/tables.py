@@ -56,12 +56,14 @@ class Table:
         write_parquet(self.check(df), path, row_group_size=row_group_size)
         return path
 
+    def where(self, out: Path) -> Path:
+        """The table under OUT: its file, or for a per-version table the folder of its files."""
+        return Path(out) / (self.path.split("/")[0] if "{" in self.path else self.path)
+
     def read(self, out: Path, **filters) -> pd.DataFrame:
         """Every file of the table (a per-version table's whole folder), optionally filtered."""
-        per_version = "{" in self.path
-        where = Path(out) / (self.path.split("/")[0] if per_version else self.path)
         flt = [(k, "==", v) for k, v in filters.items()] or None
-        return pd.read_parquet(where, filters=flt)
+        return pd.read_parquet(self.where(out), filters=flt)
 
 
 def write_parquet(df: pd.DataFrame, path: Path, **to_parquet) -> None:

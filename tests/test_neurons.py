@@ -3,7 +3,6 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from biasamp import artifacts
 from biasamp.tables import TABLES
 from biasamp.config import ModelConfig, NeuronsConfig, from_dict
 from biasamp.stages.corpus import read_source

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
-from biasamp.config import ClassifierConfig, ModelConfig, ScoringConfig
+from biasamp.config import ClassifierConfig, ModelConfig
 from biasamp.models import load_base_model, load_tokenizer
 from biasamp.tables import TABLES
 from biasamp.instruments.hf import class_probabilities, leaning, load_classifier

@@ -11,13 +11,14 @@ import time
 
 from biasamp import artifacts
 from biasamp.config import StudyConfig
-from biasamp.models import load_checkpoint
 from biasamp.stages.corpus import read_source, sample_corpus
-from biasamp.stages.score import load_instruments, score_articles
 from biasamp.stages.summarize import write_summaries
-from biasamp.stages.trajectory import run_trajectory
 from biasamp.tables import TABLES
 from biasamp.tracking import log_study_tables
+
+# The model stack (torch, transformers: about 8 s) is imported inside the functions that use it, so
+# that `biasamp run` on a finished study, or one that fails its checks, answers at once, and a
+# trajectory task sets torch's threads before loading it.
 
 
 def prepare_study(cfg: StudyConfig, log=print) -> list[tuple[str, int]]:
@@ -72,6 +73,7 @@ def _trajectory_task(cfg: StudyConfig, arm: str, seed: int, cpus: float, progres
     torch.set_num_threads(max(1, int(cpus)))
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    from biasamp.stages.trajectory import run_trajectory
 
     logfile = cfg.output_dir / "logs" / f"{arm}__seed{seed}.log"
     logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -184,8 +186,8 @@ def _run_study(cfg: StudyConfig, log) -> int:
 
 def _summaries(cfg: StudyConfig, log) -> None:
     out = cfg.output_dir
-    per_arm = write_summaries(out, TABLES["scores"].read(out), cfg.scoring.bootstrap)
-    log_study_tables(cfg, "summary", {"summary_arms": per_arm, "summary": TABLES["summary"].read(out)})
+    per_seed, per_arm = write_summaries(out, TABLES["scores"].read(out), cfg.scoring.bootstrap)
+    log_study_tables(cfg, "summary", {"summary_arms": per_arm, "summary": per_seed})
     last = per_arm.sort_values("generation").groupby("arm").tail(1)
     for r in last.itertuples():
         log(f"[{r.arm}] G{r.generation}: right {r.share_right:.1%} [{r.share_right_lo:.1%}, {r.share_right_hi:.1%}], "
@@ -203,6 +205,9 @@ def rescore_study(cfg: StudyConfig, log=print) -> None:
 def _rescore(cfg: StudyConfig, log) -> None:
     import pandas as pd
     import torch
+
+    from biasamp.models import load_checkpoint
+    from biasamp.stages.score import load_instruments, score_articles
 
     out = cfg.output_dir
     artifacts.claim_output_dir(cfg, out)  # same trajectories required; records the new scoring config

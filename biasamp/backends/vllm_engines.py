@@ -43,7 +43,7 @@ def vllm_continuations(checkpoint: Path, prompts: list[list[int]], new_tokens: i
                        engines: int, gpus_per_engine: float) -> list[list[int]]:
     """Greedy continuations from `engines` data-parallel vLLM engines, each a Ray actor holding
     `gpus_per_engine` GPUs and every engines-th prompt; inside a trajectory's placement group
-    (biasamp.orchestrate.trajectory_bundles) each engine takes its own bundle."""
+    (biasamp.backends.ray_cluster.trajectory_bundles) each engine takes its own bundle."""
     import ray
 
     longest = max((len(p) for p in prompts), default=1) + new_tokens

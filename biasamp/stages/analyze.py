@@ -20,7 +20,7 @@ no information about any neuron. The mean count flagged there is the false-disco
 expect when there is nothing to find; the authors' pooled-levels procedure flags many.
 
 Arm contrasts and trends (`arm_contrasts`, `arm_trends`) come from the per-article scores, with
-bootstrap CIs: seeds resampled, then articles within each drawn seed (biasamp.summary.boot_means).
+bootstrap CIs: seeds resampled, then articles within each drawn seed (biasamp.stages.summarize.boot_means).
 """
 
 from __future__ import annotations
@@ -136,7 +136,12 @@ def neuron_tests(
             y = merged[target].to_numpy(dtype=np.float64)
             keep = ~np.isnan(y)
             v, Xk, yk = versions[keep].reset_index(drop=True), X[keep], y[keep]
-            res, n_obs, per_traj = _tests(v, Xk, yk, mode, maxlags, chunk)
+            Xd, yd, groups = design(v, Xk, yk, mode)  # the neurons' side once; null draws redo the target only
+            if len(yd) < 3:
+                raise ValueError(f"{len(yd)} observations after differencing; need at least 3 (more generations or seeds)")
+            n_obs = len(yd)
+            per_traj = np.bincount(v.groupby(VERSION[:3], sort=True).ngroup().to_numpy()) - (mode == "within")
+            res = _fit_chunks(Xd, yd, groups, mode, maxlags, chunk)
             if len(per_traj) < 3:
                 warn.add(f"{len(per_traj)} trajectories: fewer than 3, so the tests rest on very few "
                          "independent runs; add seeds")
@@ -149,7 +154,8 @@ def neuron_tests(
             out.append(TABLES["neuron_tests"].check(table))
             counts, rates = [], []
             for _ in range(null_draws):
-                p0 = _tests(v, Xk, surrogate_target(v, yk, rng), mode, maxlags, chunk)[0]["p"]
+                y0 = design(v, Xk[:, :0], surrogate_target(v, yk, rng), mode)[1]
+                p0 = _fit_chunks(Xd, y0, groups, mode, maxlags, chunk)["p"]
                 counts.append(int(_significant(p0, mode, alpha)[1].sum()))
                 rates.append(float(np.mean(np.nan_to_num(p0, nan=1.0) < alpha)))
             null.setdefault(f"{kind}/{stat}", {})[target] = {
@@ -168,20 +174,14 @@ def neuron_tests(
     return tests, report
 
 
-def _tests(versions, X, y, mode, maxlags, chunk):
-    """fit() over every neuron column in chunks (bounded memory at any model size); n_obs and the
-    number of observations per trajectory."""
-    Xd, yd, groups = design(versions, X, y, mode)
-    if len(yd) < 3:
-        raise ValueError(f"{len(yd)} observations after differencing; need at least 3 (more generations or seeds)")
-    res = {k: np.empty(X.shape[1]) for k in ("beta", "se", "t", "p", "r")}
-    for start in range(0, X.shape[1], chunk):
+def _fit_chunks(Xd, yd, groups, mode, maxlags, chunk) -> dict[str, np.ndarray]:
+    """fit() over every neuron column in chunks: bounded memory at any model size."""
+    res = {k: np.empty(Xd.shape[1]) for k in ("beta", "se", "t", "p", "r")}
+    for start in range(0, Xd.shape[1], chunk):
         block = fit(Xd[:, start : start + chunk], yd, groups, mode, maxlags)
         for k in res:
             res[k][start : start + chunk] = block[k]
-    traj = versions.groupby(VERSION[:3], sort=True).ngroup().to_numpy()
-    per_traj = np.bincount(traj) - (1 if mode == "within" else 0)
-    return res, len(yd), per_traj
+    return res
 
 
 def _significant(p: np.ndarray, mode: Mode, alpha: float):

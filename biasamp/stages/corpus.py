@@ -1,4 +1,4 @@
-"""Study corpora (AllSides-labelled articles) and each arm's training mix.
+"""Study corpora (AllSides-labelled articles): reading any supported source, drawing a study corpus.
 
 Canonical article columns: article_id, title, text, source_label (left|center|right),
 plus outlet and date where the source has them.
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from biasamp.config import LABELS, ArmConfig, CorpusConfig
+from biasamp.config import LABELS, CorpusConfig
 
 BUNDLED = Path(__file__).parents[1] / "data" / "abp_slice.jsonl.gz"
 

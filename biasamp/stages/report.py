@@ -34,8 +34,7 @@ SHARE_TITLES = {"left": "left-leaning", "center": "center", "right": "right-lean
 
 def _read(folder: Path, name: str) -> pd.DataFrame | None:
     table = TABLES[name]
-    where = folder / table.path.split("/")[0]
-    return table.read(folder) if where.exists() else None
+    return table.read(folder) if table.where(folder).exists() else None
 
 
 def load(folder: Path) -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from biasamp.config import LABELS
-from biasamp.tables import TABLES, write_parquet
+from biasamp.tables import TABLES
 
 _STATS = [f"share_{lab}" for lab in LABELS] + ["tqi_mean"]
 
@@ -78,11 +78,12 @@ def summarize(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> tuple[
     return pd.DataFrame(per_seed), pd.DataFrame(per_arm)
 
 
-def write_summaries(out: Path, scores: pd.DataFrame, n_boot: int) -> pd.DataFrame:
+def write_summaries(out: Path, scores: pd.DataFrame, n_boot: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both summary tables from the scores, written; returned as written (declared column order)."""
     per_seed, per_arm = summarize(scores, n_boot)
     TABLES["summary"].write(per_seed, out)
     TABLES["summary_arms"].write(per_arm, out)
-    return TABLES["summary_arms"].check(per_arm)
+    return TABLES["summary"].check(per_seed), TABLES["summary_arms"].check(per_arm)
 
 
 # --- the authors' released numbers --------------------------------------------------------------

@@ -177,7 +177,7 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
             tracking.log_generation(run, g, t.metrics, t.synthetic[-1], t.scores, t.loss_curve)
             if cfg.wandb.artifacts:
                 tracking.log_artifacts(run, cfg, arm_name, seed, g, t.ckpt,
-                                       [TABLES[n].file(out, **t.at) for n in ("articles", "scores", "training")])
+                                       [TABLES[name].file(out, **t.at) for name in ("articles", "scores", "training")])
     if run is not None:
         run.finish()
     return n - done
