@@ -142,7 +142,7 @@ def fig_quality(studies, paper, out: Path) -> str:
             if max(values) / min(values) > 10:  # log only where the range spans more than a decade
                 ax.set_yscale("log")
                 ax.yaxis.set_minor_formatter(NullFormatter())
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"))
         else:
             ax.text(0.5, 0.5, "not measured in these tables", ha="center", va="center", transform=ax.transAxes,
                     color="0.4")
