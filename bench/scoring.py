@@ -32,7 +32,7 @@ def main():
     tok = load_tokenizer(smol)
     lm = load_base_model(smol, len(tok)).eval()
     timings = {}
-    for name, fn in [("leaning (MiniLM-L6 + head, 256 tokens)", lambda: leaning(clf, full, 16)),
+    for name, fn in [("leaning (TF-IDF + LR, whole article)", lambda: leaning(clf, full, 16)),
                      ("quality proxy (all sentences)", lambda: quality_index(proxy, list(df["text"]), 0)),
                      ("perplexity, SmolLM2-135M, 512 tokens", lambda: perplexities(lm, tok, full, 512, 8))]:
         t = time.perf_counter()

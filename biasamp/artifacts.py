@@ -60,6 +60,16 @@ def completed_generations(out: Path, arm: str, seed: int) -> int:
     return g
 
 
+def set_aside(path: Path) -> Path:
+    """Rename a damaged artifact out of the way (never delete: it is evidence); returns the new name,
+    hidden (a leading dot), so that a table read of the folder does not see it."""
+    n = 1
+    while (target := path.with_name(f".{path.name}.damaged-{n}")).exists():
+        n += 1
+    path.rename(target)
+    return target
+
+
 def write_json(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -85,9 +95,9 @@ def _flat(d, prefix=""):
             yield f"{prefix}{k}", v
 
 
-def claim_output_dir(cfg: StudyConfig, out: Path) -> None:
-    """Write the manifest, or check that the one there is for this study: results of two
-    configs must never mix in one folder."""
+def claim_output_dir(cfg: StudyConfig, out: Path, record: bool = True) -> None:
+    """Check that the manifest there (if any) is for this study: results of two configs must never
+    mix in one folder; then (record) write it with this config."""
     path = out / "manifest.json"
     config = cfg.model_dump(mode="json")
     if path.exists():
@@ -103,6 +113,8 @@ def claim_output_dir(cfg: StudyConfig, out: Path) -> None:
                 f"this config hashes to {cfg.science_hash()} (differs in: {', '.join(changed[:8]) or '?'}). "
                 "Use another --out."
             )
+    if not record:
+        return
     write_json(
         {
             "study": cfg.study,

@@ -13,7 +13,7 @@ from biasamp.config import ClassifierConfig, ConfigError, CorpusConfig, ModelCon
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Bias-amplification studies of self-consuming LMs.")
 data_app = typer.Typer(no_args_is_help=True, help="Study corpora.")
 app.add_typer(data_app, name="data")
-classifier_app = typer.Typer(no_args_is_help=True, help="The offline leaning classifier (MiniLM-L6 + logistic head).")
+classifier_app = typer.Typer(no_args_is_help=True, help="The offline leaning classifier (TF-IDF + logistic regression) and its calibration.")
 app.add_typer(classifier_app, name="classifier")
 quality_app = typer.Typer(no_args_is_help=True, help="The offline text-quality proxy (levels 0-3).")
 app.add_typer(quality_app, name="quality")
@@ -158,90 +158,160 @@ def score(
         rescore_study(cfg, log=typer.echo)
 
 
+def _classifier_config(kind: str, model: str, labels: str | None, max_tokens: int, calibration: str = "",
+                       method: str = "pacc") -> ClassifierConfig:
+    """The classifier the flags describe; a bad value is named by its flag."""
+    from pydantic import ValidationError
+
+    pairs = [p.split("=", 1) for p in labels.split(",")] if labels else []
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError(f"--labels: expected MODEL_LABEL=left|center|right,..., got '{labels}'")
+    try:
+        return ClassifierConfig(kind=kind, name=model, labels=dict(pairs) if pairs else ClassifierConfig().labels,
+                                max_tokens=max_tokens, calibration=calibration, prevalence=method)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else "labels"
+        flag = {"name": "--model", "prevalence": "--method"}.get(key, "--" + key.replace("_", "-"))
+        raise ValueError(f"{flag}: {err['msg']}") from None
+
+
 @app.command()
 def classify(
     input: Path = typer.Argument(..., help="Articles: JSONL[.gz], JSON, CSV or Parquet with a text column (title, article_id optional)."),
-    out: Path = typer.Option(..., help="Output .parquet: article_id, p_left, p_center, p_right, label."),
-    kind: str = typer.Option("offline", help="offline: the project's MiniLM-L6 + head; hf: any sequence classifier."),
-    model: str = typer.Option("", help="Head file (offline) or hub id / local folder (hf); empty: the kind's default "
-                                       "(the shipped head; the authors' RoBERTa)."),
-    labels: Optional[str] = typer.Option(None, help="Model label map, e.g. LABEL_0=right,LABEL_1=left,LABEL_2=center "
+    out: Path = typer.Option(..., help="Output .parquet: the input's columns + p_left, p_center, p_right, label."),
+    summary: Optional[Path] = typer.Option(None, help="Also write the file's label shares here (JSON): argmax shares and "
+                                                      "the confusion-corrected prevalence with 95% CIs."),
+    kind: str = typer.Option("offline", help="offline: the project's TF-IDF classifier; hf: any sequence classifier."),
+    model: str = typer.Option("", help="Model file (offline) or hub id / local folder (hf); empty: the kind's default "
+                                       "(the shipped model; the authors' RoBERTa)."),
+    labels: Optional[str] = typer.Option(None, help="--kind hf: model label map, e.g. LABEL_0=right,LABEL_1=left,LABEL_2=center "
                                                     "(default: the authors' classifier's)."),
-    max_tokens: int = typer.Option(500, min=8),
+    calibration: str = typer.Option("", help="Calibration table for --summary's prevalence (default: the offline "
+                                             "model's own; `biasamp classifier eval --kind hf` makes one)."),
+    method: str = typer.Option("pacc", help="Prevalence method: pacc, acc or cc (no correction)."),
+    max_tokens: int = typer.Option(500, min=8, help="--kind hf: input length."),
     batch_size: int = typer.Option(16, min=1),
+    bootstrap: int = typer.Option(1000, min=10, help="Resamples for the prevalence CIs."),
 ):
-    """Political leaning of any article file, with a pluggable classifier."""
+    """Political leaning of any article file, with a pluggable classifier; with --summary, the
+    file's label shares corrected for the classifier's confusion."""
     import pandas as pd
 
+    from biasamp.artifacts import write_json
     from biasamp.tables import write_parquet
     from biasamp.stages.corpus import read_table
     from biasamp.instruments.hf import leaning, load_classifier
+    from biasamp.instruments.leaning import load_calibration
+    from biasamp.stages.summarize import summarize
     from biasamp.text import training_text
 
     with user_errors():
-        label_map = dict(p.split("=", 1) for p in labels.split(",")) if labels else ClassifierConfig().labels
-        cfg = ClassifierConfig(kind=kind, name=model, labels=label_map, max_tokens=max_tokens)
+        cfg = _classifier_config(kind, model, labels, max_tokens, calibration, method)
         df = read_table(input)
         if "text" not in df.columns:
             raise ValueError(f"{input}: no 'text' column (has: {', '.join(map(str, df.columns))})")
         clf = load_classifier(cfg.kind, cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
+        cal = load_calibration(cfg) if summary is not None else None
+        if summary is not None and cal is None and method != "cc":
+            raise ValueError("--summary with --kind hf needs --calibration (biasamp classifier eval --kind hf "
+                             "--calibration-out FILE makes one) or --method cc")
     titles = df["title"].fillna("").astype(str) if "title" in df.columns else None
     texts = df["text"].fillna("").astype(str)
     # With a title, the article is read as the study models write it; without, as plain text.
     inputs = [training_text(t, b) for t, b in zip(titles, texts)] if titles is not None else list(texts)
     result = leaning(clf, inputs, batch_size)
     ids = df["article_id"].astype(str) if "article_id" in df.columns else pd.Series(range(len(df))).astype(str)
-    result.insert(0, "article_id", ids.to_numpy())
+    keep = df.drop(columns=[c for c in [*result.columns, "article_id"] if c in df.columns]).reset_index(drop=True)
+    result = pd.concat([pd.DataFrame({"article_id": ids.to_numpy()}), keep, result], axis=1)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_parquet(result, out)
     typer.echo(f"{len(result)} articles {result['label'].value_counts().to_dict()} -> {out}")
+    if summary is not None:
+        row = summarize(result.assign(study="", arm="", seed=0, generation=0, tqi=float("nan"), ppl=float("nan"),
+                                      ppl_ref=float("nan")), bootstrap, calibration=cal, method=method)[0].iloc[0]
+        labs = ("left", "center", "right")
+        shares = {"n": len(result), "method": method,
+                  "argmax_share": {lab: float(row[f"share_{lab}"]) for lab in labs},
+                  "prevalence": {lab: {"estimate": float(row[f"prev_{lab}"]), "lo": float(row[f"prev_{lab}_lo"]),
+                                       "hi": float(row[f"prev_{lab}_hi"])} for lab in labs}}
+        write_json(shares, summary)
+        typer.echo("prevalence (" + method + "): " + ", ".join(
+            f"{lab} {v['estimate']:.1%} [{v['lo']:.1%}, {v['hi']:.1%}]" for lab, v in shares["prevalence"].items())
+            + f" -> {summary}")
 
 
 ABP_DIR = Path("../shared/data/article-bias-prediction")
+EXCLUDE_HELP = "Study configs whose corpus articles are kept out (the bundled slice always is)."
 
 
 @classifier_app.command("train")
 def classifier_train(
-    data: Path = typer.Option(ABP_DIR, help="Article-Bias-Prediction folder (articles + splits/media)."),
-    out: Path = typer.Option(Path("biasamp/data/leaning_head.json"), help="Where the head goes (the shipped one by default)."),
-    per_label: int = typer.Option(1000, min=10, help="Train articles per label (class-balanced)."),
-    exclude_study: list[Path] = typer.Option([Path("configs/paper.yaml")], help="Study configs whose corpus articles "
-                                             "are kept out of training (the bundled slice always is)."),
-    max_tokens: int = typer.Option(256, min=8, help="Encoder input length (MiniLM-L6 was trained on 256)."),
-    seed: int = typer.Option(0),
+    data: Path = typer.Option(ABP_DIR, help="Article-Bias-Prediction folder (or any corpus biasamp reads, with outlets)."),
+    out: Path = typer.Option(Path("biasamp/data/leaning_tfidf.npz"), help="Where the model goes (the shipped one by "
+                             "default); its calibration table goes beside it (NAME.calibration.parquet)."),
+    exclude_study: list[Path] = typer.Option([Path("configs/paper.yaml")], help=EXCLUDE_HELP),
+    seed: int = typer.Option(0, help="Which articles of an outlet over the per-outlet cap are used."),
 ):
-    """Train the offline leaning classifier's head on ABP's media-split train outlets."""
-    from biasamp.artifacts import write_json
-    from biasamp.instruments.leaning import study_article_ids, train
+    """Fit the offline leaning classifier on every outlet, and its calibration by outlet-grouped cross-fitting."""
+    from biasamp.instruments.leaning import calibration_path, study_article_ids, train, write_model
 
     with user_errors():
-        head = train(data, per_label, study_article_ids(exclude_study), max_tokens, seed, log=typer.echo)
-    write_json(head, out)
-    typer.echo(f"head (C={head['C']}, outlet-grouped CV macro-F1 {head['cv_macro_f1']:.3f}) -> {out}")
+        model, cal = train(data, study_article_ids(exclude_study), seed, log=typer.echo)
+    write_model(model, cal, out)
+    typer.echo(f"model ({len(model.vocabulary)} features) -> {out}; calibration ({len(cal)} outlets x labels) -> "
+               f"{calibration_path(out)}")
 
 
 @classifier_app.command("eval")
 def classifier_eval(
-    data: Path = typer.Option(ABP_DIR, help="Article-Bias-Prediction folder (articles + splits/media)."),
-    head: str = typer.Option("bundled", help="Head file, or 'bundled' for the shipped one."),
-    exclude_study: list[Path] = typer.Option([Path("configs/paper.yaml")], help="As for train."),
-    out: Optional[Path] = typer.Option(None, help="Also write the full report (JSON) here."),
+    data: Path = typer.Option(ABP_DIR, help="Article-Bias-Prediction folder."),
+    exclude_study: list[Path] = typer.Option([Path("configs/paper.yaml")], help=EXCLUDE_HELP),
+    kind: str = typer.Option("offline", help="hf: also score a sequence classifier (--model) as it is, and make its "
+                                             "calibration table (--calibration-out)."),
+    model: str = typer.Option("", help="--kind hf: hub id or local folder (default: the authors' RoBERTa)."),
+    labels: Optional[str] = typer.Option(None, help="--kind hf: model label map (default: the authors' classifier's)."),
+    max_tokens: int = typer.Option(500, min=8, help="--kind hf: input length."),
+    calibration_out: Optional[Path] = typer.Option(None, help="--kind hf: write its calibration table here."),
+    repeats: int = typer.Option(5, min=1, help="Benchmark corpora per known mix and fold."),
+    out: Optional[Path] = typer.Option(None, help="Also write the full report (JSON) here, and the benchmark rows beside it."),
 ):
-    """Macro-F1 on unseen outlets, beside a TF-IDF + logistic-regression baseline fitted in the same run."""
+    """Leave-outlets-out evaluation (every outlet held out once) of the shipped recipe beside a plain
+    TF-IDF baseline, fitted in the same run: article macro-F1, and the error of corpus label shares
+    on corpora of held-out outlets with known mixes, per prevalence method."""
     from biasamp.artifacts import write_json
-    from biasamp.instruments.leaning import evaluate, load_head, study_article_ids
+    from biasamp.instruments.hf import load_classifier
+    from biasamp.instruments.leaning import evaluate, study_article_ids
+    from biasamp.instruments.prevalence import calibration_table
+    from biasamp.tables import write_parquet
 
     with user_errors():
-        result = evaluate(data, load_head(head), study_article_ids(exclude_study), log=typer.echo)
-    typer.echo(f"{result['eval_articles']} articles from {len(result['eval_outlets'])} unseen outlets")
-    typer.echo(f"{'':16}{'macro-F1':>9}" + "".join(f"{'F1 ' + lab:>10}" for lab in ("left", "center", "right")))
-    for name in ("minilm_head", "tfidf_baseline"):
-        r = result[name]
-        typer.echo(f"{name:16}{r['macro_f1']:9.3f}" + "".join(f"{r['per_class'][lab]['f1']:10.3f}"
+        if kind not in ("offline", "hf"):
+            raise ValueError(f"--kind: '{kind}' is not offline or hf")
+        extra = {}
+        if kind == "hf":
+            cfg = _classifier_config("hf", model, labels, max_tokens)
+            extra[cfg.name] = load_classifier(cfg.kind, cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
+        elif calibration_out is not None:
+            raise ValueError("--calibration-out: only with --kind hf (the offline model's comes from classifier train)")
+        report, bench, probs, pool = evaluate(data, study_article_ids(exclude_study), extra, repeats, log=typer.echo)
+    typer.echo(f"{report['pool_articles']} articles of {report['outlets']} outlets, each outlet held out once "
+               f"({report['folds']} folds)")
+    typer.echo(f"{'article level':30}{'macro-F1':>9}" + "".join(f"{'F1 ' + lab:>10}" for lab in ("left", "center", "right")))
+    for name, r in report["articles"].items():
+        typer.echo(f"{name:30}{r['macro_f1']:9.3f}" + "".join(f"{r['per_class'][lab]['f1']:10.3f}"
                                                            for lab in ("left", "center", "right")))
-        typer.echo(f"{'':16}confusion (rows true L/C/R): {r['confusion']['matrix']}")
+    typer.echo(f"{'corpus shares':30}{'method':>7}{'corpora':>8}{'MAE':>7}{'max err':>8}{'95% CI covers':>14}{'CI width':>9}")
+    for r in report["prevalence"]:
+        typer.echo(f"{r['classifier']:30}{r['method']:>7}{r['corpora']:8d}{r['mae']:7.3f}{r['max_error']:8.3f}"
+                   f"{r['coverage']:14.1%}{r['ci_width']:9.3f}")
     if out is not None:
-        write_json(result, out)
+        write_json(report, out)
+        write_parquet(bench, out.with_suffix(".prevalence.parquet"))
+    if calibration_out is not None:
+        cal = calibration_table(probs[cfg.name], pool["source_label"], pool["outlet"])
+        write_parquet(cal, calibration_out)
+        typer.echo(f"calibration of {cfg.name} ({len(cal)} outlets x labels) -> {calibration_out}")
 
 
 @quality_app.command("train")

@@ -244,14 +244,20 @@ class NeuronsConfig(_Frozen):
 class ClassifierConfig(_Frozen):
     """Political-leaning classifier: a sequence-classification model and its label map."""
 
-    # offline: the project's MiniLM-L6 + logistic head (name: 'bundled' or a head file from
-    # `biasamp classifier train`; labels and max_tokens come with the head). hf: hub id or local dir,
-    # by default the authors' RoBERTa classifier. tiny_random: a randomly initialised tiny GPT-2
-    # classifier on the study's tokenizer, for tests only (its outputs mean nothing).
+    # offline: the project's TF-IDF + logistic-regression classifier (biasamp.instruments.leaning; name:
+    # 'bundled' or a model file from `biasamp classifier train`; it reads the whole article, so
+    # max_tokens and labels do not apply). hf: hub id or local dir, by default the authors' RoBERTa
+    # classifier. tiny_random: a randomly initialised tiny GPT-2 classifier on the study's tokenizer,
+    # for tests only (its outputs mean nothing).
     kind: Literal["offline", "hf", "tiny_random"] = "offline"
     name: str = ""  # empty: 'bundled' for offline, the authors' classifier for hf
     labels: dict[str, Label] = Field(default_factory=lambda: {"LABEL_0": "right", "LABEL_1": "left", "LABEL_2": "center"})
     max_tokens: int = Field(500, ge=8)  # the authors truncate to 500 tokens
+    # Corpus label shares corrected for this classifier's confusion (biasamp.instruments.prevalence):
+    # the calibration table of out-of-fold outputs; empty: the one beside an offline model, none for
+    # hf (then the summaries' prev_* columns stay empty; `biasamp classifier eval --kind hf` makes one).
+    calibration: str = ""
+    prevalence: Literal["pacc", "acc", "cc"] = "pacc"  # pacc: mean probabilities, acc: argmax counts, cc: no correction
 
     @model_validator(mode="after")
     def _check(self) -> "ClassifierConfig":

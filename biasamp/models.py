@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 
@@ -83,12 +85,47 @@ def load_checkpoint(path: Path):
     return model, _with_pad(AutoTokenizer.from_pretrained(path))
 
 
+CHECKPOINT_FILES = "biasamp_files.json"  # in each checkpoint: every file's size and hash, to verify it on resume
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """What is wrong with a checkpoint folder (None: complete, every file as written)."""
+    if not path.is_dir():
+        return "missing"
+    listed = path / CHECKPOINT_FILES
+    if not listed.is_file():  # written before checkpoints listed their files: only its presence is known
+        return None
+    try:
+        files = json.loads(listed.read_text())
+    except ValueError:
+        return f"{CHECKPOINT_FILES} unreadable"
+    for name, want in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} missing"
+        if f.stat().st_size != want["bytes"]:
+            return f"{name} has {f.stat().st_size} bytes, {want['bytes']} written"
+        if _sha256(f) != want["sha256"]:
+            return f"{name} differs from what was written (sha256)"
+    return None
+
+
 def save_checkpoint(model, tokenizer, path: Path) -> None:
     """safetensors weights + config + tokenizer, written to a temp folder and renamed into place."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir()) if f.is_file()}
+    (tmp / CHECKPOINT_FILES).write_text(json.dumps(files, indent=1, sort_keys=True))
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)

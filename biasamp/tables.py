@@ -19,7 +19,8 @@ from pandas.api import types
 
 
 ADDRESS = "study:str arm:str seed:int generation:int"
-_STATS = " ".join(f"{s}:float {s}_lo:float {s}_hi:float" for s in ("share_left", "share_center", "share_right", "tqi_mean"))
+_STATS = " ".join(f"{s}:float {s}_lo:float {s}_hi:float" for s in
+                  ("share_left", "share_center", "share_right", "prev_left", "prev_center", "prev_right", "tqi_mean"))
 _CHECK = {"str": types.is_string_dtype, "int": types.is_integer_dtype, "bool": types.is_bool_dtype,
           "float": lambda s: types.is_float_dtype(s) or types.is_integer_dtype(s)}
 
@@ -51,9 +52,11 @@ class Table:
                 raise ValueError(f"table {self.name}: column {col} is {df[col].dtype}, declared {kind}")
         return df
 
-    def write(self, df: pd.DataFrame, out: Path, row_group_size: int | None = None, **address) -> Path:
+    def write(self, df: pd.DataFrame, out: Path, row_group_size: int | None = None, metadata: dict | None = None,
+              **address) -> Path:
+        """Checked and written atomically; `metadata` (str -> str) goes into the Parquet footer."""
         path = self.file(out, **address)
-        write_parquet(self.check(df), path, row_group_size=row_group_size)
+        write_parquet(self.check(df), path, row_group_size=row_group_size, metadata=metadata)
         return path
 
     def where(self, out: Path) -> Path:
@@ -66,18 +69,47 @@ class Table:
         return pd.read_parquet(self.where(out), filters=flt)
 
 
-def write_parquet(df: pd.DataFrame, path: Path, **to_parquet) -> None:
+def write_parquet(df: pd.DataFrame, path: Path, metadata: dict | None = None, **to_parquet) -> None:
     """Write to a temp name beside `path`, then rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: the team on shared storage reads what the umask allows
     try:
-        df.to_parquet(tmp, index=False, **to_parquet)
+        if metadata:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+            pq.write_table(table, tmp, **to_parquet)
+        else:
+            df.to_parquet(tmp, index=False, **to_parquet)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def file_metadata(path: Path, key: str) -> str | None:
+    """One key of a Parquet file's footer metadata (None: not there)."""
+    import pyarrow.parquet as pq
+
+    value = (pq.read_schema(path).metadata or {}).get(key.encode())
+    return value.decode() if value is not None else None
+
+
+def parquet_damage(path: Path) -> str | None:
+    """What is wrong with a Parquet file (None: its footer and schema read)."""
+    import pyarrow.parquet as pq
+
+    if not Path(path).is_file():
+        return "missing"
+    try:
+        pq.ParquetFile(path).metadata
+    except Exception as e:  # pyarrow raises several kinds for a truncated or foreign file
+        return f"unreadable ({str(e).splitlines()[0][:80]})"
+    return None
 
 
 def _umask() -> int:
@@ -109,7 +141,7 @@ TABLES = {t.name: t for t in [
           "ppl_ref:float", ("study", "arm", "seed", "generation", "article_id"),
           "per-article leaning, quality, perplexity of D_g"),
     Table("summary", "summary.parquet", f"{ADDRESS} n_articles:int {_STATS} ppl_mean:float ppl_ref_mean:float",
-          ("study", "arm", "seed", "generation"), "per version: label shares and tqi with 95% bootstrap CIs"),
+          ("study", "arm", "seed", "generation"), "per version: argmax label shares, confusion-corrected shares (prev_*) and tqi, with 95% bootstrap CIs"),
     Table("summary_arms", "summary_arms.parquet",
           f"study:str arm:str generation:int n_seeds:int n_articles:int {_STATS} ppl_mean:float ppl_ref_mean:float",
           ("study", "arm", "generation"), "the same across seeds (two-stage bootstrap)"),

@@ -34,3 +34,24 @@ def tiny_study(tmp_path, **over) -> dict:
 @pytest.fixture
 def study_dict(tmp_path):
     return lambda **over: tiny_study(tmp_path, **over)
+
+
+@pytest.fixture(scope="session")
+def local_classifier(tmp_path_factory):
+    """A 3-label sequence classifier saved to a local folder, as a hub download would be: the hub
+    path, offline. Its labels are the authors' (LABEL_0 right, LABEL_1 left, LABEL_2 center)."""
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from biasamp.config import ModelConfig
+    from biasamp.models import load_tokenizer
+
+    tok = load_tokenizer(ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe"))
+    torch.manual_seed(1)
+    model = GPT2ForSequenceClassification(GPT2Config(
+        vocab_size=len(tok), n_layer=1, n_embd=16, n_head=2, num_labels=3, pad_token_id=tok.pad_token_id,
+        initializer_range=0.5, id2label={0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}))
+    d = tmp_path_factory.mktemp("clf")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

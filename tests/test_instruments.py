@@ -1,4 +1,4 @@
-"""The offline instruments: MiniLM-L6 + logistic leaning head, and the text-quality proxy."""
+"""The offline instruments: the TF-IDF leaning classifier, its prevalence estimate, and the text-quality proxy."""
 
 import gzip
 import json
@@ -8,63 +8,23 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from biasamp.instruments import leaning
+from biasamp.instruments import leaning, prevalence
 from biasamp.cli import app
 from biasamp.config import LABELS, ClassifierConfig, ModelConfig, QualityConfig, ScoringConfig
 from biasamp.stages.corpus import read_source
 from biasamp.instruments.quality import QualityProxy, corrupted_sentences
 from biasamp.tables import TABLES
-from biasamp.instruments.hf import class_probabilities, load_classifier
+from biasamp.instruments.hf import load_classifier
 from biasamp.stages.score import load_instruments, score_articles
 from biasamp.instruments.quality import quality_index
 
 TINY = ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe", tiny={"n_layer": 1, "n_embd": 32, "n_head": 2})
 
 
-@pytest.fixture(autouse=True)
-def embedding_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(leaning, "CACHE", tmp_path / "embeddings")
-
-
 def test_defaults_are_offline_and_hub_names_stay_available():
     assert (ClassifierConfig().kind, ClassifierConfig().name) == ("offline", "bundled")
     assert ClassifierConfig(kind="hf").name == "wu981526092/bias_classifier_roberta"
     assert QualityConfig(kind="hf").name == "madhurjindal/autonlp-Gibberish-Detector-492513457"
-
-
-def test_scoring_module_equals_training_path():
-    """What scoring computes (torch module, batched, padded) is what the head was fitted on
-    (cached embeddings, numpy): the same labels, probabilities summing to one."""
-    articles = read_source("bundled").head(6)
-    texts = leaning.texts_of(articles)
-    clf = load_classifier("offline", "bundled", {}, 0, TINY, "classifier")
-    probs = class_probabilities(clf, texts, batch_size=4)
-    np.testing.assert_allclose(probs.sum(1), 1.0)
-    head = leaning.load_head("bundled")
-    x = leaning.embeddings(texts, head["max_tokens"], batch_size=1)  # one at a time: no padding
-    assert list(np.asarray(clf.labels)[probs.argmax(1)]) == list(leaning.predict(head, x))
-    logits = x @ np.asarray(head["weight"]).T + np.asarray(head["bias"])
-    np.testing.assert_allclose(probs, np.exp(logits) / np.exp(logits).sum(1, keepdims=True), atol=1e-4)
-
-
-def test_fit_head_folds_the_scaler_into_one_linear_layer():
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    rng = np.random.default_rng(0)
-    y = np.repeat(np.array(LABELS), 40)
-    x = rng.normal(size=(120, 384)) * rng.uniform(0.01, 3, 384) + (y[:, None] == "right") * 0.5
-    head = leaning.fit_head(x, y, c=0.1)
-    ref = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000)).fit(x, y)
-    assert (leaning.predict(head, x) == ref.predict(x)).mean() > 0.99  # std ddof/epsilon aside, the same model
-
-
-def test_balanced_sample_spreads_each_label_over_its_outlets():
-    df = pd.DataFrame({"source_label": ["left"] * 105 + ["center"] * 10 + ["right"] * 10,
-                       "outlet": ["big"] * 100 + ["small"] * 5 + ["c"] * 10 + ["r"] * 10})
-    s = leaning.balanced_sample(df, 10, seed=0)
-    assert s[s.source_label == "left"]["outlet"].value_counts().to_dict() == {"big": 5, "small": 5}
 
 
 def _abp_folder(root, n_outlets_valid=3):
@@ -83,32 +43,6 @@ def _abp_folder(root, n_outlets_valid=3):
     for name, ids in (("train", train), ("valid", valid)):
         pd.DataFrame({"ID": ids, "bias": 0}).to_csv(root / "splits" / "media" / f"{name}.tsv", sep="\t", index=False)
     return rows
-
-
-def test_classifier_train_and_eval_commands(tmp_path):
-    rows = _abp_folder(tmp_path / "abp")
-    head_file, report = tmp_path / "head.json", tmp_path / "report.json"
-    r = CliRunner().invoke(app, ["classifier", "train", "--data", str(tmp_path / "abp"), "--out", str(head_file),
-                                 "--per-label", "10", "--exclude-study", "configs/quickstart.yaml"])
-    assert r.exit_code == 0, r.output
-    head = json.loads(head_file.read_text())
-    assert head["n_train"] == 30 and head["labels"] == list(LABELS)
-    r = CliRunner().invoke(app, ["classifier", "eval", "--data", str(tmp_path / "abp"), "--head", str(head_file),
-                                 "--exclude-study", "configs/quickstart.yaml", "--out", str(report)])
-    assert r.exit_code == 0, r.output
-    assert "minilm_head" in r.output and "tfidf_baseline" in r.output
-    result = json.loads(report.read_text())
-    unseen = {"outlet0", "outlet1", "outlet2"}
-    assert set(result["eval_outlets"]) == unseen
-    assert result["eval_articles"] == sum(r["source"] in unseen for r in rows)
-    for name in ("minilm_head", "tfidf_baseline"):
-        assert 0 <= result[name]["macro_f1"] <= 1
-        assert sum(map(sum, result[name]["confusion"]["matrix"])) == result["eval_articles"]
-
-
-def test_classifier_eval_names_a_missing_split(tmp_path):
-    r = CliRunner().invoke(app, ["classifier", "eval", "--data", str(tmp_path), "--exclude-study", "configs/quickstart.yaml"])
-    assert r.exit_code == 2 and "articles.jsonl.gz" in r.output
 
 
 def test_quality_proxy_separates_levels_and_flags_loops():
@@ -144,3 +78,159 @@ def test_offline_instruments_fill_the_scores_table():
     assert list(scores.columns) == list(TABLES["scores"].columns)
     assert scores["label"].isin(LABELS).all() and scores["tqi"].between(0, 3).all()
     assert scores["ppl_ref"].notna().all()
+
+
+# --- the offline leaning classifier -----------------------------------------------------------
+
+def _articles(n_outlets=12, per_outlet=15, seed=0):
+    """Articles whose label shows in shared words, plus a word only their outlet uses."""
+    rng = np.random.default_rng(seed)
+    words = {"left": "union climate equality", "center": "budget report committee", "right": "taxes border liberty"}
+    rows = []
+    for o in range(n_outlets):
+        lab = LABELS[o % 3]
+        for a in range(per_outlet):
+            body = " ".join(rng.choice(("the vote on the bill " + words[lab] + " said officials").split(), 40))
+            rows.append({"article_id": f"o{o}a{a}", "title": f"story {a}", "text": f"{body} outletword{o}",
+                         "source_label": lab, "outlet": f"outlet{o}"})
+    return pd.DataFrame(rows)
+
+
+def test_leaning_model_learns_shared_words_and_survives_save_and_load(tmp_path):
+    df = _articles()
+    model = leaning.fit(leaning.texts_of(df), df["source_label"], df["outlet"])
+    vocab = set(model.vocabulary)
+    assert {"union", "taxes", "budget"} <= vocab
+    assert not any(w.startswith("outletword") for w in vocab)  # one outlet's word is style, not leaning
+    texts = ["title: x\nbody: union climate equality union", "title: y\nbody: taxes border liberty taxes"]
+    probs = model.probabilities(texts)
+    np.testing.assert_allclose(probs.sum(1), 1.0)
+    assert list(np.asarray(LABELS)[probs.argmax(1)]) == ["left", "right"]
+    model.save(tmp_path / "m.npz")
+    np.testing.assert_allclose(leaning.LeaningModel.load(str(tmp_path / "m.npz")).probabilities(texts), probs, rtol=1e-6)
+    clf = load_classifier("offline", str(tmp_path / "m.npz"), {}, 0, TINY, "classifier")
+    np.testing.assert_allclose(clf.probabilities(texts), probs, rtol=1e-6)
+    (tmp_path / "bad.npz").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="bad.npz: not an offline leaning model"):
+        leaning.LeaningModel.load(str(tmp_path / "bad.npz"))
+
+
+def test_shipped_model_and_calibration_load():
+    model = leaning.LeaningModel.load("bundled")
+    cal = prevalence.read_calibration(leaning.calibration_path("bundled"))
+    assert len(model.vocabulary) > 1000 and set(cal["label"]) == set(LABELS)
+    m, _ = prevalence.confusion_draws(cal, "pacc", 2, np.random.default_rng(0))
+    np.testing.assert_allclose(m.sum(0), 1.0)
+    assert (np.diag(m) > 1 / 3).all()  # better than chance on held-out outlets, for every label
+
+
+# --- the prevalence estimate ------------------------------------------------------------------
+
+def _calibration(m, outlets_per_label=40, per_outlet=50, jitter=0.0, seed=0):
+    """A calibration table from a known confusion M (columns: true label): each outlet's articles
+    output probability vectors whose mean is that outlet's column (M's, jittered per outlet)."""
+    rng = np.random.default_rng(seed)
+    probs, labels, outlets = [], [], []
+    for i, lab in enumerate(LABELS):
+        for o in range(outlets_per_label):
+            col = rng.dirichlet(m[:, i] * (1 / jitter if jitter else 1e6))
+            probs.append(rng.dirichlet(col * 20, size=per_outlet))
+            labels += [lab] * per_outlet
+            outlets += [f"{lab}{o}"] * per_outlet
+    return prevalence.calibration_table(np.vstack(probs), labels, outlets)
+
+
+M = np.array([[0.6, 0.25, 0.2], [0.2, 0.45, 0.2], [0.2, 0.3, 0.6]])  # compresses every mix toward the middle
+
+
+def _corpus(m, mix, n, rng):
+    """Outputs for n articles drawn from `mix`, and the corpus's own true shares."""
+    counts = rng.multinomial(n, mix)
+    return np.vstack([rng.dirichlet(m[:, i] * 20, size=c) for i, c in enumerate(counts)]), counts / n
+
+
+@pytest.mark.parametrize("mix", [(0.6, 0.2, 0.2), (0.15, 0.7, 0.15), (0.2, 0.2, 0.6)])
+def test_prevalence_recovers_planted_shares_that_counting_misses(mix):
+    rng = np.random.default_rng(1)
+    cal = _calibration(M)
+    probs, true = _corpus(M, mix, 3000, rng)
+    for method in ("pacc", "acc"):
+        v = prevalence.article_values(probs, method)
+        draws = v[rng.integers(0, len(v), (300, len(v)))].mean(1)
+        est, lo, hi = prevalence.estimate(v.mean(0), draws, cal, method, rng)
+        np.testing.assert_allclose(est, true, atol=0.04)
+        assert (lo <= true).all() and (true <= hi).all()
+        assert est.sum() == pytest.approx(1.0)
+    assert np.abs(probs.mean(0) - true).max() > 0.08  # uncorrected, the mean output is pulled toward the middle
+
+
+def test_prevalence_intervals_cover_at_the_nominal_rate():
+    """Corpora of 300 articles, calibration outlets that differ from each other: the 95% CI, which
+    resamples both, covers the true share in about 95% of cases."""
+    rng = np.random.default_rng(2)
+    covered = []
+    for rep in range(60):
+        cal = _calibration(M, outlets_per_label=30, per_outlet=20, jitter=0.02, seed=rep)
+        probs, true = _corpus(M, rng.dirichlet([2, 2, 2]), 300, rng)
+        v = prevalence.article_values(probs, "pacc")
+        est, lo, hi = prevalence.estimate(v.mean(0), v[rng.integers(0, 300, (300, 300))].mean(1), cal, "pacc", rng)
+        covered += list((lo <= true) & (true <= hi))
+    assert 0.88 <= np.mean(covered) <= 1.0, np.mean(covered)
+
+
+def test_prevalence_is_empty_without_a_calibration_and_read_checks_the_table(tmp_path):
+    est, lo, hi = prevalence.estimate(np.full(3, 1 / 3), np.full((10, 3), 1 / 3), None, "pacc", np.random.default_rng(0))
+    assert np.isnan(est).all() and np.isnan(lo).all()
+    with pytest.raises(FileNotFoundError, match="scoring.classifier.calibration: no calibration table"):
+        prevalence.read_calibration(tmp_path / "none.parquet")
+    pd.DataFrame({"outlet": ["a"], "label": ["left"]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="bad.parquet: not a calibration table"):
+        prevalence.read_calibration(tmp_path / "bad.parquet")
+
+
+def test_classify_summary_file(tmp_path):
+    src = tmp_path / "arts.jsonl"
+    read_source("bundled").head(30).to_json(src, orient="records", lines=True)
+    out, summary = tmp_path / "out.parquet", tmp_path / "s.json"
+    r = CliRunner().invoke(app, ["classify", str(src), "--out", str(out), "--summary", str(summary), "--bootstrap", "50"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(summary.read_text())
+    assert s["n"] == 30 and s["method"] == "pacc"
+    scored = pd.read_parquet(out)
+    for lab in LABELS:
+        assert s["argmax_share"][lab] == pytest.approx((scored["label"] == lab).mean())
+        p = s["prevalence"][lab]
+        assert 0 <= p["lo"] <= p["estimate"] <= p["hi"] <= 1
+    assert sum(s["prevalence"][lab]["estimate"] for lab in LABELS) == pytest.approx(1.0)
+    assert {"title", "source_label", "outlet"} <= set(scored.columns)  # the input's columns are kept
+
+
+def test_classifier_train_and_eval_commands(tmp_path, local_classifier):
+    rows = _abp_folder(tmp_path / "abp")
+    model_file, report = tmp_path / "m.npz", tmp_path / "report.json"
+    r = CliRunner().invoke(app, ["classifier", "train", "--data", str(tmp_path / "abp"), "--out", str(model_file),
+                                 "--exclude-study", "configs/quickstart.yaml"])
+    assert r.exit_code == 0, r.output
+    cal = prevalence.read_calibration(leaning.calibration_path(model_file))
+    assert cal["n"].sum() == len(rows) and cal["outlet"].nunique() == 12
+    np.testing.assert_allclose(cal[prevalence.POST].sum(axis=1), cal["n"], rtol=1e-6)
+    cal_hf = tmp_path / "hf_cal.parquet"
+    r = CliRunner().invoke(app, ["classifier", "eval", "--data", str(tmp_path / "abp"), "--exclude-study",
+                                 "configs/quickstart.yaml", "--out", str(report), "--repeats", "1",
+                                 "--kind", "hf", "--model", str(local_classifier), "--calibration-out", str(cal_hf)])
+    assert r.exit_code == 0, r.output
+    assert "shipped" in r.output and "tfidf_baseline" in r.output and "pacc" in r.output
+    result = json.loads(report.read_text())
+    assert result["pool_articles"] == len(rows) and result["folds"] == 5
+    for name in ("shipped", "tfidf_baseline", str(local_classifier)):
+        art = result["articles"][name]
+        assert 0 <= art["macro_f1"] <= 1 and len(art["macro_f1_folds"]) == 5
+        assert sum(map(sum, art["confusion"]["matrix"])) == len(rows)
+    bench = pd.read_parquet(report.with_suffix(".prevalence.parquet"))
+    assert set(bench["method"]) == set(prevalence.METHODS) and len(bench) == 5 * 4 * 3 * 3 * 3
+    assert prevalence.read_calibration(cal_hf)["n"].sum() == len(rows)
+
+
+def test_classifier_eval_names_a_missing_folder(tmp_path):
+    r = CliRunner().invoke(app, ["classifier", "eval", "--data", str(tmp_path / "nope"), "--exclude-study", "configs/quickstart.yaml"])
+    assert r.exit_code == 2 and "nope" in r.output

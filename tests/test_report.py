@@ -27,6 +27,7 @@ def _study(out: Path, gens=4, seeds=(0, 1)) -> Path:
             r = {"study": "s", "arm": arm, "generation": g, "n_seeds": len(seeds), "n_articles": 100}
             for lab, v in zip(LABELS, rng.dirichlet([3, 3, 3])):
                 r.update({f"share_{lab}": v, f"share_{lab}_lo": v - 0.05, f"share_{lab}_hi": v + 0.05})
+                r.update({f"prev_{lab}": v, f"prev_{lab}_lo": v - 0.08, f"prev_{lab}_hi": v + 0.08})
             r.update(tqi_mean=2.0 - 0.1 * g, tqi_mean_lo=1.9 - 0.1 * g, tqi_mean_hi=2.1 - 0.1 * g,
                      ppl_mean=30.0 + g, ppl_ref_mean=40.0 + g)
             rows.append(r)

@@ -4,7 +4,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import GPT2Config, GPT2ForSequenceClassification
 
 from biasamp.config import ClassifierConfig, ModelConfig
 from biasamp.models import load_base_model, load_tokenizer
@@ -22,19 +21,6 @@ PAPER = Path(__file__).parents[1].parent / "shared" / "data" / "paper-results" /
 @pytest.fixture(scope="module")
 def tok():
     return load_tokenizer(TINY)
-
-
-@pytest.fixture(scope="module")
-def local_classifier(tok, tmp_path_factory):
-    """A classifier saved to a local folder, as a hub download would be: the hub path, offline."""
-    torch.manual_seed(1)
-    model = GPT2ForSequenceClassification(GPT2Config(
-        vocab_size=len(tok), n_layer=1, n_embd=16, n_head=2, num_labels=3, pad_token_id=tok.pad_token_id,
-        initializer_range=0.5, id2label={0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}))
-    d = tmp_path_factory.mktemp("clf")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
 
 
 def test_hub_classifier_from_local_dir_with_the_authors_label_map(local_classifier):
@@ -139,8 +125,14 @@ def test_classify_cli_on_a_csv(local_classifier, tmp_path):
     res = CliRunner().invoke(app, ["classify", str(src), "--out", str(out), "--kind", "hf", "--model", str(local_classifier)])
     assert res.exit_code == 0, res.output
     df = pd.read_parquet(out)
-    assert list(df.columns) == ["article_id", "p_left", "p_center", "p_right", "label"] and list(df["article_id"]) == ["a", "b"]
+    # the input's own columns are kept
+    assert list(df.columns) == ["article_id", "title", "text", "p_left", "p_center", "p_right", "label"]
+    assert list(df["article_id"]) == ["a", "b"]
     np.testing.assert_allclose(df[["p_left", "p_center", "p_right"]].sum(axis=1), 1.0)
     pd.DataFrame({"body": ["x"]}).to_csv(src, index=False)
     bad = CliRunner().invoke(app, ["classify", str(src), "--out", str(out), "--kind", "hf", "--model", str(local_classifier)])
     assert bad.exit_code == 2 and "no 'text' column" in bad.output
+    flags = CliRunner().invoke(app, ["classify", str(src), "--out", str(out), "--kind", "hf", "--labels", "LABEL_0"])
+    assert flags.exit_code == 2 and flags.output.startswith("error: --labels:")
+    flags = CliRunner().invoke(app, ["classify", str(src), "--out", str(out), "--kind", "nope"])
+    assert flags.exit_code == 2 and flags.output.startswith("error: --kind:")

@@ -70,6 +70,37 @@ def test_interrupted_run_resumes_to_the_same_result(study_dict, tmp_path, monkey
     pd.testing.assert_frame_equal(_articles(fresh.output_dir), _articles(out))
 
 
+def test_damaged_artifacts_are_set_aside_and_rebuilt_exactly(study_dict, tmp_path):
+    """A truncated checkpoint, a deleted one, a truncated articles file: the resume sets each aside
+    (renamed, kept), runs the generation again, and ends with the bytes of an uninterrupted run."""
+    fresh = from_dict(study_dict(out_dir=str(tmp_path / "fresh")))
+    prepare_study(fresh, log=lambda m: None)
+    run_trajectory(fresh, "synthetic", 0, log=lambda m: None)
+    cfg = from_dict(study_dict())
+    out = cfg.output_dir
+    prepare_study(cfg, log=lambda m: None)
+    run_trajectory(cfg, "synthetic", 0, log=lambda m: None)
+    weights = artifacts.checkpoint_dir(out, "synthetic", 0, 1) / "model.safetensors"
+    for damage in ("truncate checkpoint", "delete checkpoint", "truncate articles"):
+        if damage == "truncate checkpoint":
+            weights.write_bytes(weights.read_bytes()[:1000])
+        elif damage == "delete checkpoint":
+            import shutil
+
+            shutil.rmtree(weights.parent)
+        else:
+            f = TABLES["articles"].file(out, arm="synthetic", seed=0, generation=0)
+            f.write_bytes(f.read_bytes()[:200])
+        log = []
+        assert run_trajectory(cfg, "synthetic", 0, log=log.append) >= 1
+        assert any("damaged" in m for m in log), (damage, log)
+        for table in ("articles", "scores", "training"):
+            pd.testing.assert_frame_equal(pd.read_parquet(out / table), pd.read_parquet(tmp_path / "fresh" / table))
+        assert weights.read_bytes() == (tmp_path / "fresh" / weights.relative_to(out)).read_bytes()
+    kept = sorted(p.name for p in out.rglob(".*.damaged-*"))
+    assert len(kept) >= 3 and any(k.startswith(".gen1.damaged") for k in kept), kept  # the evidence is kept
+
+
 def test_a_changed_config_is_refused_and_a_longer_study_extends(study_dict):
     cfg = from_dict(study_dict(generations=1))
     prepare_study(cfg, log=lambda m: None)
@@ -96,6 +127,38 @@ def test_score_command_rescores_a_finished_study(study_dict):
     assert len(pd.read_parquet(out / "summary.parquet")) == 2
     bad = _cli("score", str(out), "--set", "scoring.classifier.labels={}")
     assert bad.returncode == 2 and "scoring.classifier" in bad.stderr
+
+
+def test_scores_made_with_other_settings_never_mix(study_dict):
+    """A resume asking for other scoring settings stops before writing anything; `biasamp score`
+    rescores every generation; the manifest then says how they were made; summaries refuse a mix."""
+    from biasamp.stages.summarize import SETTINGS_KEY, settings_of_scores, write_summaries
+    from biasamp.tables import file_metadata, write_parquet
+
+    cfg = from_dict(study_dict(generations=1))
+    prepare_study(cfg, log=lambda m: None)
+    run_trajectory(cfg, "synthetic", 0, log=lambda m: None)
+    out = cfg.output_dir
+    manifest = (out / "manifest.json").read_text()
+    (made,) = settings_of_scores(out)
+    assert '"perplexity_max_tokens": 512' in made
+    longer = from_dict(study_dict(generations=2, scoring={**study_dict()["scoring"], "perplexity_max_tokens": 8}))
+    with pytest.raises(ValueError, match=r"different scoring settings.*biasamp score"):
+        prepare_study(longer, log=lambda m: None)
+    assert (out / "manifest.json").read_text() == manifest  # nothing recorded for a run that did not happen
+    res = _cli("score", str(out), "--set", "scoring.perplexity_max_tokens=8")
+    assert res.returncode == 0, res.stdout + res.stderr
+    (now,) = settings_of_scores(out)
+    assert '"perplexity_max_tokens": 8' in now
+    assert '"perplexity_max_tokens": 8' in (out / "manifest.json").read_text()
+    assert prepare_study(longer, log=lambda m: None) == [("synthetic", 0)]  # now the resume may go on
+    # a scores file from elsewhere (other settings) is refused by the summaries, with the way out
+    f = out / "scores" / "synthetic__seed0__gen1.parquet"
+    write_parquet(pd.read_parquet(out / "scores" / "synthetic__seed0__gen0.parquet").assign(generation=1), f,
+                  metadata={SETTINGS_KEY: made})
+    assert file_metadata(f, SETTINGS_KEY) == made
+    with pytest.raises(ValueError, match=r"scores: made with different scoring settings.*biasamp score"):
+        write_summaries(out, pd.read_parquet(out / "scores"), 20)
 
 
 def _cli(*args, env=None):

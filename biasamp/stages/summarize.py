@@ -1,14 +1,18 @@
 """Per-generation summaries of the `scores` table, with bootstrap CIs; the authors' numbers imported.
 
 summary (one row per study, arm, seed, generation): n_articles, share_left/center/right (share of
-articles whose argmax label it is) and tqi_mean, each with _lo/_hi 95% bootstrap bounds across
-articles; ppl_mean, ppl_ref_mean.
+articles whose argmax label it is), prev_left/center/right (the shares corrected for the
+classifier's confusion, biasamp.instruments.prevalence; empty without a calibration table) and
+tqi_mean, each with _lo/_hi 95% bootstrap bounds (articles; for prev_* also the calibration
+outlets); ppl_mean, ppl_ref_mean.
 summary_arms (one row per study, arm, generation): the same across seeds, bootstrapped in two
 stages (seeds, then articles within each drawn seed); n_seeds.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import warnings
 from pathlib import Path
@@ -16,16 +20,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from biasamp.config import LABELS
-from biasamp.tables import TABLES
+from biasamp.config import LABELS, ScoringConfig
+from biasamp.instruments import leaning as offline_leaning
+from biasamp.instruments import prevalence
+from biasamp.instruments import quality as offline_quality
+from biasamp.tables import TABLES, file_metadata
 
 _STATS = [f"share_{lab}" for lab in LABELS] + ["tqi_mean"]
+PROBS = [f"p_{lab}" for lab in LABELS]
 
 
-def _values(part: pd.DataFrame) -> np.ndarray:
-    """Per article: one-hot label (3 columns) and tqi -> their means are the summary statistics."""
+def _values(part: pd.DataFrame, method: str) -> np.ndarray:
+    """Per article: one-hot label (3 columns) and tqi -> their means are the summary statistics;
+    then what the prevalence method averages (3 columns)."""
     onehot = (part["label"].to_numpy()[:, None] == np.array(LABELS)[None, :]).astype(float)
-    return np.column_stack([onehot, part["tqi"].to_numpy(dtype=float)])
+    return np.column_stack([onehot, part["tqi"].to_numpy(dtype=float),
+                            prevalence.article_values(part[PROBS].to_numpy(float), method)])
 
 
 def boot_means(values_per_seed: list[np.ndarray], rng, n_boot: int, seed_draws: np.ndarray | None = None):
@@ -49,8 +59,9 @@ def boot_means(values_per_seed: list[np.ndarray], rng, n_boot: int, seed_draws: 
         return np.nanmean(pooled, axis=0), np.nanmean(draws.reshape(n_boot, -1, pooled.shape[1]), axis=1)
 
 
-def _row(values_per_seed: list[np.ndarray], rng, n_boot: int) -> dict:
-    """Point estimates and percentile CIs; several seeds: resample seeds, then articles in each."""
+def _row(values_per_seed: list[np.ndarray], rng, n_boot: int, calibration, method: str) -> dict:
+    """Point estimates and percentile CIs; several seeds: resample seeds, then articles in each.
+    The prevalence estimate reuses the same article draws, each with its own calibration draw."""
     point, boot = boot_means(values_per_seed, rng, n_boot)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -58,29 +69,80 @@ def _row(values_per_seed: list[np.ndarray], rng, n_boot: int) -> dict:
     row = {}
     for k, name in enumerate(_STATS):
         row[name], row[f"{name}_lo"], row[f"{name}_hi"] = point[k], lo[k], hi[k]
+    k = len(_STATS)
+    est, plo, phi = prevalence.estimate(point[k:], boot[:, k:], calibration, method, rng)
+    for i, lab in enumerate(LABELS):
+        row[f"prev_{lab}"], row[f"prev_{lab}_lo"], row[f"prev_{lab}_hi"] = est[i], plo[i], phi[i]
     return row
 
 
-def summarize(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def summarize(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0, calibration: pd.DataFrame | None = None,
+              method: str = "pacc") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both summary tables; `calibration` (the classifier's) and `method` give the prev_* columns."""
     rng = np.random.default_rng(seed)
     per_seed, per_arm = [], []
     for key, part in scores.groupby(["study", "arm", "seed", "generation"], sort=True):
         row = dict(zip(["study", "arm", "seed", "generation"], key))
-        row.update(n_articles=len(part), **_row([_values(part)], rng, n_boot))
+        row.update(n_articles=len(part), **_row([_values(part, method)], rng, n_boot, calibration, method))
         row.update(ppl_mean=part["ppl"].mean(), ppl_ref_mean=part["ppl_ref"].mean())
         per_seed.append(row)
     for key, part in scores.groupby(["study", "arm", "generation"], sort=True):
         row = dict(zip(["study", "arm", "generation"], key))
-        groups = [_values(g) for _, g in part.groupby("seed", sort=True)]
-        row.update(n_seeds=len(groups), n_articles=len(part), **_row(groups, rng, n_boot))
+        groups = [_values(g, method) for _, g in part.groupby("seed", sort=True)]
+        row.update(n_seeds=len(groups), n_articles=len(part), **_row(groups, rng, n_boot, calibration, method))
         row.update(ppl_mean=part["ppl"].mean(), ppl_ref_mean=part["ppl_ref"].mean())
         per_arm.append(row)
     return pd.DataFrame(per_seed), pd.DataFrame(per_arm)
 
 
-def write_summaries(out: Path, scores: pd.DataFrame, n_boot: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Both summary tables from the scores, written; returned as written (declared column order)."""
-    per_seed, per_arm = summarize(scores, n_boot)
+SETTINGS_KEY = "biasamp.scoring"  # Parquet footer key of a scores file: the settings that made it
+
+
+def scoring_settings(cfg: ScoringConfig) -> str:
+    """What decides the per-article scores (not batch size, bootstrap or the prevalence method, which
+    the summaries apply afresh each time), with a hash of an offline instrument's file. Every scores
+    file records it; files made with different settings are never pooled."""
+    def instrument(c, bundled: Path) -> dict:
+        if c.kind != "offline":
+            return {"kind": c.kind, "name": c.name, "max_tokens": c.max_tokens}
+        path = bundled if c.name == "bundled" else Path(c.name)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+        return {"kind": c.kind, "name": c.name, "sha256": digest}
+
+    return json.dumps({"classifier": instrument(cfg.classifier, offline_leaning.MODEL),
+                       "quality": instrument(cfg.quality, offline_quality.PROXY),
+                       "perplexity_max_tokens": cfg.perplexity_max_tokens}, sort_keys=True)
+
+
+def settings_of_scores(out: Path) -> dict[str, list[str]]:
+    """Scoring settings -> the scores files (arm__seed__gen) made with them ('unrecorded' for files
+    from before settings were recorded, e.g. imported numbers)."""
+    found: dict[str, list[str]] = {}
+    where = TABLES["scores"].where(out)
+    for f in sorted(where.glob("*.parquet")) if where.is_dir() else []:
+        found.setdefault(file_metadata(f, SETTINGS_KEY) or "unrecorded", []).append(f.stem)
+    return found
+
+
+def check_scores_settings(out: Path, expected: str | None = None) -> None:
+    """Refuse to pool (or to add to) scores made with other settings, naming `biasamp score`."""
+    found = settings_of_scores(out)
+    if expected is not None:
+        found.setdefault(expected, [])
+    if len(found) > 1:
+        parts = "; ".join(f"{len(files)} file(s) (e.g. {files[0]}) with {s}" for s, files in found.items() if files)
+        asked = f"; this run asks for {expected}" if expected is not None else ""
+        raise ValueError(f"{out}/scores: made with different scoring settings ({parts}{asked}). Rescore every "
+                         f"generation with `biasamp score {out}` (add the --set of the settings you want), or "
+                         f"resume with the settings the scores were made with")
+
+
+def write_summaries(out: Path, scores: pd.DataFrame, n_boot: int, calibration: pd.DataFrame | None = None,
+                    method: str = "pacc") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both summary tables from the scores, written; returned as written (declared column order).
+    Scores made with different scoring settings are refused (check_scores_settings)."""
+    check_scores_settings(out)
+    per_seed, per_arm = summarize(scores, n_boot, calibration=calibration, method=method)
     TABLES["summary"].write(per_seed, out)
     TABLES["summary_arms"].write(per_arm, out)
     return TABLES["summary"].check(per_seed), TABLES["summary_arms"].check(per_arm)

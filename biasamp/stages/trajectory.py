@@ -18,14 +18,14 @@ import torch
 from biasamp import artifacts, tracking
 from biasamp.backends.deepspeed_train import fine_tune_deepspeed
 from biasamp.config import MIXES_READING_SCORES, ArmConfig, StudyConfig, TrainConfig
-from biasamp.models import load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
+from biasamp.models import checkpoint_damage, load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
 from biasamp.stages.generate import write_articles
 from biasamp.stages.mix import training_set
 from biasamp.stages.neurons import capture
 from biasamp.stages.score import Instruments, load_instruments, score_articles
-from biasamp.stages.summarize import summarize
+from biasamp.stages.summarize import SETTINGS_KEY, summarize
 from biasamp.stages.train import fine_tune
-from biasamp.tables import TABLES
+from biasamp.tables import TABLES, parquet_damage
 from biasamp.text import training_text
 
 # train.backend -> who fine-tunes: this process, or DeepSpeed on Ray Train workers (same signature).
@@ -78,9 +78,12 @@ def train_stage(t: Trajectory) -> None:
     """G_g's weights: its checkpoint if saved; else fine-tuned on the arm's mix, with the training
     and train_metrics tables written before the checkpoint (whose folder marks training done)."""
     if t.ckpt.exists():
-        t.say("checkpoint found, skipping training")
-        t.model, t.tokenizer = load_checkpoint(t.ckpt)
-        return
+        damage = checkpoint_damage(t.ckpt)
+        if damage is None:
+            t.say("checkpoint found, skipping training")
+            t.model, t.tokenizer = load_checkpoint(t.ckpt)
+            return
+        t.say(f"checkpoint {t.ckpt} is damaged ({damage}): set aside as {artifacts.set_aside(t.ckpt).name}, training again")
     cfg, arm, g, seed = t.cfg, t.arm, t.g, t.seed
     if g > 0 and arm.train.init == "base":
         t.model = load_base_model(cfg.model, len(t.tokenizer), seed)
@@ -127,10 +130,11 @@ def write_stage(t: Trajectory) -> None:
     if t.instruments is not None:
         t.say(f"scoring {len(table)} articles")
         scores = score_articles(t.instruments, table, own=(t.model, t.tokenizer))
-        TABLES["scores"].write(scores, t.out, **t.at)
+        TABLES["scores"].write(scores, t.out, metadata={SETTINGS_KEY: t.instruments.settings}, **t.at)
         t.scores = scores
-        row = summarize(scores, cfg.scoring.bootstrap)[0].iloc[0]  # the summary table's own statistics
-        t.metrics.update({k: float(v) for k, v in row.items() if k.startswith(("share_", "tqi_", "ppl_"))})
+        row = summarize(scores, cfg.scoring.bootstrap, calibration=t.instruments.calibration,
+                        method=cfg.scoring.classifier.prevalence)[0].iloc[0]  # the summary table's own statistics
+        t.metrics.update({k: float(v) for k, v in row.items() if k.startswith(("share_", "prev_", "tqi_", "ppl_"))})
     TABLES["articles"].write(table, t.out, **t.at)
     t.synthetic.append(table)
 
@@ -143,6 +147,8 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
     out, n, tag = cfg.output_dir, cfg.generations, f"[{arm_name}/seed{seed}]"
     arm = cfg.arms[arm_name]
     done = artifacts.completed_generations(out, arm_name, seed)
+    while (ok := _verified(cfg, arm_name, seed, done, log)) < done:  # until what it builds on is whole
+        done = ok
     if done >= n:
         log(f"{tag} complete: G0..G{n - 1} already written")
         return 0
@@ -181,6 +187,33 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
     if run is not None:
         run.finish()
     return n - done
+
+
+def _verified(cfg: StudyConfig, arm: str, seed: int, done: int, log) -> int:
+    """How many generations in a row a resume can build on, after checking what it reads: every
+    written generation's articles, the last one's checkpoint (and scores, for mixes that read them).
+    From the first damaged generation on, its damaged files are set aside (renamed, never deleted)
+    and it is run again; deterministic training rewrites them exactly."""
+    out = cfg.output_dir
+    for g in range(done):
+        needed = {"articles": TABLES["articles"].file(out, arm=arm, seed=seed, generation=g)}
+        if g == done - 1:
+            needed["checkpoint"] = artifacts.checkpoint_dir(out, arm, seed, g)
+            if cfg.arms[arm].mix.kind in MIXES_READING_SCORES:
+                needed["scores"] = TABLES["scores"].file(out, arm=arm, seed=seed, generation=g)
+        damaged = {name: (path, checkpoint_damage(path) if name == "checkpoint" else parquet_damage(path))
+                   for name, path in needed.items()}
+        damaged = {name: v for name, v in damaged.items() if v[1] is not None}
+        if damaged:
+            for name, (path, what) in damaged.items():
+                moved = artifacts.set_aside(path).name if path.exists() else "nothing to move"
+                log(f"[{arm}/seed{seed}] G{g} {name} is damaged ({what}): set aside ({moved})")
+            articles = needed["articles"]
+            if articles.exists():  # the generation is no longer marked done: it runs again
+                artifacts.set_aside(articles)
+            log(f"[{arm}/seed{seed}] running again from G{g}")
+            return g
+    return done
 
 
 def _every_minute(say):

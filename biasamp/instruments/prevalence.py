@@ -1,0 +1,92 @@
+"""Label shares of a corpus, corrected for the classifier's confusion (quantification).
+
+Counting argmax labels (classify and count, `cc`) pulls every corpus toward the classifier's own
+preferred mix. Adjusted classify-and-count solves observed = M @ true for the true shares, where
+column i of M is what the classifier outputs, on average, for articles whose true label is i, on
+outlets it never saw: argmax shares (`acc`) or mean probabilities (`pacc`, Bella et al. 2010).
+M comes from a calibration table: per outlet and true label, sums of out-of-fold outputs of the
+same classifier recipe (`biasamp classifier train` / `eval` write it). Its uncertainty enters the
+95% CI by resampling those outlets (within each label) in every bootstrap draw.
+
+Calibration columns: outlet, label, n, post_left/center/right (summed probabilities),
+pred_left/center/right (argmax counts).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import nnls
+
+from biasamp.config import LABELS
+
+METHODS = ("cc", "acc", "pacc")
+POST = [f"post_{lab}" for lab in LABELS]
+PRED = [f"pred_{lab}" for lab in LABELS]
+
+
+def calibration_table(probs: np.ndarray, labels, outlets) -> pd.DataFrame:
+    """Per (outlet, true label): n and the sums of out-of-fold probabilities and argmax indicators."""
+    df = pd.DataFrame(probs, columns=POST)
+    df[PRED] = (probs.argmax(1)[:, None] == np.arange(len(LABELS))[None, :]).astype(float)
+    df["outlet"], df["label"], df["n"] = np.asarray(outlets), np.asarray(labels), 1
+    return df.groupby(["outlet", "label"], as_index=False, sort=True)[["n", *POST, *PRED]].sum()
+
+
+def read_calibration(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"scoring.classifier.calibration: no calibration table at {path} "
+                                f"(`biasamp classifier eval` writes one for any classifier)")
+    cal = pd.read_parquet(path)
+    missing = sorted({"outlet", "label", "n", *POST, *PRED} - set(cal.columns))
+    if missing or set(cal["label"]) != set(LABELS):
+        raise ValueError(f"{path}: not a calibration table (missing columns {missing} or a label without outlets)")
+    return cal
+
+
+def confusion_draws(cal: pd.DataFrame, method: str, n_boot: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """M (3 x 3, columns: true label) from all outlets, and n_boot draws of it with the outlets of each
+    label resampled. cc: the identity (no correction)."""
+    if method == "cc":
+        eye = np.eye(len(LABELS))
+        return eye, np.broadcast_to(eye, (n_boot, *eye.shape))
+    cols = POST if method == "pacc" else PRED
+    point, draws = np.empty((3, 3)), np.empty((n_boot, 3, 3))
+    for i, lab in enumerate(LABELS):
+        part = cal[cal["label"] == lab]
+        sums, n = part[cols].to_numpy(float), part["n"].to_numpy(float)
+        point[:, i] = sums.sum(0) / n.sum()
+        pick = rng.integers(0, len(part), size=(n_boot, len(part)))
+        draws[:, :, i] = sums[pick].sum(1) / n[pick].sum(1)[:, None]
+    return point, draws
+
+
+def adjust(observed: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Shares p >= 0, sum 1, with M @ p closest to the observed mean output (least squares; the
+    sum-to-one row weighted heavily so that it holds)."""
+    w = 1e3
+    p, _ = nnls(np.vstack([m, w * np.ones(m.shape[1])]), np.append(observed, w))
+    return p / p.sum()
+
+
+def article_values(probs: np.ndarray, method: str) -> np.ndarray:
+    """What is averaged over a corpus: probabilities (pacc) or argmax one-hot (cc, acc)."""
+    if method == "pacc":
+        return np.asarray(probs, float)
+    return (probs.argmax(1)[:, None] == np.arange(probs.shape[1])[None, :]).astype(float)
+
+
+def estimate(mean_values: np.ndarray, boot_values: np.ndarray, cal: pd.DataFrame | None, method: str, rng):
+    """Point shares and 95% percentile bounds (each (3,)) from a corpus's mean article values and
+    their bootstrap draws (n_boot, 3); NaN without a calibration table (unless cc)."""
+    if cal is None and method != "cc":
+        nan = np.full(len(LABELS), np.nan)
+        return nan, nan, nan
+    point_m, draws_m = confusion_draws(cal, method, len(boot_values), rng)
+    point = adjust(mean_values, point_m)
+    boot = np.array([adjust(v, m) for v, m in zip(boot_values, draws_m) if np.isfinite(v).all()])
+    lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+    return point, lo, hi
