@@ -301,10 +301,11 @@ def classifier_eval(
     for name, r in report["articles"].items():
         typer.echo(f"{name:30}{r['macro_f1']:9.3f}" + "".join(f"{r['per_class'][lab]['f1']:10.3f}"
                                                            for lab in ("left", "center", "right")))
-    typer.echo(f"{'corpus shares':30}{'method':>7}{'corpora':>8}{'MAE':>7}{'max err':>8}{'95% CI covers':>14}{'CI width':>9}")
+    typer.echo(f"{'corpus shares':30}{'method':>7}{'corpora':>8}{'MAE':>7}{'max err':>8}{'95% CI covers':>14}"
+               f"{'CI width':>9}{'slope':>7}{'r':>6}")
     for r in report["prevalence"]:
         typer.echo(f"{r['classifier']:30}{r['method']:>7}{r['corpora']:8d}{r['mae']:7.3f}{r['max_error']:8.3f}"
-                   f"{r['coverage']:14.1%}{r['ci_width']:9.3f}")
+                   f"{r['coverage']:14.1%}{r['ci_width']:9.3f}{r['slope']:7.2f}{r['r']:6.2f}")
     if out is not None:
         write_json(report, out)
         write_parquet(bench, out.with_suffix(".prevalence.parquet"))

@@ -78,6 +78,13 @@ def test_offline_instruments_fill_the_scores_table():
     assert list(scores.columns) == list(TABLES["scores"].columns)
     assert scores["label"].isin(LABELS).all() and scores["tqi"].between(0, 3).all()
     assert scores["ppl_ref"].notna().all()
+    # the summaries' corrected shares come with the offline classifier's own calibration
+    from biasamp.stages.summarize import summarize
+
+    row = summarize(scores, 50, calibration=inst.calibration, method="pacc")[0].iloc[0]
+    prev = [row[f"prev_{lab}"] for lab in LABELS]
+    assert inst.calibration is not None and sum(prev) == pytest.approx(1.0)
+    assert all(row[f"prev_{lab}_lo"] <= row[f"prev_{lab}"] <= row[f"prev_{lab}_hi"] for lab in LABELS)
 
 
 # --- the offline leaning classifier -----------------------------------------------------------

@@ -270,12 +270,17 @@ def evaluate(data: Path, exclude: set[str], extra: dict | None = None, repeats: 
 
 
 def bench_summary(bench: pd.DataFrame) -> pd.DataFrame:
-    """Per classifier and method: MAE of the shares, the worst error, CI coverage and mean width."""
+    """Per classifier and method: MAE of the shares, the worst error, CI coverage and mean width, and
+    how the estimate responds to the truth: slope and correlation of estimated on true shares."""
     b = bench.assign(err=(bench["estimate"] - bench["true"]).abs(),
                      covered=(bench["lo"] <= bench["true"]) & (bench["true"] <= bench["hi"]), width=bench["hi"] - bench["lo"])
-    return (b.groupby(["classifier", "method"], sort=False)
-            .agg(corpora=("err", lambda e: len(e) // len(LABELS)), mae=("err", "mean"), max_error=("err", "max"),
-                 coverage=("covered", "mean"), ci_width=("width", "mean")).reset_index())
+    rows = []
+    for (name, method), part in b.groupby(["classifier", "method"], sort=False):
+        rows.append({"classifier": name, "method": method, "corpora": len(part) // len(LABELS),
+                     "mae": part["err"].mean(), "max_error": part["err"].max(), "coverage": part["covered"].mean(),
+                     "ci_width": part["width"].mean(), "slope": np.polyfit(part["true"], part["estimate"], 1)[0],
+                     "r": np.corrcoef(part["true"], part["estimate"])[0, 1]})
+    return pd.DataFrame(rows)
 
 
 def write_model(model: LeaningModel, calibration: pd.DataFrame, out: Path) -> None:
