@@ -10,6 +10,7 @@ An articles file is written last in a generation, so its presence marks the gene
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -68,6 +69,25 @@ def set_aside(path: Path) -> Path:
         n += 1
     path.rename(target)
     return target
+
+
+def write_npz(path: Path, **arrays) -> None:
+    """Compressed arrays, written to a hidden temp name beside `path`, then renamed into place."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def sha256(path: Path) -> str:
+    """A file's SHA-256, read in 1 MB blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_json(obj, path: Path) -> None:

@@ -328,7 +328,6 @@ def quality_train(
 
     with user_errors():
         proxy = train(data, study_article_ids(exclude_study), seed, log=typer.echo)
-    out.parent.mkdir(parents=True, exist_ok=True)
     proxy.save(out)
     typer.echo(f"quality proxy -> {out}")
 

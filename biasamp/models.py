@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import shutil
@@ -11,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
+from biasamp.artifacts import sha256
 from biasamp.config import ModelConfig
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -88,14 +88,6 @@ def load_checkpoint(path: Path):
 CHECKPOINT_FILES = "biasamp_files.json"  # in each checkpoint: every file's size and hash, to verify it on resume
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def checkpoint_damage(path: Path) -> str | None:
     """What is wrong with a checkpoint folder (None: complete, every file as written)."""
     if not path.is_dir():
@@ -113,7 +105,7 @@ def checkpoint_damage(path: Path) -> str | None:
             return f"{name} missing"
         if f.stat().st_size != want["bytes"]:
             return f"{name} has {f.stat().st_size} bytes, {want['bytes']} written"
-        if _sha256(f) != want["sha256"]:
+        if sha256(f) != want["sha256"]:
             return f"{name} differs from what was written (sha256)"
     return None
 
@@ -124,7 +116,7 @@ def save_checkpoint(model, tokenizer, path: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir()) if f.is_file()}
+    files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in sorted(tmp.iterdir()) if f.is_file()}
     (tmp / CHECKPOINT_FILES).write_text(json.dumps(files, indent=1, sort_keys=True))
     if path.exists():
         shutil.rmtree(path)

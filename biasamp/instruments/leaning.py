@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from biasamp.artifacts import write_npz
 from biasamp.config import LABELS, load_config
 from biasamp.instruments import prevalence
 from biasamp.stages.corpus import read_source, sample_corpus
@@ -38,9 +39,14 @@ BENCH_MIXES = ((0.60, 0.20, 0.20), (0.20, 0.20, 0.60), (0.34, 0.33, 0.33), (0.15
 BENCH_SIZE = 300  # articles per benchmark corpus
 
 
+def model_file(name: str | Path) -> Path:
+    """The model file a config's `name` means: 'bundled' is the shipped one."""
+    return MODEL if str(name) == "bundled" else Path(name)
+
+
 def calibration_path(model: str | Path) -> Path:
     """Where a model file's calibration table lives: beside it."""
-    p = MODEL if str(model) == "bundled" else Path(model)
+    p = model_file(model)
     return p.with_name(p.stem + ".calibration.parquet")
 
 
@@ -79,14 +85,11 @@ class LeaningModel:
         return e / e.sum(1, keepdims=True)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, vocabulary=np.asarray(self.vocabulary, dtype=str), idf=self.idf, weight=self.weight, bias=self.bias)
-        tmp.replace(path)
+        write_npz(path, vocabulary=np.asarray(self.vocabulary, dtype=str), idf=self.idf, weight=self.weight, bias=self.bias)
 
     @classmethod
     def load(cls, name: str) -> "LeaningModel":
-        path = MODEL if name == "bundled" else Path(name)
+        path = model_file(name)
         if not path.is_file():
             raise FileNotFoundError(f"scoring.classifier.name: no offline leaning model at {path} (biasamp "
                                     f"classifier train writes one; for a Hugging Face model folder use kind: hf)")

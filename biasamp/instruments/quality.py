@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from biasamp.artifacts import write_npz
 from biasamp.stages.corpus import read_source
 from biasamp.text import sentences
 
@@ -25,6 +26,11 @@ VOCAB_SIZE = 20_000
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 FEATURES = ["log_chars", "frac_letters", "frac_spaces", "frac_digits", "frac_other", "log_words", "oov",
             "unigram_lp", "bigram_lp", "bigram_min", "bigram_seen", "self_repeat", "prior_repeat", "mean_word_len"]
+
+
+def proxy_file(name: str) -> Path:
+    """The proxy file a config's `name` means: 'bundled' is the shipped one."""
+    return PROXY if name == "bundled" else Path(name)
 
 
 def words(s: str) -> list[str]:
@@ -125,18 +131,13 @@ class QualityProxy:
         return self.level_probabilities(self.features(sents, owner))
 
     def save(self, path: Path) -> None:
-        import os
-
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez_compressed(tmp, vocab=np.array(self.vocab), counts=self.counts.astype(np.int64),
-                            bigram_keys=self.bigram_keys.astype(np.uint32), bigram_counts=self.bigram_counts.astype(np.uint32),
-                            mu=self.mu, sigma=self.sigma, coef=self.coef, intercept=self.intercept,
-                            features=np.array(FEATURES))
-        os.replace(tmp, path)
+        write_npz(path, vocab=np.array(self.vocab), counts=self.counts.astype(np.int64),
+                  bigram_keys=self.bigram_keys.astype(np.uint32), bigram_counts=self.bigram_counts.astype(np.uint32),
+                  mu=self.mu, sigma=self.sigma, coef=self.coef, intercept=self.intercept, features=np.array(FEATURES))
 
     @classmethod
     def load(cls, path: str) -> "QualityProxy":
-        p = PROXY if path == "bundled" else Path(path)
+        p = proxy_file(path)
         if not p.is_file():
             raise FileNotFoundError(f"scoring.quality.name: no quality proxy file at {p} (biasamp quality train writes "
                                     f"one; for a Hugging Face model folder use kind: hf)")

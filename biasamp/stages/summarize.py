@@ -11,7 +11,6 @@ stages (seeds, then articles within each drawn seed); n_seeds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import warnings
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from biasamp.artifacts import sha256
 from biasamp.config import LABELS, ScoringConfig
 from biasamp.instruments import leaning as offline_leaning
 from biasamp.instruments import prevalence
@@ -102,15 +102,14 @@ def scoring_settings(cfg: ScoringConfig) -> str:
     """What decides the per-article scores (not batch size, bootstrap or the prevalence method, which
     the summaries apply afresh each time), with a hash of an offline instrument's file. Every scores
     file records it; files made with different settings are never pooled."""
-    def instrument(c, bundled: Path) -> dict:
+    def instrument(c, offline_file) -> dict:
         if c.kind != "offline":
             return {"kind": c.kind, "name": c.name, "max_tokens": c.max_tokens}
-        path = bundled if c.name == "bundled" else Path(c.name)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
-        return {"kind": c.kind, "name": c.name, "sha256": digest}
+        path = offline_file(c.name)
+        return {"kind": c.kind, "name": c.name, "sha256": sha256(path)[:16] if path.is_file() else "missing"}
 
-    return json.dumps({"classifier": instrument(cfg.classifier, offline_leaning.MODEL),
-                       "quality": instrument(cfg.quality, offline_quality.PROXY),
+    return json.dumps({"classifier": instrument(cfg.classifier, offline_leaning.model_file),
+                       "quality": instrument(cfg.quality, offline_quality.proxy_file),
                        "perplexity_max_tokens": cfg.perplexity_max_tokens}, sort_keys=True)
 
 
