@@ -15,6 +15,8 @@ import os
 import tempfile
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pandas.api import types
 
 
@@ -76,15 +78,9 @@ def write_parquet(df: pd.DataFrame, path: Path, metadata: dict | None = None, **
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: the team on shared storage reads what the umask allows
     try:
-        if metadata:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            table = pa.Table.from_pandas(df, preserve_index=False)
-            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-            pq.write_table(table, tmp, **to_parquet)
-        else:
-            df.to_parquet(tmp, index=False, **to_parquet)
+        table = pa.Table.from_pandas(df, preserve_index=False)  # what DataFrame.to_parquet does, plus metadata
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **(metadata or {})})
+        pq.write_table(table, tmp, **to_parquet)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -93,16 +89,12 @@ def write_parquet(df: pd.DataFrame, path: Path, metadata: dict | None = None, **
 
 def file_metadata(path: Path, key: str) -> str | None:
     """One key of a Parquet file's footer metadata (None: not there)."""
-    import pyarrow.parquet as pq
-
     value = (pq.read_schema(path).metadata or {}).get(key.encode())
     return value.decode() if value is not None else None
 
 
 def parquet_damage(path: Path) -> str | None:
     """What is wrong with a Parquet file (None: its footer and schema read)."""
-    import pyarrow.parquet as pq
-
     if not Path(path).is_file():
         return "missing"
     try:

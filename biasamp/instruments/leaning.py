@@ -106,7 +106,6 @@ class LeaningModel:
 def fit(texts: list[str], labels, outlets) -> LeaningModel:
     from scipy import sparse
     from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
 
     counts = CountVectorizer(ngram_range=(1, 2), min_df=3, binary=True, dtype=np.float32)
     present = counts.fit_transform(texts)
@@ -114,11 +113,19 @@ def fit(texts: list[str], labels, outlets) -> LeaningModel:
     by_outlet = sparse.csr_matrix((np.ones(len(codes), np.float32), (codes, np.arange(len(codes))))) @ present
     used_by = np.bincount(by_outlet.nonzero()[1], minlength=present.shape[1])  # outlets that use each n-gram
     vocabulary = counts.get_feature_names_out()[used_by >= min(MIN_OUTLETS, max(2, (codes.max() + 1) // 10))]
-    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, vocabulary=vocabulary, dtype=np.float32)
+    return _logistic(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, vocabulary=vocabulary, dtype=np.float32),
+                     texts, labels)
+
+
+def _logistic(vec, texts: list[str], labels) -> LeaningModel:
+    """`vec` fitted on the texts, then a class-balanced logistic regression on its features, as a
+    LeaningModel (rows in LABELS order)."""
+    from sklearn.linear_model import LogisticRegression
+
     x = vec.fit_transform(texts)
     lr = LogisticRegression(C=C, class_weight="balanced", max_iter=2000).fit(x, np.asarray(labels))
     order = [list(lr.classes_).index(lab) for lab in LABELS]
-    return LeaningModel(np.asarray(vocabulary), vec.idf_.astype(np.float32),
+    return LeaningModel(np.asarray(vec.get_feature_names_out()), vec.idf_.astype(np.float32),
                         lr.coef_[order].astype(np.float32), lr.intercept_[order])
 
 
@@ -155,15 +162,14 @@ def outlet_folds(pool: pd.DataFrame, k: int = FOLDS) -> np.ndarray:
     return fold
 
 
-def cross_fit(pool: pd.DataFrame, folds: np.ndarray, fit_fold, log=print) -> np.ndarray:
+def cross_fit(texts: list[str], outlets: np.ndarray, folds: np.ndarray, fit_fold, log=print) -> np.ndarray:
     """Out-of-fold probabilities (n, 3): fold k scored by `fit_fold(train_index)` (a model)."""
-    texts = texts_of(pool)
-    out = np.zeros((len(pool), len(LABELS)))
+    out = np.zeros((len(texts), len(LABELS)))
     for k in np.unique(folds):
         model = fit_fold(np.flatnonzero(folds != k))
         test = np.flatnonzero(folds == k)
         out[test] = model.probabilities([texts[i] for i in test])
-        log(f"fold {k + 1}/{folds.max() + 1}: {len(test)} articles from {pool['outlet'].iloc[test].nunique()} held-out outlets")
+        log(f"fold {k + 1}/{folds.max() + 1}: {len(test)} articles from {len(set(outlets[test]))} held-out outlets")
     return out
 
 
@@ -173,7 +179,7 @@ def train(data: Path, exclude: set[str], seed: int = 0, log=print) -> tuple[Lean
     texts, y, outlets = texts_of(pool), pool["source_label"].to_numpy(), pool["outlet"].to_numpy()
     log(f"pool: {len(pool)} articles {pool['source_label'].value_counts().to_dict()} from {pool['outlet'].nunique()} "
         f"outlets ({len(exclude)} study-corpus articles excluded)")
-    oof = cross_fit(pool, outlet_folds(pool), lambda idx: fit([texts[i] for i in idx], y[idx], outlets[idx]), log)
+    oof = cross_fit(texts, outlets, outlet_folds(pool), lambda idx: fit([texts[i] for i in idx], y[idx], outlets[idx]), log)
     return fit(texts, y, outlets), prevalence.calibration_table(oof, y, outlets)
 
 
@@ -228,14 +234,9 @@ def baseline_fit(texts: list[str], labels) -> LeaningModel:
     """The baseline the issue measured: TF-IDF (word 1-2 grams, min_df 3, top 200k) + class-balanced
     logistic regression, every training article, no outlet-aware choices."""
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
 
-    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=3, max_features=200_000, sublinear_tf=True, dtype=np.float32)
-    x = vec.fit_transform(texts)
-    lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(x, np.asarray(labels))
-    order = [list(lr.classes_).index(lab) for lab in LABELS]
-    return LeaningModel(vec.get_feature_names_out(), vec.idf_.astype(np.float32), lr.coef_[order].astype(np.float32),
-                        lr.intercept_[order])
+    return _logistic(TfidfVectorizer(ngram_range=(1, 2), min_df=3, max_features=200_000, sublinear_tf=True,
+                                     dtype=np.float32), texts, labels)
 
 
 def evaluate(data: Path, exclude: set[str], extra: dict | None = None, repeats: int = 5, seed: int = 0,
@@ -259,9 +260,9 @@ def evaluate(data: Path, exclude: set[str], extra: dict | None = None, repeats: 
         part = everything[np.isin(full_outlets, list(train_outlets))]
         return baseline_fit(texts_of(part), part["source_label"])
 
-    probs = {"shipped": cross_fit(pool, folds, lambda idx: fit([texts[i] for i in idx], y[idx], outlets[idx]), log)}
+    probs = {"shipped": cross_fit(texts, outlets, folds, lambda idx: fit([texts[i] for i in idx], y[idx], outlets[idx]), log)}
     log("baseline (TF-IDF + LR, all articles of the training outlets)")
-    probs["tfidf_baseline"] = cross_fit(pool, folds, baseline_fold, log)
+    probs["tfidf_baseline"] = cross_fit(texts, outlets, folds, baseline_fold, log)
     for name, clf in (extra or {}).items():
         log(f"{name}: scoring {len(pool)} articles")
         probs[name] = clf.probabilities(texts, 16)
