@@ -201,9 +201,8 @@ def _verified(cfg: StudyConfig, arm: str, seed: int, done: int, log) -> int:
             needed["checkpoint"] = artifacts.checkpoint_dir(out, arm, seed, g)
             if cfg.arms[arm].mix.kind in MIXES_READING_SCORES:
                 needed["scores"] = TABLES["scores"].file(out, arm=arm, seed=seed, generation=g)
-        damaged = {name: (path, checkpoint_damage(path) if name == "checkpoint" else parquet_damage(path))
-                   for name, path in needed.items()}
-        damaged = {name: v for name, v in damaged.items() if v[1] is not None}
+        damaged = {name: (path, what) for name, path in needed.items()
+                   if (what := (checkpoint_damage if name == "checkpoint" else parquet_damage)(path)) is not None}
         if damaged:
             for name, (path, what) in damaged.items():
                 moved = artifacts.set_aside(path).name if path.exists() else "nothing to move"
