@@ -197,10 +197,10 @@ def _summaries(cfg: StudyConfig, log) -> None:
     log_study_tables(cfg, "summary", {"summary_arms": per_arm, "summary": per_seed})
     last = per_arm.sort_values("generation").groupby("arm").tail(1)
     for r in last.itertuples():
-        prev = (f"right (corrected, {c.prevalence}) {r.prev_right:.1%} [{r.prev_right_lo:.1%}, {r.prev_right_hi:.1%}], "
-                if np.isfinite(r.prev_right) else "")
-        log(f"[{r.arm}] G{r.generation}: {prev}right (argmax) {r.share_right:.1%} [{r.share_right_lo:.1%}, "
-            f"{r.share_right_hi:.1%}], tqi {r.tqi_mean:.2f}")
+        prev = (f", corrected ({c.prevalence}; see README before reading it as a level) {r.prev_right:.1%} "
+                f"[{r.prev_right_lo:.1%}, {r.prev_right_hi:.1%}]" if np.isfinite(r.prev_right) else "")
+        log(f"[{r.arm}] G{r.generation}: right (argmax) {r.share_right:.1%} [{r.share_right_lo:.1%}, "
+            f"{r.share_right_hi:.1%}]{prev}, tqi {r.tqi_mean:.2f}")
     log(f"summaries -> {out / 'summary.parquet'}, {out / 'summary_arms.parquet'}")
 
 

@@ -112,20 +112,18 @@ def _band(ax, part, col, colour, style, label, percent=False):
 
 
 def fig_leaning(studies, paper, out: Path) -> str:
-    """Confusion-corrected shares (prev_*) where the summaries have them; argmax shares, so labelled,
-    where they do not (the authors' numbers, a classifier without a calibration table)."""
+    """Argmax shares. Not the confusion-corrected prev_*: on generated text the offline classifier's
+    outputs can lie outside what its calibration spans, and the correction then pins a share at 0 or
+    100% with a collapsed CI (the quickstart: 100% right [97%, 100%] beside 72% by argmax)."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharey=True, layout="constrained")
     for ax, lab in zip(axes, LABELS):
         for label, colour, style, part in _series(studies, paper):
-            corrected = f"prev_{lab}" in part and part[f"prev_{lab}"].notna().any()
-            _band(ax, part, f"prev_{lab}" if corrected else f"share_{lab}", colour, style,
-                  label if corrected else f"{label} (argmax)", percent=True)
+            _band(ax, part, f"share_{lab}", colour, style, label, percent=True)
         ax.set_title(f"share of {SHARE_TITLES[lab]} articles")
         _generations(ax)
     axes[0].set_ylabel("% of the generation's articles (95% CI)")
     _legend_below(fig, axes[0])
-    fig.suptitle("Leaning of what each generation writes: shares corrected for the classifier's confusion "
-                 "('(argmax)': uncorrected, where no calibration exists)")
+    fig.suptitle("Leaning of what each generation writes (classifier argmax shares)")
     return _save(fig, out, "leaning_shares")
 
 
