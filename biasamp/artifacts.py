@@ -13,8 +13,10 @@ import fcntl
 import hashlib
 import json
 import os
-from contextlib import contextmanager
 import platform
+import shutil
+import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -27,10 +29,68 @@ def checkpoint_dir(out: Path, arm: str, seed: int, generation: int) -> Path:
     return out / "checkpoints" / arm / f"seed{seed}" / f"gen{generation}"
 
 
+# Every temp name in a study folder is hidden and ends in ".tmp" (temp_path; tables.write_parquet adds
+# a random part): what an interrupted writer leaves is recognisable and removed by the next owner.
+SCRATCH = ".scratch"  # OUT/.scratch: the temp space of the processes working on the folder
+SCRATCH_ENV = ("TMPDIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")  # tempfile, W&B media/sockets, W&B logs and staging
+
+
+def temp_path(path: Path) -> Path:
+    """Where a writer puts `path` before renaming it into place."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def scratch_dir(out: Path) -> Path:
+    """OUT/.scratch, or where OUT's absolute path is too long for the Unix sockets W&B's service puts
+    in TMPDIR (107 bytes with its own ~45), a folder in the system temp dir named after OUT."""
+    out = Path(out).resolve()
+    if len(str(out / SCRATCH)) <= 60:
+        return out / SCRATCH
+    return Path(tempfile.gettempdir()) / f"biasamp-{hashlib.sha256(str(out).encode()).hexdigest()[:12]}"
+
+
 @contextmanager
-def output_lock(out: Path):
+def scratch_space(out: Path):
+    """This process's temp files (tempfile, training scratch, W&B's media, sockets, debug logs and
+    artifact staging) go to the study's scratch folder while inside; Ray's session folder stays in
+    the system temp dir (its sockets need a short path)."""
+    root = scratch_dir(out)
+    saved = {k: os.environ.get(k) for k in (*SCRATCH_ENV, "RAY_TMPDIR")}
+    os.environ.setdefault("RAY_TMPDIR", tempfile.gettempdir())
+    for key in SCRATCH_ENV:
+        (root / key.lower()).mkdir(parents=True, exist_ok=True)
+        os.environ[key] = str(root / key.lower())
+    tempfile.tempdir = None  # gettempdir() caches its answer
+    try:
+        yield root
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        tempfile.tempdir = None
+
+
+def remove_stale(out: Path) -> int:
+    """Remove what interrupted writers left in OUT (temp files and folders, the scratch folder);
+    only the folder's owner calls this. Returns how many were removed."""
+    stale = [p for p in Path(out).rglob(".*.tmp") if SCRATCH not in p.relative_to(out).parts]
+    stale += [d for d in (scratch_dir(out),) if d.exists()]
+    for p in stale:  # a temp file inside a temp folder is gone with its folder
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    return len(stale)
+
+
+@contextmanager
+def own_output_dir(out: Path, log=print):
     """One writer per study folder: an OS lock on OUT/.lock, released when the holder exits or dies.
-    A second `run`, `score` or `analyze` on a folder in use stops at once, in one line."""
+    A second `run`, `score` or `analyze` on a folder in use stops at once, in one line. The owner
+    first removes what an interrupted run left (temp files, scratch), works with its temp space in
+    the scratch folder, and removes that on the way out."""
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".lock", "a+") as fh:
@@ -45,8 +105,12 @@ def output_lock(out: Path):
         fh.write(str(os.getpid()))
         fh.flush()
         try:
-            yield
+            if n := remove_stale(out):
+                log(f"removed {n} temp file(s) an interrupted run left in {out}")
+            with scratch_space(out):
+                yield
         finally:
+            shutil.rmtree(scratch_dir(out), ignore_errors=True)
             fcntl.flock(fh, fcntl.LOCK_UN)
             if created and [f.name for f in out.iterdir()] == [".lock"]:  # a run that wrote nothing
                 (out / ".lock").unlink()
@@ -76,8 +140,9 @@ def write_npz(path: Path, **arrays) -> None:
     import numpy as np
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
+    tmp = temp_path(path)
+    with tmp.open("wb") as fh:  # a file object: numpy would add ".npz" to a name
+        np.savez_compressed(fh, **arrays)
     os.replace(tmp, path)
 
 
@@ -92,7 +157,7 @@ def sha256(path: Path) -> str:
 
 def write_json(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
 

@@ -399,7 +399,7 @@ def analyze(
 
     import pandas as pd
 
-    from biasamp.artifacts import output_lock, write_json
+    from biasamp.artifacts import own_output_dir, write_json
     from biasamp.tables import write_parquet
     from biasamp.stages.analyze import arm_contrasts, neuron_tests
     from biasamp.tables import TABLES
@@ -414,7 +414,7 @@ def analyze(
         raise typer.Exit(2)
     with ExitStack() as held:
         with user_errors():
-            held.enter_context(output_lock(study_dir))  # one writer per study folder
+            held.enter_context(own_output_dir(study_dir, typer.echo))  # one writer per study folder
         study_cfg = None
         with user_errors():
             if (study_dir / "manifest.json").exists():
@@ -469,7 +469,8 @@ def analyze(
                                        for t, r in part["null"].items()])
             log_study_tables(study_cfg, f"analyze-{mode}", {"neuron_counts": counts,
                                                              "arm_contrasts": contrasts if scores is not None else None,
-                                                             "arm_trends": trends if scores is not None else None})
+                                                             "arm_trends": trends if scores is not None else None},
+                              typer.echo)
 
 
 @app.command()

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
-from biasamp.artifacts import sha256
+from biasamp.artifacts import sha256, temp_path
 from biasamp.config import ModelConfig
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -112,7 +112,7 @@ def checkpoint_damage(path: Path) -> str | None:
 
 def save_checkpoint(model, tokenizer, path: Path) -> None:
     """safetensors weights + config + tokenizer, written to a temp folder and renamed into place."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_path(path)
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)

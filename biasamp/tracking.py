@@ -17,23 +17,35 @@ from biasamp.config import StudyConfig
 SAMPLE_ARTICLES = 8  # generated articles per generation shown in W&B, with their scores
 
 
-def _init(cfg: StudyConfig, run_id: str, name: str, job_type: str, tags: list[str], extra: dict):
-    return wandb.init(
-        project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode, group=cfg.study,
-        name=name, job_type=job_type, tags=tags,
-        id=f"{cfg.study}-{cfg.science_hash()}-{run_id}".replace(".", "_"), resume="allow",
-        dir=str(Path(cfg.output_dir).resolve()),
-        config={**cfg.model_dump(mode="json"), **extra},
-        settings=wandb.Settings(silent=True),
-    )
+def _init(cfg: StudyConfig, run_id: str, name: str, job_type: str, tags: list[str], extra: dict, log=print):
+    def init(mode: str):
+        return wandb.init(
+            project=cfg.wandb.project, entity=cfg.wandb.entity, mode=mode, group=cfg.study,
+            name=name, job_type=job_type, tags=tags,
+            id=f"{cfg.study}-{cfg.science_hash()}-{run_id}".replace(".", "_"), resume="allow",
+            dir=str(Path(cfg.output_dir).resolve()),
+            config={**cfg.model_dump(mode="json"), **extra},
+            settings=wandb.Settings(silent=True),
+        )
+
+    if cfg.wandb.mode != "online":
+        return init(cfg.wandb.mode)
+    try:
+        return init("online")
+    except wandb.Error as e:  # no network, a bad key, a server down: the study goes on, W&B offline
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        log(f"warning: W&B online failed for run {name} ({first}); logging offline under "
+            f"{Path(cfg.output_dir) / 'wandb'}: `wandb sync` uploads it later")
+        wandb.teardown()  # the failed run's id stays taken in W&B's service until it restarts
+        return init("offline")
 
 
-def trajectory_run(cfg: StudyConfig, arm: str, seed: int):
+def trajectory_run(cfg: StudyConfig, arm: str, seed: int, log=print):
     """The (arm, seed) run, or None when W&B is disabled."""
     if cfg.wandb.mode == "disabled":
         return None
     run = _init(cfg, f"{arm}-seed{seed}", f"{arm}/seed{seed}", arm, [arm, f"seed{seed}", cfg.study],
-                {"arm": arm, "seed": seed})
+                {"arm": arm, "seed": seed}, log)
     run.define_metric("generation")
     run.define_metric("*", step_metric="generation")
     return run
@@ -55,11 +67,11 @@ def log_generation(run, g: int, metrics: dict, articles: pd.DataFrame, scores: p
     run.log(row, step=g)
 
 
-def log_study_tables(cfg: StudyConfig, job_type: str, tables: dict[str, pd.DataFrame]) -> None:
+def log_study_tables(cfg: StudyConfig, job_type: str, tables: dict[str, pd.DataFrame], log=print) -> None:
     """A study-level stage's tables (e.g. arm contrasts, neuron counts, summaries) in the study's group."""
     if cfg.wandb.mode == "disabled":
         return
-    run = _init(cfg, job_type, job_type, job_type, [job_type, cfg.study], {})
+    run = _init(cfg, job_type, job_type, job_type, [job_type, cfg.study], {}, log)
     run.log({name: wandb.Table(dataframe=df.reset_index(drop=True)) for name, df in tables.items() if df is not None})
     run.finish()
 

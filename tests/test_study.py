@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -166,16 +167,23 @@ def _cli(*args, env=None):
                           env=None if env is None else {**os.environ, **env})
 
 
-def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path):
+def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path, monkeypatch):
     """`biasamp run configs/smoke.yaml` twice into two folders: identical articles tables."""
     cfg = load_config(ROOT / "configs" / "smoke.yaml")
     outs = [tmp_path / "a", tmp_path / "b"]
     key = "local-" + "0123456789abcdef" * 2 + "01234567"  # a W&B key in the environment ...
+    # A system temp dir and a user cache of its own, to see what a study leaves outside its folder
+    # (Ray's session folder stays in /tmp/ray, as the README says).
+    systmp, cache = tmp_path / "systmp", tmp_path / "cache"
+    systmp.mkdir()
+    env = {"WANDB_API_KEY": key, "TMPDIR": str(systmp), "XDG_CACHE_HOME": str(cache), "RAY_TMPDIR": "/tmp"}
     for out in outs:
-        res = _cli("run", "configs/smoke.yaml", "--out", str(out), "--set", "wandb.mode=offline", env={"WANDB_API_KEY": key})
+        res = _cli("run", "configs/smoke.yaml", "--out", str(out), "--set", "wandb.mode=offline", env=env)
         assert res.returncode == 0, res.stdout + res.stderr
         assert "finished (8/8 trajectories)" in res.stdout
         assert "Ray at 127.0.0.1:" in res.stdout  # the private Ray listens on loopback only
+        assert list(systmp.iterdir()) == [] and not list(cache.rglob("*")), (list(systmp.iterdir()), list(cache.rglob("*")))
+        assert not list(out.rglob(".*.tmp")) and not (out / artifacts.SCRATCH).exists()
     a, b = _articles(outs[0]), _articles(outs[1])
     assert len(a) == len(cfg.arms) * len(cfg.seeds) * cfg.generations * 12
     pd.testing.assert_frame_equal(a, b)
@@ -233,9 +241,21 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path):
     for arm in cfg.arms:
         assert arm in (outs[0] / "report" / "leaning_shares.svg").read_text()
     assert len(list((outs[0] / "wandb").glob("offline-run-*"))) >= 8 + 2  # trajectories, summary, analyze
-    (outs[0] / "summary_arms.parquet").unlink()  # as if killed after the last trajectory
-    again = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]))
+    (outs[0] / "summary_arms.parquet").unlink()  # as if killed after the last trajectory, ...
+    monkeypatch.setenv("TMPDIR", str(systmp))  # the scratch folder the CLI uses (OUT's path is long: in TMPDIR)
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    debris = [outs[0] / "articles" / ".synthetic__seed0__gen2.parquet.a1b2c3.tmp",  # ... mid-write,
+              outs[0] / "checkpoints" / "synthetic" / "seed0" / ".gen2.tmp" / "model.safetensors",
+              artifacts.scratch_dir(outs[0]) / "tmpdir" / "tmpab12cd" / "articles.table.json"]  # ... with W&B media
+    assert debris[-1].is_relative_to(systmp)  # OUT's path here is too long for W&B's sockets: scratch in TMPDIR
+    for f in debris:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("partial")
+    again = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]), env=env)
     assert again.returncode == 0 and "nothing to do: all 8 trajectories" in again.stdout
+    assert "removed 3 temp file(s) an interrupted run left" in again.stdout
+    assert not any(f.exists() for f in debris) and not (outs[0] / "checkpoints/synthetic/seed0/.gen2.tmp").exists()
+    assert list(systmp.iterdir()) == []
     assert (outs[0] / "summary_arms.parquet").exists()  # the study-level stage is finished on resume
     bad = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]), "--set", "train.epochs=3")
     assert bad.returncode == 1 and "differs in" in bad.stderr
@@ -307,7 +327,7 @@ def test_one_writer_per_study_folder(tmp_path):
     import time
 
     out = tmp_path / "busy"
-    with artifacts.output_lock(out):
+    with artifacts.own_output_dir(out):
         (out / "scores").mkdir()
         start = time.time()
         run = _cli("run", "configs/smoke.yaml", "--out", str(out))

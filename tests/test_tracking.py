@@ -5,7 +5,7 @@ is checked is what biasamp asks of it.)"""
 
 from types import SimpleNamespace
 
-from biasamp import tracking
+from biasamp import artifacts, tracking
 from biasamp.backends.ray_cluster import prepare_study
 from biasamp.config import from_dict
 from biasamp.stages.trajectory import run_trajectory
@@ -91,3 +91,20 @@ def test_disabled_wandb_makes_no_run(study_dict, monkeypatch):
     assert tracking.trajectory_run(cfg, "synthetic", 0) is None
     tracking.log_study_tables(cfg, "analyze-within", {})
     assert runs == []
+
+
+def test_wandb_online_without_a_server_goes_on_offline(study_dict, tmp_path, monkeypatch):
+    """The real W&B, online, pointed at a port nothing listens on: one warning, an offline run that
+    `wandb sync` can upload later, and the study's logging carries on."""
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "5")  # W&B's own setting; 90 s by default
+    cfg = from_dict(study_dict(wandb={"mode": "online"}, out_dir=str(tmp_path / "out")))
+    lines = []
+    with artifacts.scratch_space(cfg.output_dir):
+        run = tracking.trajectory_run(cfg, "synthetic", 0, log=lines.append)
+        run.log({"generation": 0, "share_right": 0.5}, step=0)
+        run.finish()
+    assert len(lines) == 1 and lines[0].startswith("warning: W&B online failed for run synthetic/seed0")
+    assert "wandb sync" in lines[0] and "\n" not in lines[0]
+    assert list((cfg.output_dir / "wandb").glob("offline-run-*/run-*.wandb"))

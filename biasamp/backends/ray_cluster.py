@@ -88,13 +88,14 @@ def _trajectory_task(cfg: StudyConfig, arm: str, seed: int, cpus: float, progres
             fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
         progress.put(message)
 
-    return arm, seed, run_trajectory(cfg, arm, seed, log=log)
+    with artifacts.scratch_space(cfg.output_dir):  # on another node too: its temp files under the study's scratch
+        return arm, seed, run_trajectory(cfg, arm, seed, log=log)
 
 
 def run_study(cfg: StudyConfig, log=print) -> int:
     """Run every unfinished trajectory of the study (one writer per folder); returns how many
     generations were run."""
-    with artifacts.output_lock(cfg.output_dir):
+    with artifacts.own_output_dir(cfg.output_dir, log):
         return _run_study(cfg, log)
 
 
@@ -194,7 +195,7 @@ def _summaries(cfg: StudyConfig, log) -> None:
     c = cfg.scoring.classifier
     per_seed, per_arm = write_summaries(out, TABLES["scores"].read(out), cfg.scoring.bootstrap,
                                         load_calibration(c), c.prevalence)
-    log_study_tables(cfg, "summary", {"summary_arms": per_arm, "summary": per_seed})
+    log_study_tables(cfg, "summary", {"summary_arms": per_arm, "summary": per_seed}, log)
     last = per_arm.sort_values("generation").groupby("arm").tail(1)
     for r in last.itertuples():
         prev = (f", corrected ({c.prevalence}; see README before reading it as a level) {r.prev_right:.1%} "
@@ -207,7 +208,7 @@ def _summaries(cfg: StudyConfig, log) -> None:
 def rescore_study(cfg: StudyConfig, log=print) -> None:
     """Score every written generation again (e.g. with another classifier) and redo the summaries.
     Plain Python, one trajectory after another."""
-    with artifacts.output_lock(cfg.output_dir):
+    with artifacts.own_output_dir(cfg.output_dir, log):
         _rescore(cfg, log)
 
 

@@ -125,7 +125,7 @@ def sample_corpus(articles: pd.DataFrame, cfg: CorpusConfig, name: str = "corpus
 
 
 def write_jsonl_gz(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     with gzip.open(tmp, "wt", encoding="utf-8") as fh:
         for row in df.to_dict(orient="records"):
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")

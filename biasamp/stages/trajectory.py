@@ -171,7 +171,7 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
                    for g in range(done)],
         model=model, tokenizer=tokenizer, instruments=instruments,
     )
-    run = tracking.trajectory_run(cfg, arm_name, seed)
+    run = tracking.trajectory_run(cfg, arm_name, seed, log)
     for g in range(done, n):
         t.g, t.metrics, t.scores, t.loss_curve, start = g, {}, None, None, time.time()
         for stage in STAGES:
