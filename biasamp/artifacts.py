@@ -85,12 +85,31 @@ def remove_stale(out: Path) -> int:
     return len(stale)
 
 
+def check_output_dir(out: Path) -> None:
+    """OUT is a folder, or can be made one: every existing part of its path is a folder we can write in."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: a file, not a folder (--out)")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{existing}: a file, not a folder (--out {out})")
+    try:  # root may write where the mode bits say no, and a read-only mount says no to everyone: try it
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".biasamp-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{existing}: cannot write here ({e.strerror}; --out {out})") from None
+
+
 @contextmanager
 def own_output_dir(out: Path, log=print):
     """One writer per study folder: an OS lock on OUT/.lock, released when the holder exits or dies.
     A second `run`, `score` or `analyze` on a folder in use stops at once, in one line. The owner
     first removes what an interrupted run left (temp files, scratch), works with its temp space in
     the scratch folder, and removes that on the way out."""
+    check_output_dir(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".lock", "a+") as fh:
@@ -111,9 +130,10 @@ def own_output_dir(out: Path, log=print):
                 yield
         finally:
             shutil.rmtree(scratch_dir(out), ignore_errors=True)
+            # Removed while still held: whoever opens OUT/.lock after this makes a new one and gets it.
+            (out / ".lock").unlink(missing_ok=True)
             fcntl.flock(fh, fcntl.LOCK_UN)
-            if created and [f.name for f in out.iterdir()] == [".lock"]:  # a run that wrote nothing
-                (out / ".lock").unlink()
+            if created and not any(out.iterdir()):  # a run that wrote nothing
                 out.rmdir()
 
 
@@ -180,18 +200,37 @@ def _flat(d, prefix=""):
             yield f"{prefix}{k}", v
 
 
+def read_manifest(out: Path) -> dict | None:
+    """OUT/manifest.json (None: there is none), checked to be a study's manifest."""
+    path = Path(out) / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"{path}: not JSON (damaged? it is the study's record: restore it, or use another --out)") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        raise ValueError(f"{path}: no 'config' key: not a biasamp manifest")
+    return manifest
+
+
 def claim_output_dir(cfg: StudyConfig, out: Path, record: bool = True) -> None:
     """Check that the manifest there (if any) is for this study: results of two configs must never
     mix in one folder; then (record) write it with this config."""
     path = out / "manifest.json"
     config = cfg.model_dump(mode="json")
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old.get("science_hash") != cfg.science_hash():
+    old = read_manifest(out)
+    if old is not None:
+        try:  # the folder's config hashed by today's rule (a manifest from before a rule change still matches)
+            old_hash = StudyConfig.model_validate(old["config"]).science_hash()
+        except ValueError:
+            old_hash = old.get("science_hash")
+        if old_hash != cfg.science_hash():
             old_flat, new_flat = dict(_flat(old.get("config", {}))), dict(_flat(config))
             changed = sorted(
                 k for k in old_flat.keys() | new_flat.keys()
                 if old_flat.get(k) != new_flat.get(k) and k.split(".")[0] not in HASH_EXCLUDES
+                and not (k.startswith("corpora.") and k.endswith(".source"))
             )
             raise ValueError(
                 f"{out} holds study '{old.get('study')}' with config hash {old.get('science_hash')}; "

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from biasamp.config import ClassifierConfig, ConfigError, CorpusConfig, ModelConfig, StudyConfig, load_config
+from biasamp.config import ClassifierConfig, CorpusConfig, ModelConfig, StudyConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Bias-amplification studies of self-consuming LMs.")
 data_app = typer.Typer(no_args_is_help=True, help="Study corpora.")
@@ -20,14 +21,21 @@ app.add_typer(quality_app, name="quality")
 
 
 @contextmanager
-def user_errors(code: int = 2):
-    """Bad input (a config, a file, a value; pydantic's errors are ValueErrors too) ends the
-    command with its one-line message and `code`, not a traceback."""
+def user_errors():
+    """Bad input (a config, a file, a value, a path we cannot write; pydantic's errors are
+    ValueErrors too) ends the command with one line and exit 2. An OSError is the user's when it
+    names a file, or is biasamp's own message (no errno); any other keeps its traceback."""
     try:
         yield
-    except (ValueError, FileNotFoundError) as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
-        raise typer.Exit(code)
+    except ValueError as e:
+        message = "; ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
+        typer.secho(f"error: {message}", err=True, fg="red")
+        raise typer.Exit(2)
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise
+        typer.secho(f"error: {e}" if e.filename is None else f"error: {e.filename}: {e.strerror}", err=True, fg="red")
+        raise typer.Exit(2)
 
 
 def _version(value: bool):
@@ -47,11 +55,8 @@ SET_HELP = "Override a config key, e.g. --set train.epochs=2 (repeatable)."
 
 
 def _load(config: Path, overrides: list[str], out: Optional[Path] = None) -> StudyConfig:
-    try:
+    with user_errors():  # a ConfigError is a ValueError
         cfg = load_config(config, overrides)
-    except ConfigError as e:
-        typer.secho(f"config error: {e}", err=True, fg="red")
-        raise typer.Exit(2)
     # Absolute, so that Ray workers started elsewhere write to the same place.
     target = out if out is not None else cfg.output_dir
     return cfg.model_copy(update={"out_dir": str(target.resolve())})
@@ -62,9 +67,21 @@ def validate(
     config: Path,
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     show: bool = typer.Option(False, "--show", help="Print the resolved config (defaults filled, arms inherited) as YAML."),
+    out: Optional[Path] = typer.Option(None, help="The output folder it would run into (default: the config's out_dir)."),
+    config_only: bool = typer.Option(False, "--config-only", help="Check the config alone, not the world: for a study "
+                                     "that runs elsewhere (ray_jobs/submit.sh), whose paths and models live there."),
 ):
-    """Check a study config without running it."""
-    cfg = _load(config, set_)
+    """Check a study config without running it: the config, and what `run` needs from the world
+    (output folder, corpora, model and its limits, instruments, this machine's CPUs/GPUs)."""
+    from biasamp.backends.ray_cluster import check_resources, local_machine
+    from biasamp.preflight import check_study
+
+    cfg = _load(config, set_, out)
+    with user_errors():  # what `run` checks before it writes anything or starts Ray
+        if not config_only:
+            check_study(cfg)
+        if cfg.resources.ray_address is None and not config_only:
+            check_resources(cfg, local_machine())
     if show:
         import yaml
 
@@ -86,7 +103,7 @@ def run(
     from biasamp.backends.ray_cluster import run_study
 
     cfg = _load(config, set_, out)
-    with user_errors(1):
+    with user_errors():
         run_study(cfg, log=typer.echo)
     typer.echo(f"results in {cfg.output_dir}")
 
@@ -137,8 +154,8 @@ def score(
     set_: list[str] = typer.Option([], "--set", help="Override scoring keys, e.g. --set scoring.classifier.name=DIR"),
 ):
     """Recompute the scores and summaries of a study (e.g. after changing the classifier)."""
-    import json
 
+    from biasamp.artifacts import read_manifest
     from biasamp.config import apply_overrides, from_dict
     from biasamp.backends.ray_cluster import rescore_study
 
@@ -146,15 +163,12 @@ def score(
     if not manifest.exists():
         typer.secho(f"error: {manifest} not found: not a study folder", err=True, fg="red")
         raise typer.Exit(2)
-    raw = json.loads(manifest.read_text())["config"]
-    try:
+    with user_errors():
+        raw = read_manifest(study_dir)["config"]
         apply_overrides(raw, set_)
         cfg = from_dict(raw, str(manifest))
-    except ConfigError as e:
-        typer.secho(f"config error: {e}", err=True, fg="red")
-        raise typer.Exit(2)
     cfg = cfg.model_copy(update={"out_dir": str(study_dir.resolve()), "scoring": cfg.scoring.model_copy(update={"enabled": True})})
-    with user_errors(1):
+    with user_errors():
         rescore_study(cfg, log=typer.echo)
 
 
@@ -406,6 +420,9 @@ def analyze(
 
     if mode not in ("within", "paper"):
         raise typer.BadParameter("within or paper", param_hint="--mode")
+    if not study_dir.is_dir():
+        typer.secho(f"error: {study_dir}: no such folder", err=True, fg="red")
+        raise typer.Exit(2)
     summary = summary or study_dir / "summary.parquet"
     scores = next((p for p in (study_dir / "scores", study_dir / "scores.parquet") if p.exists()), None)
     has_neurons = (study_dir / "neurons").exists()
@@ -519,5 +536,23 @@ def simulate(
                f"(pretrained {df['mean'].iloc[0]:.3f}, data 0.500) -> {out}")
 
 
+def cli() -> None:
+    """The `biasamp` command. A usage error (an unknown flag, a bad value) is one line and exit 2,
+    like every other user error; programming errors keep their traceback."""
+    usage_error = typer.BadParameter.__bases__[0]  # typer vendors click; its UsageError is not exported
+    try:
+        code = app(standalone_mode=False)
+    except usage_error as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `biasamp classifier`: its help
+            e.show()
+            sys.exit(2)
+        where = e.ctx.command_path if e.ctx else "biasamp"
+        typer.secho(f"error: {where}: {e.format_message()} (see {where} --help)", err=True, fg="red")
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    cli()

@@ -20,7 +20,7 @@ Label = Literal["left", "center", "right"]
 LABELS: tuple[str, ...] = ("left", "center", "right")
 
 
-HASH_EXCLUDES = {"seeds", "generations", "scoring", "analysis", "resources", "wandb", "out_dir"}
+HASH_EXCLUDES = {"seeds", "generations", "scoring", "analysis", "resources", "wandb", "out_dir", "keep_checkpoints"}
 
 
 class ConfigError(ValueError):
@@ -59,7 +59,8 @@ class CorpusConfig(_Frozen):
     # A path (Article-Bias-Prediction JSONL[.gz] or folder of JSON files, CSV, Parquet),
     # "hf:<dataset id or dir>" for a `datasets` dataset, or "bundled" for the slice in biasamp/data.
     source: str = "bundled"
-    per_label: dict[Label, int] = Field(default_factory=lambda: {"left": 506, "center": 506, "right": 506})
+    per_label: dict[Label, typing.Annotated[int, Field(le=10_000_000)]] = Field(
+        default_factory=lambda: {"left": 506, "center": 506, "right": 506})
     years: tuple[int, int] | None = None
     max_words: int | None = Field(None, gt=0)
     seed: int = 0
@@ -86,11 +87,11 @@ class DeepSpeedConfig(_Frozen):
 
 
 class TrainConfig(_Frozen):
-    epochs: float = Field(5, gt=0)
-    batch_size: int = Field(8, ge=1)
+    epochs: float = Field(5, gt=0, le=1000)
+    batch_size: int = Field(8, ge=1, le=65536)
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    max_length: int = Field(512, ge=8)
+    max_length: int = Field(512, ge=8, le=1_000_000)
     # previous: G_{i+1} continues from G_i's weights (as the authors do); base: from the base model.
     init: Literal["previous", "base"] = "previous"
     # plain: transformers' Trainer in the trajectory's process. deepspeed: the same Trainer on
@@ -110,26 +111,31 @@ class TrainConfig(_Frozen):
 
 
 def _nest(raw, key: str, default: str, settings: tuple[str, ...], union) -> dict:
-    """The flat shorthand `{key: kind, setting: v}` as `{key: {kind: kind, setting: v}}`. A setting the
-    kind does not take is dropped only when it holds its default (a config written before the settings
+    """The flat shorthand `{key: kind, setting: v}` as `{key: {kind: kind, setting: v}}`, also when
+    `key` is already a mapping (e.g. after `--set arms.a.mix.real_fraction=0.2`). A setting the kind
+    does not take is dropped only when it holds its default (a config written before the settings
     moved, e.g. an old manifest, has every default); any other value stays and is reported."""
-    if isinstance(raw, dict) and isinstance(raw.get(key), dict) and "kind" not in raw[key]:
-        return {**raw, key: {"kind": default, **raw[key]}}  # e.g. --set generation.backend.engines=2
-    if not (isinstance(raw, dict) and isinstance(raw.get(key, default), str)):
+    if not isinstance(raw, dict):
         return raw
-    raw = dict(raw)
-    kind = raw.pop(key, default)
+    value = raw.get(key, default)
+    nested = {"kind": value} if isinstance(value, str) else value
+    if not isinstance(nested, dict):
+        return raw  # pydantic reports it
+    nested = {"kind": default, **nested}
     members = {m.model_fields["kind"].default: m for m in typing.get_args(typing.get_args(union)[0])}
-    nested = {"kind": kind}
+    raw = dict(raw)
     for name in settings:
         if name in raw:
-            value = raw.pop(name)
-            takes = kind in members and name in members[kind].model_fields
+            v = raw.pop(name)
+            takes = nested["kind"] in members and name in members[nested["kind"]].model_fields
             defaults = [m.model_fields[name].default for m in members.values() if name in m.model_fields]
-            if takes or value not in defaults:
-                nested[name] = value
+            if takes or v not in defaults:
+                nested.setdefault(name, v)
     raw[key] = nested
     return raw
+
+
+UNION_KEYS = ("mix", "backend")  # keys whose value may be the shorthand `key: kind`
 
 
 # Training mixes: what G_g (g >= 1) trains on. Each kind is one function in biasamp.stages.mix.MIXES;
@@ -299,7 +305,7 @@ class ScoringConfig(_Frozen):
     quality: QualityConfig = QualityConfig()
     perplexity_max_tokens: int = Field(512, ge=8)
     batch_size: int = Field(16, ge=1)
-    bootstrap: int = Field(1000, ge=10)  # resamples for the confidence intervals
+    bootstrap: int = Field(1000, ge=10, le=1_000_000)  # resamples for the confidence intervals
 
 
 class AnalysisConfig(_Frozen):
@@ -324,8 +330,8 @@ class WandbConfig(_Frozen):
 
 class StudyConfig(_Frozen):
     study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    generations: int = Field(ge=1)  # number of model generations: G0 .. G{generations-1}
-    seeds: tuple[int, ...] = (0,)
+    generations: int = Field(ge=1, le=1000)  # number of model generations: G0 .. G{generations-1}
+    seeds: tuple[typing.Annotated[int, Field(ge=0)], ...] = Field((0,), max_length=1000)
     model: ModelConfig = ModelConfig()
     corpora: dict[str, CorpusConfig]
     train: TrainConfig = TrainConfig()  # defaults that every arm's `train` overrides key by key
@@ -337,6 +343,10 @@ class StudyConfig(_Frozen):
     resources: ResourcesConfig = ResourcesConfig()
     wandb: WandbConfig = WandbConfig()
     out_dir: str = "runs/{study}"
+    # all: every generation's checkpoint (the paper: `biasamp score` recomputes each generation's own
+    # perplexity from them). last: only each trajectory's newest (what resuming and extending need;
+    # the quickstart's SmolLM2 takes 0.5 GB per checkpoint).
+    keep_checkpoints: Literal["all", "last"] = "all"
 
     @model_validator(mode="before")
     @classmethod
@@ -349,10 +359,11 @@ class StudyConfig(_Frozen):
             return raw
         raw = dict(raw)
         base = raw.get("train")
+        if isinstance(raw.get("arms"), dict):  # `arms: {synthetic: }` (null) is an arm of defaults
+            raw["arms"] = {name: {} if arm is None else arm for name, arm in raw["arms"].items()}
         if isinstance(base, dict) and isinstance(raw.get("arms"), dict):
             arms = {}
             for name, arm in raw["arms"].items():
-                arm = {} if arm is None else arm
                 if isinstance(arm, dict) and isinstance(arm.get("train", {}), dict):
                     arm = {**arm, "train": deep_merge(base, arm.get("train") or {})}
                 arms[name] = arm
@@ -395,9 +406,12 @@ class StudyConfig(_Frozen):
 
     def science_hash(self) -> str:
         """Hash of everything that changes what the trajectories write. Seeds, generations,
-        scoring, resources, logging and the output path are left out, so a study can be extended,
+        scoring, resources, logging, the output path and the corpora's source paths are left out, so a study can be extended,
         rescored with another instrument (`biasamp score`) or moved to more workers."""
-        d = self.model_dump(mode="json", exclude=HASH_EXCLUDES)
+        # Where a corpus is read from is not science (the drawn articles are: on resume a moved
+        # source is drawn again and must give the articles the folder holds, see preflight).
+        exclude = {key: True for key in HASH_EXCLUDES} | {"corpora": {"__all__": {"source"}}}
+        d = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -417,6 +431,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> None:
 def _set_path(d: dict, dotted: str, value) -> None:
     keys = dotted.split(".")
     for k in keys[:-1]:
+        if k in UNION_KEYS and isinstance(d.get(k), str):  # the shorthand `mix: preserve`
+            d[k] = {"kind": d[k]}
         d = d.setdefault(k, {})
         if not isinstance(d, dict):
             raise ConfigError(f"--set {dotted}: '{k}' is not a mapping")
@@ -487,10 +503,16 @@ def from_dict(raw: dict, source: str = "<dict>") -> StudyConfig:
 def load_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping (study: ..., arms: ...)")
     apply_overrides(raw, list(overrides))
     return from_dict(raw, str(path))

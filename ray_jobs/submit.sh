@@ -10,5 +10,9 @@ set -euo pipefail
 address=$1 config=$2
 shift 2
 cd "$(dirname "$0")/.."
+command -v ray >/dev/null 2>&1 || { echo "error: 'ray' is not on PATH; it submits the job: pip install 'ray[default]'" >&2; exit 2; }
+# The config is checked here first (keys, values, arms); its paths, models and resources are checked
+# by the job's driver on the cluster, where they live, before any trajectory starts.
+python -m biasamp.cli validate --config-only "$config" "$@" || exit 2
 exec ray job submit --address "$address" --working-dir . ${RUNTIME_ENV:+--runtime-env-json "$RUNTIME_ENV"} \
     -- python ray_jobs/run_study.py "$config" "$@"

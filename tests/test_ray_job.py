@@ -86,3 +86,23 @@ def _stop_session(proc: subprocess.Popen) -> None:
             proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             continue
+
+
+def test_submit_checks_its_config_and_ray_before_sending_anything(tmp_path):
+    """A bad config is refused on this machine (a fake `ray` records any call), and without `ray`
+    on PATH the script says what to install; both in one line, exit 2."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin" / "ray"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    fake.chmod(0o755)
+    assert shutil.which("ray", path="/usr/bin:/bin") is None
+    for path, args, says in (
+        (f"{fake.parent}:{Path(sys.executable).parent}:/usr/bin:/bin", ["--set", "train.lr=-1"],
+         "train.lr: Input should be greater than 0"),
+        ("/usr/bin:/bin", [], "'ray' is not on PATH"),
+    ):
+        res = subprocess.run(["ray_jobs/submit.sh", "http://127.0.0.1:1", "configs/smoke.yaml", *args], cwd=ROOT,
+                             env={**os.environ, "PATH": path}, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and says in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not calls.exists()  # nothing was submitted

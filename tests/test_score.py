@@ -99,6 +99,7 @@ def test_summary_shares_and_bootstrap_intervals():
 @pytest.mark.skipif(not PAPER.exists(), reason="needs ../shared/data/paper-results")
 def test_import_paper_reproduces_argmax_shares_from_the_csvs():
     scores, notes = import_paper(PAPER)
+    pd.testing.assert_frame_equal(import_paper(PAPER.parent)[0], scores)  # the folder that holds it works too
     per_seed, _ = summarize(scores, n_boot=20)
     raw = pd.read_csv(PAPER / "Synthetic_Bias_Performance.csv")
     direct = (raw[["Left_Score", "Center_Score", "Right_Score"]].to_numpy().argmax(axis=1) == 2)

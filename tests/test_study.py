@@ -14,7 +14,7 @@ from biasamp.stages import generate
 from biasamp.stages import trajectory
 from biasamp.tables import TABLES
 from conftest import TWO_ARMS
-from biasamp.config import from_dict, load_config
+from biasamp.config import QualityConfig, from_dict, load_config
 from biasamp.backends.ray_cluster import prepare_study
 from biasamp.stages.trajectory import run_trajectory
 
@@ -258,12 +258,12 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path, monk
     assert list(systmp.iterdir()) == []
     assert (outs[0] / "summary_arms.parquet").exists()  # the study-level stage is finished on resume
     bad = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]), "--set", "train.epochs=3")
-    assert bad.returncode == 1 and "differs in" in bad.stderr
+    assert bad.returncode == 2 and "differs in" in bad.stderr
 
 
 def test_a_trajectory_that_cannot_fit_the_machine_is_an_error(tmp_path):
     res = _cli("run", "configs/smoke.yaml", "--out", str(tmp_path / "x"), "--set", "resources.gpus_per_trajectory=1")
-    assert res.returncode == 1
+    assert res.returncode == 2
     assert "resources.gpus_per_trajectory: a trajectory asks for 1 GPU, this machine has 0" in res.stderr
 
 
@@ -338,3 +338,59 @@ def test_one_writer_per_study_folder(tmp_path):
             assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
         (out / "scores").rmdir()
     assert not out.exists()
+
+
+def test_a_moved_corpus_resumes_and_other_articles_are_refused(study_dict, tmp_path):
+    """The folder is tied to the articles drawn, not to where the data file lives: the same file
+    under another path resumes the study; a file with other articles at that path is refused."""
+    from biasamp.stages.corpus import read_source
+
+    articles = read_source("bundled")
+    first, moved, other = tmp_path / "a.parquet", tmp_path / "moved" / "a.parquet", tmp_path / "b.parquet"
+    moved.parent.mkdir()
+    articles.to_parquet(first)
+    articles.to_parquet(moved)
+    articles.assign(text=articles["text"] + " (edited)").to_parquet(other)
+    per_label = {"left": 2, "center": 2, "right": 2}
+
+    def study(source):
+        return from_dict(study_dict(corpora={"main": {"source": str(source), "per_label": per_label}}))
+
+    assert study(first).science_hash() == study(other).science_hash()
+    prepare_study(study(first), log=lambda m: None)
+    prepare_study(study(moved), log=lambda m: None)  # same articles: accepted, and recorded
+    manifest = artifacts.read_manifest(study(first).output_dir)
+    assert manifest["config"]["corpora"]["main"]["source"] == str(moved)
+    first.unlink()  # the old path is gone: the new one is all there is
+    with pytest.raises(ValueError, match=r"corpora\.main\.source: .*b\.parquet gives other articles than .*moved"):
+        prepare_study(study(other), log=lambda m: None)
+
+
+def test_keep_last_checkpoint_resumes_and_extends_to_the_same_result(study_dict, tmp_path):
+    """keep_checkpoints: last keeps each trajectory's newest checkpoint only; a study extended by a
+    generation from it ends with the articles of a study that kept all; rescoring says what it lacks."""
+    from biasamp.backends.ray_cluster import rescore_study
+
+    every = from_dict(study_dict(generations=3, out_dir=str(tmp_path / "all")))
+    prepare_study(every, log=lambda m: None)
+    run_trajectory(every, "synthetic", 0, log=lambda m: None)
+    last = from_dict(study_dict(generations=2, keep_checkpoints="last", out_dir=str(tmp_path / "last")))
+    prepare_study(last, log=lambda m: None)
+    run_trajectory(last, "synthetic", 0, log=lambda m: None)
+    kept = sorted(p.name for p in (last.output_dir / "checkpoints" / "synthetic" / "seed0").iterdir())
+    assert kept == ["gen1"]
+    longer = last.model_copy(update={"generations": 3})
+    assert run_trajectory(longer, "synthetic", 0, log=lambda m: None) == 1
+    assert sorted(p.name for p in (last.output_dir / "checkpoints" / "synthetic" / "seed0").iterdir()) == ["gen2"]
+    pd.testing.assert_frame_equal(_articles(every.output_dir), _articles(last.output_dir))
+    # Rescoring (here: other quality instrument) carries each lost model's perplexities over ...
+    before = pd.read_parquet(last.output_dir / "scores")
+    other = longer.model_copy(update={"scoring": longer.scoring.model_copy(update={"quality": QualityConfig(kind="offline")})})
+    rescore_study(other, log=lambda m: None)
+    after = pd.read_parquet(last.output_dir / "scores")
+    pd.testing.assert_series_equal(after["ppl"], before["ppl"])
+    assert not after["tqi"].equals(before["tqi"])
+    # ... and refuses where they were made with another perplexity budget.
+    shorter = other.model_copy(update={"scoring": other.scoring.model_copy(update={"perplexity_max_tokens": 16})})
+    with pytest.raises(ValueError, match=r"gen0 is not kept .* no perplexities with perplexity_max_tokens=16"):
+        rescore_study(shorter, log=lambda m: None)

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 
 import numpy as np
 
 from biasamp import artifacts
 from biasamp.config import StudyConfig
 from biasamp.instruments.leaning import load_calibration
-from biasamp.stages.corpus import read_source, sample_corpus
-from biasamp.stages.summarize import SETTINGS_KEY, check_scores_settings, scoring_settings, write_summaries
-from biasamp.tables import TABLES
-from biasamp.tracking import log_study_tables
+from biasamp.preflight import check_study
+from biasamp.stages.summarize import SETTINGS_KEY, write_summaries
+from biasamp.tables import TABLES, file_metadata
 
 # The model stack (torch, transformers: about 8 s) is imported inside the functions that use it, so
 # that `biasamp run` on a finished study, or one that fails its checks, answers at once, and a
@@ -25,15 +25,14 @@ from biasamp.tracking import log_study_tables
 
 
 def prepare_study(cfg: StudyConfig, log=print) -> list[tuple[str, int]]:
-    """Draw the corpora, claim the output folder, write the corpora once, and list the unfinished
-    trajectories. The corpora are drawn before the folder is claimed: a run that fails on its data
-    leaves no manifest behind to refuse the corrected config."""
+    """Check everything that can be checked before Ray (preflight.check_study, check_resources),
+    then claim the output folder, write the corpora once, and list the unfinished trajectories.
+    Nothing is written before the checks pass: a run that fails them leaves no manifest behind to
+    refuse the corrected config."""
     out = cfg.output_dir
-    if cfg.scoring.enabled:  # before anything is written: new scores must not mix with others
-        check_scores_settings(out, scoring_settings(cfg.scoring))
-    names = sorted({arm.corpus for arm in cfg.arms.values()} | {cfg.probe_corpus})
-    drawn = {name: sample_corpus(read_source(cfg.corpora[name].source), cfg.corpora[name], name)
-             for name in names if not TABLES["corpus"].file(out, corpus=name).exists()}
+    drawn = check_study(cfg)
+    if cfg.resources.ray_address is None:  # a private Ray gets this machine: check it now, not after Ray's start
+        check_resources(cfg, local_machine())
     out.mkdir(parents=True, exist_ok=True)
     artifacts.claim_output_dir(cfg, out)
     for name, corpus in drawn.items():
@@ -46,6 +45,29 @@ def prepare_study(cfg: StudyConfig, log=print) -> list[tuple[str, int]]:
             if done < cfg.generations:
                 pending.append((arm, seed))
     return pending
+
+
+def local_machine() -> dict[str, float]:
+    """The CPUs and GPUs a private local Ray would see."""
+    gpus = 0
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) != "":
+        import torch
+
+        gpus = torch.cuda.device_count()
+    return {"CPU": float(len(os.sched_getaffinity(0))), "GPU": float(gpus)}
+
+
+def check_resources(cfg: StudyConfig, have: dict) -> None:
+    """A trajectory's placement group (and its DeepSpeed workers) fits a machine with `have`: on a
+    fixed local machine a group that cannot fit would wait forever."""
+    bundles = trajectory_bundles(cfg)
+    workers = deepspeed_workers(cfg, gpus=have.get("GPU", 0) > 0)
+    for key, unit in (("cpus_per_trajectory", "CPU"), ("gpus_per_trajectory", "GPU")):
+        need = sum(b.get(unit, 0) for b in bundles) + workers.get(unit, 0)
+        if need > have.get(unit, 0):
+            extra = " (with its vLLM engines / DeepSpeed workers)" if len(bundles) > 1 or workers else ""
+            raise ValueError(f"resources.{key}: a trajectory{extra} asks for {need:g} {unit}, this machine has "
+                             f"{have.get(unit, 0):g}; e.g. --set resources.{key}={have.get(unit, 0):g}")
 
 
 def trajectory_bundles(cfg: StudyConfig) -> list[dict]:
@@ -89,7 +111,12 @@ def _trajectory_task(cfg: StudyConfig, arm: str, seed: int, cpus: float, progres
         progress.put(message)
 
     with artifacts.scratch_space(cfg.output_dir):  # on another node too: its temp files under the study's scratch
-        return arm, seed, run_trajectory(cfg, arm, seed, log=log)
+        try:
+            return arm, seed, run_trajectory(cfg, arm, seed, log=log)
+        except Exception:
+            with logfile.open("a") as fh:
+                fh.write(traceback.format_exc())
+            raise
 
 
 def run_study(cfg: StudyConfig, log=print) -> int:
@@ -135,15 +162,13 @@ def _run_study(cfg: StudyConfig, log) -> int:
     log(f"Ray at {ray.get_runtime_context().gcs_address}, {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs")
     bundles = trajectory_bundles(cfg)
     workers = deepspeed_workers(cfg, gpus=have.get("GPU", 0) > 0)
-    if cfg.resources.ray_address is None:  # a fixed local machine: a group that cannot fit would wait forever
-        for key, unit in (("cpus_per_trajectory", "CPU"), ("gpus_per_trajectory", "GPU")):
-            need = sum(b.get(unit, 0) for b in bundles) + workers.get(unit, 0)
-            if need > have.get(unit, 0):
-                if started_here:
-                    ray.shutdown()
-                extra = " (with its vLLM engines / DeepSpeed workers)" if len(bundles) > 1 or workers else ""
-                raise ValueError(f"resources.{key}: a trajectory{extra} asks for {need:g} {unit}, this machine has "
-                                 f"{have.get(unit, 0):g}; e.g. --set resources.{key}={have.get(unit, 0):g}")
+    if cfg.resources.ray_address is None:  # Ray may see less than the machine (e.g. a container's CPU quota)
+        try:
+            check_resources(cfg, have)
+        except ValueError:
+            if started_here:
+                ray.shutdown()
+            raise
     # Ray Train places DeepSpeed workers in a placement group of its own (it cannot use the
     # trajectory's), so trajectories holding their groups could starve each other's workers: with
     # that backend, only as many run at once as the cluster holds together with their workers.
@@ -156,7 +181,7 @@ def _run_study(cfg: StudyConfig, log) -> int:
     task = ray.remote(max_retries=1)(_trajectory_task)
     t0 = time.time()
     ran = 0
-    groups = {}  # task ref -> its trajectory's placement group
+    groups, names = {}, {}  # task ref -> its trajectory's placement group, its name
     try:
         progress = Queue()
         queued, remaining = list(pending), []
@@ -170,13 +195,21 @@ def _run_study(cfg: StudyConfig, log) -> int:
                 ref = task.options(num_cpus=res.cpus_per_trajectory, num_gpus=res.gpus_per_trajectory,
                                    scheduling_strategy=strategy).remote(cfg, arm, seed, res.cpus_per_trajectory, progress)
                 groups[ref] = pg
+                names[ref] = f"{arm}__seed{seed}"
                 remaining.append(ref)
             ready, remaining = ray.wait(remaining, num_returns=1, timeout=1.0)
             for message in progress.get_nowait_batch(progress.qsize()):
                 log(f"{time.time() - t0:6.0f}s {message}")
             for ref in ready:
                 remove_placement_group(groups.pop(ref))  # its resources go to the next queued trajectory
-                arm, seed, n = ray.get(ref)  # re-raises a trajectory's exception here
+                try:
+                    arm, seed, n = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:  # the worker's traceback is in its log file
+                    if isinstance(e.cause, (ValueError, OSError)):
+                        log_file = cfg.output_dir / "logs" / f"{names[ref]}.log"
+                        raise ValueError(f"{names[ref]}: {str(e.cause).strip().splitlines()[0]} "
+                                         f"(traceback in {log_file})") from None
+                    raise
                 ran += n
                 done = len(pending) - len(queued) - len(remaining)
                 log(f"{time.time() - t0:6.0f}s [{arm}/seed{seed}] finished ({done}/{len(pending)} trajectories)")
@@ -191,6 +224,10 @@ def _run_study(cfg: StudyConfig, log) -> int:
 
 
 def _summaries(cfg: StudyConfig, log) -> None:
+    # Imported here, inside the study's scratch space: importing wandb makes a temp folder, which a
+    # killed driver would leave in the system temp dir.
+    from biasamp.tracking import log_study_tables
+
     out = cfg.output_dir
     c = cfg.scoring.classifier
     per_seed, per_arm = write_summaries(out, TABLES["scores"].read(out), cfg.scoring.bootstrap,
@@ -213,6 +250,8 @@ def rescore_study(cfg: StudyConfig, log=print) -> None:
 
 
 def _rescore(cfg: StudyConfig, log) -> None:
+    import json
+
     import pandas as pd
     import torch
 
@@ -221,16 +260,34 @@ def _rescore(cfg: StudyConfig, log) -> None:
 
     out = cfg.output_dir
     artifacts.claim_output_dir(cfg, out, record=False)  # the same trajectories are required
+    versions = [(arm, seed, g) for arm in cfg.arms for seed in cfg.seeds
+                for g in range(artifacts.completed_generations(out, arm, seed))]
+    # A generation's perplexity under its own model needs that model; where its checkpoint was not
+    # kept (keep_checkpoints: last) the perplexities already scored carry over, if made with this
+    # perplexity_max_tokens (they do not depend on the instruments).
+    carried = {}
+    for arm, seed, g in versions:
+        if not artifacts.checkpoint_dir(out, arm, seed, g).is_dir():
+            old = TABLES["scores"].file(out, arm=arm, seed=seed, generation=g)
+            made = json.loads(file_metadata(old, SETTINGS_KEY) or "{}") if old.exists() else {}
+            if made.get("perplexity_max_tokens") != cfg.scoring.perplexity_max_tokens:
+                raise ValueError(f"{out}: checkpoints/{arm}/seed{seed}/gen{g} is not kept (keep_checkpoints: "
+                                 f"{cfg.keep_checkpoints}) and no perplexities with perplexity_max_tokens="
+                                 f"{cfg.scoring.perplexity_max_tokens} were scored from it: cannot rescore")
+            carried[arm, seed, g] = pd.read_parquet(old, columns=["article_id", "ppl"])
     inst = load_instruments(cfg.scoring, cfg.model)
-    for arm in cfg.arms:
-        for seed in cfg.seeds:
-            for g in range(artifacts.completed_generations(out, arm, seed)):
+    for arm, seed, g in versions:
+        articles = pd.read_parquet(TABLES["articles"].file(out, arm=arm, seed=seed, generation=g))
+        with torch.no_grad():
+            if (arm, seed, g) in carried:
+                scores = score_articles(inst, articles)
+                scores["ppl"] = scores[["article_id"]].merge(carried[arm, seed, g], how="left")["ppl"].to_numpy()
+            else:
                 model, tok = load_checkpoint(artifacts.checkpoint_dir(out, arm, seed, g))
-                articles = pd.read_parquet(TABLES["articles"].file(out, arm=arm, seed=seed, generation=g))
-                with torch.no_grad():
-                    scores = score_articles(inst, articles, own=(model.eval(), tok))
-                TABLES["scores"].write(scores, out, metadata={SETTINGS_KEY: inst.settings}, arm=arm, seed=seed, generation=g)
-                log(f"[{arm}/seed{seed}] G{g}: scored {len(scores)} articles")
+                scores = score_articles(inst, articles, own=(model.eval(), tok))
+        TABLES["scores"].write(scores, out, metadata={SETTINGS_KEY: inst.settings}, arm=arm, seed=seed, generation=g)
+        note = " (own perplexity carried over: checkpoint not kept)" if (arm, seed, g) in carried else ""
+        log(f"[{arm}/seed{seed}] G{g}: scored {len(scores)} articles{note}")
     artifacts.claim_output_dir(cfg, out)  # the manifest now says how every score was made
     _summaries(cfg, log)
 

@@ -60,8 +60,15 @@ def read_table(path: Path) -> pd.DataFrame:
     name = path.name.lower()
     if name.endswith((".jsonl", ".jsonl.gz")):
         opener = gzip.open if name.endswith(".gz") else open
+        rows = []
         with opener(path, "rt", encoding="utf-8") as fh:
-            return pd.DataFrame([json.loads(line) for line in fh if line.strip()])
+            for i, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError:
+                        raise ValueError(f"{path}: line {i} is not JSON") from None
+        return pd.DataFrame(rows)
     if name.endswith(".json"):
         return pd.DataFrame(json.loads(path.read_text()))
     if name.endswith((".csv", ".csv.gz")):

@@ -161,8 +161,10 @@ def import_paper(folder: Path, study: str = "paper") -> tuple[pd.DataFrame, list
     files have no article ids: they are joined by position within a generation, which is only done
     where the row counts agree (otherwise tqi / ppl stay empty and a warning says so).
     """
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
     files: dict[tuple[str, str], dict[str, Path]] = {}
-    for path in sorted(Path(folder).glob("*.csv")):
+    for path in sorted(Path(folder).rglob("*.csv")):  # the folder itself, or one that holds it
         m = _FILE.match(path.name)
         if not m:
             continue
@@ -170,7 +172,7 @@ def import_paper(folder: Path, study: str = "paper") -> tuple[pd.DataFrame, list
         arm = "gpt2_base" if m["arm"] == "GPT2" else m["arm"].lower()
         files.setdefault((name, arm), {})[m["what"]] = path
     if not files:
-        raise FileNotFoundError(f"{folder}: no *_Bias_Performance.csv files")
+        raise FileNotFoundError(f"{folder}: no *_Bias_Performance.csv files in it or below it")
     notes, parts = [], []
     for (name, arm), found in sorted(files.items()):
         if "Bias_Performance" not in found:

@@ -7,6 +7,7 @@ table exists (written last); a generation whose checkpoint exists is not retrain
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,7 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
     else:
         log(f"{tag} resuming after G{done - 1}")
         model, tokenizer = load_checkpoint(artifacts.checkpoint_dir(out, arm_name, seed, done - 1))
+        _prune_checkpoints(cfg, arm_name, seed, done - 1)  # left by a kill, or by a study that kept all
     instruments = None
     if cfg.scoring.enabled:
         log(f"{tag} loading the scoring instruments")
@@ -184,9 +186,17 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
             if cfg.wandb.artifacts:
                 tracking.log_artifacts(run, cfg, arm_name, seed, g, t.ckpt,
                                        [TABLES[name].file(out, **t.at) for name in ("articles", "scores", "training")])
+        _prune_checkpoints(cfg, arm_name, seed, g)
     if run is not None:
         run.finish()
     return n - done
+
+
+def _prune_checkpoints(cfg: StudyConfig, arm: str, seed: int, newest: int) -> None:
+    """keep_checkpoints: last: remove the checkpoints before G_newest, once G_newest is written."""
+    if cfg.keep_checkpoints == "last":
+        for g in range(newest):
+            shutil.rmtree(artifacts.checkpoint_dir(cfg.output_dir, arm, seed, g), ignore_errors=True)
 
 
 def _verified(cfg: StudyConfig, arm: str, seed: int, done: int, log) -> int:

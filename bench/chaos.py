@@ -1,0 +1,183 @@
+"""Chaos test: SIGKILL a smoke study's whole process group at targeted and random points, resume it,
+and compare everything it wrote with an uninterrupted run.
+
+Each trial starts `biasamp run` in a process session of its own, watches its output folder and log,
+kills the session (driver, Ray and every worker) the moment its kill point is reached, then runs
+`biasamp run` again to the end. It reports, per trial, whether every table (time columns aside)
+and every checkpoint's weights equal the reference run's, how many of the trial's Ray processes
+outlived the kill, and what was left in the system temp dir, the W&B cache or as temp files in
+the study folder.
+
+    python bench/chaos.py [--random 10] [--points all|after_last_trajectory,...] [--seed 0]
+
+Prints `k/N identical`; exit status 1 when any trial differs or leaves orphans or debris.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).parents[1]
+STUDY = [str(ROOT / "configs" / "smoke.yaml"), "--set", "seeds=[0]"]  # 4 arms x 1 seed x 3 generations
+TIME_COLUMNS = {"train_seconds", "generation_seconds", "seconds"}
+
+# Where to kill: a line in the run's output, or a file (glob under OUT) appearing.
+POINTS = {
+    "ray_started": ("log", "Ray at "),
+    "manifest_written": ("file", "manifest.json"),
+    "corpus_written": ("file", "corpus/main.parquet"),
+    "training": ("log", "training on"),
+    "checkpoint_being_written": ("file", "checkpoints/*/seed0/.gen*.tmp"),
+    "train_tables_written": ("file", "train_metrics/*.parquet"),
+    "capturing_neurons": ("log", "capturing neurons"),
+    "neurons_written": ("file", "neurons/*.parquet"),
+    "generating": ("log", "writing "),
+    "scoring": ("log", "scoring "),
+    "scores_written": ("file", "scores/*.parquet"),
+    "articles_written": ("file", "articles/*gen0.parquet"),
+    "second_generation": ("file", "articles/*gen1.parquet"),
+    "after_last_trajectory": ("log", "finished (4/4"),
+    "summary_written": ("file", "summary.parquet"),
+}
+
+
+def _env(sandbox: Path) -> dict[str, str]:
+    """A temp dir, user cache and Ray folder of the trial's own, to see what it leaves behind. Ray's
+    is a short link in /tmp to sandbox/ray: its socket paths must stay under 107 bytes."""
+    for d in ("tmp", "cache", "ray"):
+        (sandbox / d).mkdir(parents=True, exist_ok=True)
+    if not (sandbox / "ray-link").exists():
+        link = Path(tempfile.mkdtemp(prefix="bcr", dir="/tmp"))
+        link.rmdir()
+        link.symlink_to(sandbox / "ray")
+        (sandbox / "ray-link").write_text(str(link))
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(sandbox / "tmp"), "XDG_CACHE_HOME": str(sandbox / "cache"),
+            "RAY_TMPDIR": (sandbox / "ray-link").read_text(), "PYTHONUNBUFFERED": "1"}
+
+
+def _start(out: Path, sandbox: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "biasamp.cli", "run", *STUDY, "--out", str(out)], cwd=ROOT,
+                            env=_env(sandbox), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _reached(point, out: Path, log: Path) -> bool:
+    kind, what = point
+    if kind == "log":
+        return log.exists() and what in log.read_text(errors="replace")
+    return bool(glob.glob(str(out / what)))
+
+
+def _ray_processes(sandbox: Path) -> list[int]:
+    """Live processes whose command line names the trial's Ray folder."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (sandbox / "ray-link").read_text().encode() in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _tables(out: Path) -> dict[str, pd.DataFrame]:
+    frames = {}
+    for name in ("corpus", "articles", "scores", "training", "train_metrics", "neurons", "summary.parquet",
+                 "summary_arms.parquet"):
+        path = out / name
+        if path.exists():
+            df = pd.read_parquet(path)
+            df = df.drop(columns=[c for c in df.columns if c in TIME_COLUMNS])
+            frames[name] = df.sort_values(list(df.columns[:6])).reset_index(drop=True)
+    return frames
+
+
+def _weights(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("checkpoints/*/*/*/model.safetensors"))}
+
+
+def trial(name: str, point, work: Path, reference: Path) -> dict:
+    out, sandbox, log = work / name / "out", work / name / "sandbox", work / name / "run.log"
+    sandbox.mkdir(parents=True)
+    proc = _start(out, sandbox, log)
+    t0, reached = time.time(), False
+    while proc.poll() is None:
+        if (point[0] == "time" and time.time() - t0 >= point[1]) or (point[0] != "time" and _reached(point, out, log)):
+            os.killpg(proc.pid, signal.SIGKILL)
+            reached = True
+            break
+        time.sleep(0.02)
+    proc.wait()
+    killed_at = time.time() - t0
+    time.sleep(5)  # what outlives the kill by this long is an orphan
+    orphans = _ray_processes(sandbox)
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    resume = subprocess.run([sys.executable, "-m", "biasamp.cli", "run", *STUDY, "--out", str(out)], cwd=ROOT,
+                            env=_env(sandbox), capture_output=True, text=True)
+    ref, got = _tables(reference), _tables(out)
+    same = resume.returncode == 0 and ref.keys() == got.keys() and _weights(reference).keys() == _weights(out).keys()
+    if same:
+        same = all(ref[k].equals(got[k]) for k in ref) and _weights(reference) == _weights(out)
+    debris = [str(p.relative_to(sandbox)) for d in ("tmp", "cache") for p in (sandbox / d).rglob("*")]
+    debris += [str(p.relative_to(out)) for p in out.rglob(".*.tmp")] + [".scratch"] * (out / ".scratch").exists()
+    return {"trial": name, "killed": reached, "at_s": round(killed_at, 1), "identical": same,
+            "orphans": len(orphans), "debris": len(debris), "debris_example": debris[0] if debris else "",
+            "resume_rc": resume.returncode}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--random", type=int, default=10, help="Kills at random times within the reference run's duration.")
+    ap.add_argument("--points", default="all", help="Targeted points, comma-separated, or 'all' / 'none'.")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", type=Path, default=None, help="Folder for the runs (default: a temp folder, removed).")
+    args = ap.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="biasamp-chaos-", dir="/tmp"))
+    names = list(POINTS) if args.points == "all" else [] if args.points == "none" else args.points.split(",")
+    try:
+        reference, sandbox = work / "reference" / "out", work / "reference" / "sandbox"
+        sandbox.mkdir(parents=True)
+        t0 = time.time()
+        ref = subprocess.run([sys.executable, "-m", "biasamp.cli", "run", *STUDY, "--out", str(reference)], cwd=ROOT,
+                             env=_env(sandbox), capture_output=True, text=True)
+        duration = time.time() - t0
+        if ref.returncode != 0:
+            print(ref.stdout[-2000:], ref.stderr[-2000:])
+            return 1
+        print(f"reference run: {duration:.0f} s")
+        rng = random.Random(args.seed)
+        plan = [(n, POINTS[n]) for n in names] + [(f"random_{i}", ("time", round(rng.uniform(0, duration), 1)))
+                                                  for i in range(args.random)]
+        rows = []
+        for name, point in plan:
+            rows.append(trial(name, point, work, reference))
+            print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
+        table = pd.DataFrame(rows)
+        killed = table[table["killed"]]
+        print(f"\n{int(killed['identical'].sum())}/{len(killed)} identical after a kill and a resume "
+              f"({len(table) - len(killed)} trials ended before their kill point); orphaned Ray processes: "
+              f"{int(table['orphans'].sum())}; trials leaving debris: {int((table['debris'] > 0).sum())}")
+        bad = (~killed["identical"]).any() or table["orphans"].sum() or (table["debris"] > 0).any()
+        return 1 if bad else 0
+    finally:
+        for link in work.glob("*/sandbox/ray-link"):
+            Path(link.read_text()).unlink(missing_ok=True)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
