@@ -5,7 +5,7 @@ Each trial starts `biasamp run` in a process session of its own, watches its out
 kills the session (driver, Ray and every worker) the moment its kill point is reached, then runs
 `biasamp run` again to the end. It reports, per trial, whether every table (time columns aside)
 and every checkpoint's weights equal the reference run's, how many of the trial's Ray processes
-outlived the kill, and what was left in the system temp dir, the W&B cache or as temp files in
+outlived the kill by 30 s (and which), and what was left in the system temp dir, the W&B cache or as temp files in
 the study folder.
 
     python bench/chaos.py [--random 10] [--points all|after_last_trajectory,...] [--seed 0]
@@ -92,6 +92,15 @@ def _ray_processes(sandbox: Path) -> list[int]:
     return pids
 
 
+def _name(pid: int) -> str:
+    """A process's program and first argument, e.g. `python default_worker.py`."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    return " ".join(Path(a.decode(errors="replace")).name for a in argv[:2] if a)
+
+
 def _tables(out: Path) -> dict[str, pd.DataFrame]:
     frames = {}
     for name in ("corpus", "articles", "scores", "training", "train_metrics", "neurons", "summary.parquet",
@@ -121,8 +130,10 @@ def trial(name: str, point, work: Path, reference: Path) -> dict:
         time.sleep(0.02)
     proc.wait()
     killed_at = time.time() - t0
-    time.sleep(5)  # what outlives the kill by this long is an orphan
-    orphans = _ray_processes(sandbox)
+    deadline = time.time() + 30  # Ray's processes that lose their parent exit on their own; give them 30 s
+    while (orphans := _ray_processes(sandbox)) and time.time() < deadline:
+        time.sleep(1)
+    orphan_names = sorted({_name(pid) for pid in orphans})
     for pid in orphans:
         os.kill(pid, signal.SIGKILL)
     resume = subprocess.run([sys.executable, "-m", "biasamp.cli", "run", *STUDY, "--out", str(out)], cwd=ROOT,
@@ -134,8 +145,8 @@ def trial(name: str, point, work: Path, reference: Path) -> dict:
     debris = [str(p.relative_to(sandbox)) for d in ("tmp", "cache") for p in (sandbox / d).rglob("*")]
     debris += [str(p.relative_to(out)) for p in out.rglob(".*.tmp")] + [".scratch"] * (out / ".scratch").exists()
     return {"trial": name, "killed": reached, "at_s": round(killed_at, 1), "identical": same,
-            "orphans": len(orphans), "debris": len(debris), "debris_example": debris[0] if debris else "",
-            "resume_rc": resume.returncode}
+            "orphans": len(orphans), "orphan_names": ",".join(orphan_names), "debris": len(debris),
+            "debris_example": debris[0] if debris else "", "resume_rc": resume.returncode}
 
 
 def main() -> int:

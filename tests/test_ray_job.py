@@ -44,7 +44,9 @@ def test_submit_smoke_study_to_a_local_head_with_token_auth(tmp_path):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         out = tmp_path / "study"
-        for _ in range(24):  # the head starting in the background, or without its job agent yet: try again
+        deadline = time.time() + 600
+        while time.time() < deadline:  # the head starting in the background, or without its job agent yet
+            # (minutes on a loaded 2-core machine): try again
             res = subprocess.run(
                 ["ray_jobs/submit.sh", address, "configs/smoke.yaml", "--out", str(out), "--set", "generations=2",
                  "--set", "seeds=[0]", "--set", TWO_ARMS], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
