@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from biasamp.artifacts import temp_path
+
 
 def fit_beta(x: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
     """(Weighted) maximum-likelihood Beta(a, b), optimised over log a, log b."""
@@ -71,7 +73,7 @@ def plot(df: pd.DataFrame, method: str, path, data=(2.0, 2.0)) -> None:
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     tmp.replace(path)

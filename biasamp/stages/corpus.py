@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from biasamp.artifacts import temp_path
 from biasamp.config import LABELS, CorpusConfig
 
 BUNDLED = Path(__file__).parents[1] / "data" / "abp_slice.jsonl.gz"
@@ -132,7 +133,7 @@ def sample_corpus(articles: pd.DataFrame, cfg: CorpusConfig, name: str = "corpus
 
 
 def write_jsonl_gz(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     with gzip.open(tmp, "wt", encoding="utf-8") as fh:
         for row in df.to_dict(orient="records"):
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")

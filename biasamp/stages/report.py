@@ -22,6 +22,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa:
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
+from biasamp.artifacts import temp_path  # noqa: E402
 from biasamp.config import LABELS  # noqa: E402
 from biasamp.tables import TABLES  # noqa: E402
 
@@ -85,7 +86,7 @@ def _series(studies: list[dict], paper: dict | None):
 
 def _save(fig, out: Path, name: str) -> str:
     for ext in ("png", "svg"):
-        tmp = out / f".{name}.{ext}.tmp"
+        tmp = temp_path(out / f"{name}.{ext}")
         fig.savefig(tmp, dpi=110, format=ext, bbox_inches="tight")
         tmp.replace(out / f"{name}.{ext}")
     plt.close(fig)
@@ -368,7 +369,7 @@ def build(folders: list[Path], out: Path, paper: Path | None = None, simulation:
                         f"<pre>{html.escape(yaml.safe_dump(m.get('config', {}), sort_keys=False))}</pre>"
                         f"<h3>Versions</h3><pre>{html.escape(json.dumps(m.get('versions', {}), indent=1))}</pre>")
     page = out / "index.html"
-    tmp = out / ".index.html.tmp"
+    tmp = temp_path(page)
     tmp.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>biasamp report</title>"
                    f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
     tmp.replace(page)
