@@ -73,15 +73,12 @@ def validate(
 ):
     """Check a study config without running it: the config, and what `run` needs from the world
     (output folder, corpora, model and its limits, instruments, this machine's CPUs/GPUs)."""
-    from biasamp.backends.ray_cluster import check_resources, local_machine
-    from biasamp.preflight import check_study
+    from biasamp.backends.ray_cluster import check_before_ray
 
     cfg = _load(config, set_, out)
-    with user_errors():  # what `run` checks before it writes anything or starts Ray
-        if not config_only:
-            check_study(cfg)
-        if cfg.resources.ray_address is None and not config_only:
-            check_resources(cfg, local_machine())
+    if not config_only:
+        with user_errors():
+            check_before_ray(cfg)
     if show:
         import yaml
 

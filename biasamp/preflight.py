@@ -1,6 +1,6 @@
 """What a study needs from the world, checked before anything is written or Ray starts: the output
 folder, its manifest and scores, the corpora, the model and its limits, the instruments.
-`biasamp run` (through `prepare_study`) and `biasamp validate` run the same checks; each problem is
+`biasamp run` and `biasamp validate` run the same checks (ray_cluster.check_before_ray); each problem is
 one ValueError naming the key, file or flag.
 """
 
@@ -112,11 +112,10 @@ def check_instruments(cfg: StudyConfig) -> None:
 
 def check_study(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
     """Everything `run` needs that can be known before it writes or starts Ray (resources: see
-    ray_cluster.check_resources). Returns the corpora drawn for a folder that lacks them."""
+    ray_cluster.check_before_ray). Returns the corpora drawn for a folder that lacks them."""
     out = cfg.output_dir
     check_output_dir(out)
-    if read_manifest(out) is not None:
-        claim_output_dir(cfg, out, record=False)  # the folder holds this study, or nothing
+    claim_output_dir(cfg, out, record=False)  # the folder holds this study, or nothing
     if cfg.scoring.enabled:  # new scores must not mix with others
         check_scores_settings(out, scoring_settings(cfg.scoring))
     drawn = draw_corpora(cfg)

@@ -24,15 +24,22 @@ from biasamp.tables import TABLES, file_metadata
 # trajectory task sets torch's threads before loading it.
 
 
-def prepare_study(cfg: StudyConfig, log=print) -> list[tuple[str, int]]:
-    """Check everything that can be checked before Ray (preflight.check_study, check_resources),
-    then claim the output folder, write the corpora once, and list the unfinished trajectories.
-    Nothing is written before the checks pass: a run that fails them leaves no manifest behind to
-    refuse the corrected config."""
-    out = cfg.output_dir
+def check_before_ray(cfg: StudyConfig) -> dict:
+    """Everything `run` checks before it writes anything or starts Ray (`biasamp validate` runs the
+    same): preflight.check_study, and for a private local Ray this machine's CPUs and GPUs. Returns
+    the corpora drawn for a folder that lacks them."""
     drawn = check_study(cfg)
     if cfg.resources.ray_address is None:  # a private Ray gets this machine: check it now, not after Ray's start
         check_resources(cfg, local_machine())
+    return drawn
+
+
+def prepare_study(cfg: StudyConfig, log=print) -> list[tuple[str, int]]:
+    """Check everything that can be checked before Ray (check_before_ray), then claim the output
+    folder, write the corpora once, and list the unfinished trajectories. Nothing is written before
+    the checks pass: a run that fails them leaves no manifest behind to refuse the corrected config."""
+    out = cfg.output_dir
+    drawn = check_before_ray(cfg)
     out.mkdir(parents=True, exist_ok=True)
     artifacts.claim_output_dir(cfg, out)
     for name, corpus in drawn.items():
