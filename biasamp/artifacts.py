@@ -76,7 +76,8 @@ def remove_stale(out: Path) -> int:
     """Remove what interrupted writers left in OUT (temp files and folders, the scratch folder);
     only the folder's owner calls this. Returns how many were removed."""
     stale = [p for p in Path(out).rglob(".*.tmp") if SCRATCH not in p.relative_to(out).parts]
-    stale += [d for d in (scratch_dir(out),) if d.exists()]
+    if scratch_dir(out).exists():
+        stale.append(scratch_dir(out))
     for p in stale:  # a temp file inside a temp folder is gone with its folder
         if p.is_dir():
             shutil.rmtree(p)

@@ -135,9 +135,6 @@ def _nest(raw, key: str, default: str, settings: tuple[str, ...], union) -> dict
     return raw
 
 
-UNION_KEYS = ("mix", "backend")  # keys whose value may be the shorthand `key: kind`
-
-
 # Training mixes: what G_g (g >= 1) trains on. Each kind is one function in biasamp.stages.mix.MIXES;
 # its settings live here, under the kind that uses them.
 class ReplaceMix(_Frozen):
@@ -204,6 +201,8 @@ class VLLMGeneration(_Frozen):
 
 
 GenerationBackend = typing.Annotated[typing.Union[HFGeneration, VLLMGeneration], Field(discriminator="kind")]
+# The keys whose value is one of several kinds (`mix: preserve` is short for `mix: {kind: preserve}`), with the kinds.
+UNION_KINDS = {"mix": MIX_KINDS, "backend": ("hf", "vllm")}
 
 
 class GenerationConfig(_Frozen):
@@ -431,7 +430,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> None:
 def _set_path(d: dict, dotted: str, value) -> None:
     keys = dotted.split(".")
     for k in keys[:-1]:
-        if k in UNION_KEYS and isinstance(d.get(k), str):  # the shorthand `mix: preserve`
+        if k in UNION_KINDS and isinstance(d.get(k), str):  # the shorthand `mix: preserve`
             d[k] = {"kind": d[k]}
         d = d.setdefault(k, {})
         if not isinstance(d, dict):
@@ -471,8 +470,7 @@ def _key_path(loc) -> tuple[str, ...]:
     """pydantic's error location as the user wrote the keys: without the tag it adds after a
     discriminated union (`arms.a.mix.replace.x` -> `arms.a.mix.x`)."""
     parts = [str(p) for p in loc]
-    tags = {"mix": MIX_KINDS, "backend": ("hf", "vllm")}
-    return tuple(p for i, p in enumerate(parts) if not (i and p in tags.get(parts[i - 1], ())))
+    return tuple(p for i, p in enumerate(parts) if not (i and p in UNION_KINDS.get(parts[i - 1], ())))
 
 
 def from_dict(raw: dict, source: str = "<dict>") -> StudyConfig:
