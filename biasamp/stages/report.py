@@ -263,6 +263,9 @@ def fig_neurons(studies, out: Path) -> tuple[str | None, str]:
         axes[1].set_ylabel("neurons flagged")
         axes[1].set_title("flagged vs flagged when nothing is there", fontsize=10)
         axes[1].legend(fontsize=8)
+    for ax in axes:  # counts: from 0, whole numbers (with none flagged the axis would run from -0.04)
+        ax.set_ylim(0, max(ax.get_ylim()[1], 1))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     n = part.groupby("target").size().iloc[0]
     sig = {t: set(zip(*part[(part.target == t) & part.significant][["layer", "neuron"]].to_numpy().T)) for t in targets}
     if len(targets) == 2:
