@@ -31,7 +31,6 @@ import pandas as pd
 
 ROOT = Path(__file__).parents[1]
 STUDY = [str(ROOT / "configs" / "smoke.yaml"), "--set", "seeds=[0]"]  # 4 arms x 1 seed x 3 generations
-TIME_COLUMNS = {"train_seconds", "generation_seconds", "seconds"}
 
 # Where to kill: a line in the run's output, or a file (glob under OUT) appearing.
 POINTS = {
@@ -108,7 +107,7 @@ def _tables(out: Path) -> dict[str, pd.DataFrame]:
         path = out / name
         if path.exists():
             df = pd.read_parquet(path)
-            df = df.drop(columns=[c for c in df.columns if c in TIME_COLUMNS])
+            df = df.drop(columns=[c for c in df.columns if c.endswith("seconds")])  # wall times differ
             frames[name] = df.sort_values(list(df.columns[:6])).reset_index(drop=True)
     return frames
 

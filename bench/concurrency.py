@@ -1,27 +1,23 @@
-"""How well trajectories share a machine: the smoke study's 4 trajectories (4 arms x 1 seed x 3
-generations) under Ray, one after another (2 CPUs, so 2 torch threads, per trajectory: the
-baseline) vs side by side (1 CPU each: 2 at once; 0.5 each: 4 at once, 1 thread each). Wall time of
-the whole `biasamp run` (Ray's start included, the same in each), min / median / max over repeats,
-and the ratio of medians to the baseline.
-
-    python bench/concurrency.py [--repeats 3]
+"""Concurrency: the smoke study's 4 trajectories (4 arms x 1 seed x 3 generations) under Ray, all 4
+at once (0.5 CPU each, one torch thread each) vs one after another (2 CPUs each, 2 threads), wall
+time of the whole `biasamp run` (Ray's start included, the same in both). The check is where a
+sequential run's time went, by stage (train_metrics' *_seconds). Run by `python -m bench concurrency`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 ROOT = Path(__file__).parents[1]
 STUDY = [str(ROOT / "configs" / "smoke.yaml"), "--set", "seeds=[0]", "--set", "wandb.mode=disabled"]
-LAYOUTS = {"one after another (2 CPU each)": 2, "2 at once (1 CPU each)": 1, "4 at once (0.5 CPU each)": 0.5}
 
 
 def wall(cpus: float, out: Path) -> float:
@@ -34,27 +30,23 @@ def wall(cpus: float, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+def stage_split(out: Path) -> str:
+    per_generation = pd.read_parquet(out / "train_metrics").drop_duplicates(["arm", "seed", "generation"])
+    seconds = {c.removesuffix("_seconds"): per_generation[c].sum() for c in per_generation if c.endswith("_seconds")}
+    total = sum(seconds.values())
+    return ", ".join(f"{stage} {s / total:.0%}" for stage, s in seconds.items())
+
+
+def measure(repeats: int) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix="biasamp-concurrency-"))
-    print(f"{os.cpu_count()} CPUs; smoke study, 4 trajectories; {args.repeats} repeats, interleaved")
-    times = {name: [] for name in LAYOUTS}
+    ours_s, base_s = [], []
     try:
-        for r in range(args.repeats):
-            for name, cpus in LAYOUTS.items():
-                out = work / f"{cpus}-{r}"
-                times[name].append(wall(cpus, out))
-                shutil.rmtree(out)
-        base = statistics.median(times[next(iter(LAYOUTS))])
-        for name, ts in times.items():
-            med = statistics.median(ts)
-            print(f"{name:32s} wall {min(ts):6.1f} / {med:6.1f} / {max(ts):6.1f} s (min/median/max)  "
-                  f"{med / base:5.2f}x the one-after-another median")
+        for r in range(repeats):  # interleaved: a slow spell of the machine touches both
+            base_s.append(wall(2, work / f"sequential-{r}"))
+            ours_s.append(wall(0.5, work / f"together-{r}"))
+        split = stage_split(work / "sequential-0")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    main()
+    return [{"figure": "4 trajectories of the smoke study on one machine", "unit": "s (wall of biasamp run)",
+             "ours": "all 4 at once under Ray (0.5 CPU each)", "baseline": "one after another (2 CPUs each)",
+             "ours_s": ours_s, "baseline_s": base_s, "check": f"time by stage (one after another): {split}"}]

@@ -1,67 +1,67 @@
-"""Batched block generator vs the authors' one-`generate`-call-per-block loop.
-
-Same model, same prompt blocks (title + 64-token body blocks of the bundled real articles),
-greedy, `--new-tokens` each, EOS ignored so both sides write the same number of tokens.
-Prints tokens/s of each, the ratio, and whether the outputs match token for token.
-
-    python bench/generation.py                      # SmolLM2-135M (offline), 2 threads
-    python bench/generation.py --model gpt2         # a hub id or local dir (kind hf)
+"""Generation: the batched greedy generator (float32 and bfloat16) vs the authors' loop, one
+`generate` call per block, on the same model and prompt blocks (title + 64-token body blocks of
+the bundled real articles), greedy, 64 new tokens each, EOS ignored so both write as many tokens.
+Times are seconds per block; the check is how many blocks the authors' loop and ours continue
+with the same tokens. Run by `python -m bench generation`.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 from biasamp.config import ModelConfig
+from biasamp.models import load_base_model, load_tokenizer
 from biasamp.stages.corpus import read_source
 from biasamp.stages.generate import article_prompts, greedy_continuations
-from biasamp.models import load_base_model, load_tokenizer
+
+PROMPTS, BASELINE_PROMPTS, NEW_TOKENS, BATCH = 64, 8, 64, 32  # the authors' loop runs on the first 8 blocks
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2", help="smollm2 (offline GGUF) or an HF id/dir")
-    ap.add_argument("--prompts", type=int, default=48)
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--baseline-prompts", type=int, default=12, help="the slow loop runs on the first N prompts")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def _authors_loop(model, prompts, pad_id):
+    out = []
+    with torch.no_grad():
+        for p in prompts:
+            ids = torch.tensor([p])
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_length=len(p) + NEW_TOKENS,
+                                 min_length=len(p) + NEW_TOKENS, do_sample=False, pad_token_id=pad_id)
+            out.append(gen[0, len(p):].tolist())
+    return out
 
-    cfg = ModelConfig(kind="gguf", name="smollm2") if args.model == "smollm2" else ModelConfig(kind="hf", name=args.model)
+
+def _timed(fn, n_blocks):
+    t = time.perf_counter()
+    result = fn()
+    return (time.perf_counter() - t) / n_blocks, result
+
+
+def measure(repeats: int) -> list[dict]:
+    cfg = ModelConfig(kind="gguf", name="smollm2")
     tok = load_tokenizer(cfg)
     model = load_base_model(cfg, len(tok)).eval()
     arts = read_source("bundled")
-    prompts = [p for t, b in zip(arts["title"], arts["text"]) for p in article_prompts(tok, t, b, 64, None)]
-    prompts = prompts[: args.prompts]
-    n_base = min(args.baseline_prompts, len(prompts))
-
-    t = time.perf_counter()
-    baseline = []
-    with torch.no_grad():
-        for p in prompts[:n_base]:
-            ids = torch.tensor([p])
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_length=len(p) + args.new_tokens,
-                                 min_length=len(p) + args.new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-            baseline.append(out[0, len(p):].tolist())
-    base_tps = n_base * args.new_tokens / (time.perf_counter() - t)
-
-    t = time.perf_counter()
-    batched = greedy_continuations(model, prompts, args.new_tokens, args.batch_size, tok.pad_token_id, None)
-    batch_tps = len(prompts) * args.new_tokens / (time.perf_counter() - t)
-
-    same = sum(a == b for a, b in zip(baseline, batched[:n_base]))
-    print(f"model {args.model}, {args.threads} threads, {args.new_tokens} new tokens per block")
-    print(f"one call per block : {base_tps:8.1f} tokens/s  ({n_base} blocks)")
-    print(f"batched (bs {args.batch_size:3d})  : {batch_tps:8.1f} tokens/s  ({len(prompts)} blocks)")
-    print(f"ratio              : {batch_tps / base_tps:8.1f}x")
-    print(f"identical outputs  : {same}/{n_base} blocks")
-
-
-if __name__ == "__main__":
-    main()
+    prompts = [p for t, b in zip(arts["title"], arts["text"]) for p in article_prompts(tok, t, b, 64, None)][:PROMPTS]
+    first = prompts[:BASELINE_PROMPTS]
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    ours = {d: lambda dt=dt: greedy_continuations(model, prompts, NEW_TOKENS, BATCH, tok.pad_token_id, None, dtype=dt)
+            for d, dt in dtypes.items()}
+    greedy_continuations(model, prompts[:2], 2, 2, tok.pad_token_id, None)  # warm-up (one-time allocations)
+    base_s, ours_s, outputs = [], {d: [] for d in dtypes}, {}
+    for _ in range(repeats):
+        s, reference = _timed(lambda: _authors_loop(model, first, tok.pad_token_id), len(first))
+        base_s.append(s)
+        for d, fn in ours.items():
+            s, outputs[d] = _timed(fn, len(prompts))
+            ours_s[d].append(s)
+    rows = []
+    for d in dtypes:
+        got = outputs[d][: len(first)]
+        same = sum(a == b for a, b in zip(reference, got))
+        tokens = sum(x == y for a, b in zip(reference, got) for x, y in zip(a, b)) / sum(map(len, reference))
+        rows.append({"figure": f"generation, SmolLM2-135M, 64-token blocks + {NEW_TOKENS} new tokens, {d}",
+                     "unit": "s per block", "ours": f"batched ({BATCH} blocks, by length), {d}",
+                     "baseline": "one generate call per block, float32 (authors')", "ours_s": ours_s[d],
+                     "baseline_s": base_s,
+                     "check": f"{same}/{len(first)} blocks identical to the authors' loop, {tokens:.0%} of tokens"})
+    return rows

@@ -214,6 +214,9 @@ class GenerationConfig(_Frozen):
     max_blocks: int | None = Field(None, ge=1)  # body blocks per article (None: all)
     batch_size: int = Field(32, ge=1)
     stop_at_eos: bool = True
+    # The hf backend's weights while generating. bfloat16 is about 2x faster on CPUs with AVX512-BF16
+    # or AMX and on GPUs, and changes some greedy tokens: `python -m bench generation` prints how many.
+    dtype: Literal["float32", "bfloat16"] = "float32"
     # `backend: vllm` is short for `backend: {kind: vllm}`; `{backend: vllm, engines: 2}` for
     # `backend: {kind: vllm, engines: 2}`.
     backend: GenerationBackend = HFGeneration()

@@ -118,10 +118,10 @@ TABLES = {t.name: t for t in [
           "one row per training example of G_g: source is real or the generation that wrote it (G0, G1, ...)"),
     Table("train_metrics", "train_metrics/" + _VERSION,
           f"{ADDRESS} step:int loss:float train_loss:float train_articles:int train_tokens:float train_seconds:float "
-          "epochs:float batch_size:int lr:float weight_decay:float max_length:int init:str backend:str",
+          "capture_seconds:float generate_seconds:float score_seconds:float epochs:float batch_size:int lr:float weight_decay:float max_length:int init:str backend:str",
           ("study", "arm", "seed", "generation", "step"),
-          "G_g's fine-tuning: loss per optimizer step, then per generation: mean loss, articles, tokens, seconds, "
-          "the resolved hyper-parameters"),
+          "G_g's fine-tuning: loss per optimizer step, then per generation: mean loss, articles, tokens, "
+          "wall seconds of each stage (train, capture, generate, score), the resolved hyper-parameters"),
     Table("articles", "articles/" + _VERSION,
           f"{ADDRESS} article_id:str title:str text:str source_label:str n_tokens:int",
           ("study", "arm", "seed", "generation", "article_id"), "D_g, what G_g wrote; written last: marks G_g done"),

@@ -38,7 +38,7 @@ def test_block_protocol_hand_checked(tok, monkeypatch):
     assert article_prompts(tok, "Hi", "Hello world, the Senate", 2, 2) == [[17250], [15496, 995], [11, 262]]
     assert article_prompts(tok, "", "Hello world", 64, None) == [[15496, 995]]  # no empty title prompt
 
-    def echo(model, prompts, new_tokens, batch_size, pad_id, eos_id, progress=None):
+    def echo(model, prompts, new_tokens, batch_size, pad_id, eos_id, progress=None, dtype=None):
         return [[p[-1]] * 2 for p in prompts]
 
     monkeypatch.setattr(generate, "greedy_continuations", echo)
@@ -69,6 +69,21 @@ def test_batched_equals_one_call_per_block(tok, trained):
                                    eos_id=tok.eos_token_id, progress=lambda done, total: seen.append((done, total)))
     assert batched == reference
     assert seen[-1] == (len(prompts), len(prompts)) and len(seen) == -(-len(prompts) // 8)
+
+
+def test_bfloat16_generates_from_a_copy_and_mostly_agrees(tok, trained):
+    """dtype bfloat16 generates from a bf16 copy: the fp32 model (which trains on) is untouched, and
+    the greedy tokens are mostly, not all, those of fp32 (the bench prints the agreement on SmolLM2)."""
+    arts = read_source("bundled").iloc[1::20]
+    prompts = [p for t, b in zip(arts["title"], arts["text"]) for p in article_prompts(tok, t, b, 64, 2)]
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    fp32 = greedy_continuations(trained, prompts, 24, 8, tok.pad_token_id, None)
+    bf16 = greedy_continuations(trained, prompts, 24, 8, tok.pad_token_id, None, dtype=torch.bfloat16)
+    assert trained.dtype == torch.float32 and all(torch.equal(v, trained.state_dict()[k]) for k, v in before.items())
+    assert [len(c) for c in bf16] == [24] * len(prompts)
+    first = [a[0] == b[0] for a, b in zip(fp32, bf16)]  # the first token, before any divergence compounds
+    assert sum(first) >= 0.8 * len(prompts), sum(first)
+    assert bf16 != fp32  # it did generate in bf16
 
 
 def test_no_eos_stop_gives_full_length(tok, trained):

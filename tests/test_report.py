@@ -37,7 +37,8 @@ def _study(out: Path, gens=4, seeds=(0, 1)) -> Path:
             for g in range(gens):
                 steps = pd.DataFrame({"step": range(1, 6), "loss": np.linspace(3, 2, 5) - 0.1 * g})
                 steps = steps.assign(study="s", arm=arm, seed=s, generation=g, train_loss=2.5 - 0.1 * g,
-                                     train_articles=100, train_tokens=1e4, train_seconds=1.0, epochs=1.0,
+                                     train_articles=100, train_tokens=1e4, train_seconds=1.0, capture_seconds=0.5,
+                                     generate_seconds=2.0, score_seconds=1.0, epochs=1.0,
                                      batch_size=8, lr=5e-5, weight_decay=0.01, max_length=512, init="previous",
                                      backend="plain")
                 TABLES["train_metrics"].write(steps, out, arm=arm, seed=s, generation=g)

@@ -1,6 +1,7 @@
 """The loop end to end: tables, resume, refusal of a changed config, determinism."""
 
 import os
+import re
 import subprocess
 import tempfile
 import sys
@@ -209,6 +210,11 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path, monk
     assert len(cur) == 2 * n and set(cur["source"]) == {"G1"}
     metrics = pd.read_parquet(outs[0] / "train_metrics")
     assert metrics.groupby(["arm", "seed", "generation"]).size().min() >= 1 and (metrics["lr"] == 5e-4).all()
+    # Each generation's wall time per stage, and the run's split of them at the end.
+    for stage in ("train", "capture", "generate", "score"):
+        assert (metrics[f"{stage}_seconds"] > 0).all(), stage
+    assert re.search(r"time by stage over 24 generations: train \d+ s \(\d+%, median [\d.]+ s\), capture .*"
+                     r"generate .*score ", res.stdout), res.stdout
     # Every table written is what biasamp.tables declares.
     for table in TABLES.values():
         if table.where(outs[0]).exists():

@@ -225,9 +225,22 @@ def _run_study(cfg: StudyConfig, log) -> int:
             remove_placement_group(pg)
         if started_here:
             ray.shutdown()
+    _stage_split(cfg.output_dir, log)
     if cfg.scoring.enabled:
         _summaries(cfg, log)
     return ran
+
+
+def _stage_split(out, log) -> None:
+    """Where the study's time went: each stage's total over every generation written (train_metrics'
+    train/capture/generate/score_seconds), its share, and its median per generation."""
+    per_generation = TABLES["train_metrics"].read(out).drop_duplicates(["arm", "seed", "generation"])
+    seconds = {c.removesuffix("_seconds"): per_generation[c] for c in TABLES["train_metrics"].columns
+               if c.endswith("_seconds") and c in per_generation}  # a study begun before they were recorded
+    total = sum(s.sum() for s in seconds.values())
+    parts = [f"{stage} {s.sum():.0f} s ({s.sum() / total:.0%}, median {s.median():.1f} s)"
+             for stage, s in seconds.items() if s.notna().any()]
+    log(f"time by stage over {len(per_generation)} generations: {', '.join(parts)}")
 
 
 def _summaries(cfg: StudyConfig, log) -> None:

@@ -7,6 +7,7 @@ concatenated and decoded into one synthetic article.
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import pandas as pd
@@ -31,15 +32,17 @@ def article_prompts(tokenizer, title: str, body: str, block_tokens: int, max_blo
 @torch.no_grad()
 def greedy_continuations(
     model, prompts: list[list[int]], new_tokens: int, batch_size: int, pad_id: int, eos_id: int | None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, dtype: torch.dtype = torch.float32,
 ) -> list[list[int]]:
     """Greedy continuation of every prompt, cut before the first EOS (if eos_id is given).
 
     Prompts are sorted by length into batches (length buckets: little padding), left-padded,
-    and decoded with the KV cache by `generate`; results come back in the input order.
+    and decoded with the KV cache by `generate` in `dtype`; results come back in the input order.
     """
     # A fresh config: greedy, and none of the checkpoint's own sampling defaults.
     config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id, eos_token_id=eos_id)
+    if dtype != model.dtype:  # a copy: the model trains on in its own precision
+        model = copy.deepcopy(model).to(dtype)
     out: list[list[int]] = [[] for _ in prompts]
     device = model.device
     done = 0
@@ -79,7 +82,7 @@ def write_articles(model, tokenizer, sources: pd.DataFrame, cfg: study_config.Ge
                                    cfg.backend.gpus_per_engine)
     else:
         conts = greedy_continuations(model, prompts, cfg.new_tokens, cfg.batch_size, tokenizer.pad_token_id, eos,
-                                     progress)
+                                     progress, getattr(torch, cfg.dtype))
     tokens: list[list[int]] = [[] for _ in range(len(sources))]
     for k, c in zip(owner, conts):
         tokens[k] += c

@@ -51,6 +51,7 @@ class Trajectory:
     metrics: dict = field(default_factory=dict)  # this generation's, for W&B and the log
     scores: pd.DataFrame | None = None  # this generation's, for W&B
     loss_curve: list | None = None  # this generation's training loss per step, for W&B
+    seconds: dict = field(default_factory=dict)  # this generation's wall time per stage run by this process
 
     @property
     def arm(self) -> ArmConfig:
@@ -95,8 +96,10 @@ def train_stage(t: Trajectory) -> None:
     t.say(f"training on {len(train_df)} articles "
           f"({', '.join(f'{k} {v}' for k, v in train_df['source'].value_counts(sort=False).items())})")
     torch.manual_seed(seed * 100_003 + g)
+    start = time.time()
     metrics = TRAINERS[arm.train.backend](t.model, t.tokenizer, train_df, arm.train, seed * 100_003 + g,
                                           workdir=t.ckpt.with_name(t.ckpt.name + ".train"))
+    metrics["train_seconds"] = time.time() - start  # the stage's wall time, tokenizing included
     TABLES["training"].write(t.addressed(train_df[["article_id", "source"]].copy()), t.out, **t.at)
     TABLES["train_metrics"].write(t.addressed(_train_metrics(metrics, arm.train)), t.out, **t.at)
     t.loss_curve = metrics.pop("loss_curve")
@@ -110,9 +113,11 @@ def capture_stage(t: Trajectory) -> None:
     if not t.cfg.neurons.capture or TABLES["neurons"].file(t.out, **t.at).exists():
         return
     t.say(f"capturing neurons on {len(t.probe)} probe articles")
+    start = time.time()
     rows = t.addressed(capture(t.model, t.tokenizer, t.probe, t.cfg.neurons))
     per_layer = int((rows["layer"] == 0).sum())  # one Parquet row group per layer
     TABLES["neurons"].write(rows, t.out, row_group_size=per_layer, **t.at)
+    t.seconds["capture"] = time.time() - start
 
 
 def write_stage(t: Trajectory) -> None:
@@ -124,23 +129,27 @@ def write_stage(t: Trajectory) -> None:
     t.model.eval()
     written = write_articles(t.model, t.tokenizer, prompts, cfg.generation,
                              _every_minute(t.say), checkpoint=t.ckpt)
-    seconds = time.time() - start
+    t.seconds["generate"] = time.time() - start
     table = t.addressed(written.merge(t.real[["article_id", "source_label"]], on="article_id", how="left"))
     t.metrics.update(gen_tokens=int(table["n_tokens"].sum()), mean_article_tokens=float(table["n_tokens"].mean()),
-                     gen_tokens_per_s=float(table["n_tokens"].sum() / max(seconds, 1e-9)))
+                     gen_tokens_per_s=float(table["n_tokens"].sum() / max(t.seconds["generate"], 1e-9)))
     if t.instruments is not None:
         t.say(f"scoring {len(table)} articles")
+        start = time.time()
         scores = score_articles(t.instruments, table, own=(t.model, t.tokenizer))
         TABLES["scores"].write(scores, t.out, metadata={SETTINGS_KEY: t.instruments.settings}, **t.at)
         t.scores = scores
         row = summarize(scores, cfg.scoring.bootstrap, calibration=t.instruments.calibration,
                         method=cfg.scoring.classifier.prevalence)[0].iloc[0]  # the summary table's own statistics
         t.metrics.update({k: float(v) for k, v in row.items() if k.startswith(("share_", "prev_", "tqi_", "ppl_"))})
+        t.seconds["score"] = time.time() - start
+    _record_stage_seconds(t)
     TABLES["articles"].write(table, t.out, **t.at)
     t.synthetic.append(table)
 
 
 STAGES = [train_stage, capture_stage, write_stage]
+STAGE_SECONDS = ("capture", "generate", "score")  # train_metrics' {stage}_seconds besides train_seconds
 
 
 def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[str], None] = print) -> int:
@@ -175,7 +184,7 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
     )
     run = tracking.trajectory_run(cfg, arm_name, seed, log)
     for g in range(done, n):
-        t.g, t.metrics, t.scores, t.loss_curve, start = g, {}, None, None, time.time()
+        t.g, t.metrics, t.scores, t.loss_curve, t.seconds, start = g, {}, None, None, {}, time.time()
         for stage in STAGES:
             stage(t)
         t.metrics["generation_seconds"] = time.time() - start
@@ -225,6 +234,19 @@ def _verified(cfg: StudyConfig, arm: str, seed: int, done: int, log) -> int:
     return done
 
 
+def _record_stage_seconds(t: Trajectory) -> None:
+    """Add this generation's capture/generate/score wall times to its train_metrics table (written by
+    training, rewritten here before the articles mark the generation done). A stage run by an earlier,
+    interrupted process keeps what was recorded then (NaN: nothing was)."""
+    path = TABLES["train_metrics"].file(t.out, **t.at)
+    df = pd.read_parquet(path)
+    for stage in STAGE_SECONDS:
+        col = f"{stage}_seconds"
+        df[col] = t.seconds[stage] if stage in t.seconds else df.get(col, float("nan"))  # old tables lack it
+    t.metrics.update({f"{stage}_seconds": float(df[f"{stage}_seconds"].iloc[0]) for stage in STAGE_SECONDS})
+    TABLES["train_metrics"].write(df, t.out, **t.at)
+
+
 def _every_minute(say):
     """A progress callback that logs at most once a minute: long generations show they move."""
     t0 = last = time.time()
@@ -245,6 +267,8 @@ def _train_metrics(metrics: dict, train: TrainConfig) -> pd.DataFrame:
     df = pd.DataFrame({"step": range(1, len(curve) + 1), "loss": pd.Series(curve, dtype=float)})
     for key in ("train_loss", "train_articles", "train_tokens", "train_seconds"):
         df[key] = metrics[key]
+    for stage in STAGE_SECONDS:
+        df[f"{stage}_seconds"] = float("nan")  # filled in when the generation's articles are written
     for key in ("epochs", "batch_size", "lr", "weight_decay", "max_length", "init", "backend"):
         df[key] = getattr(train, key)
     df["epochs"] = df["epochs"].astype(float)

@@ -1,0 +1,32 @@
+"""The benchmark entry point: a benchmark runs end to end and records its row; the README's
+performance table is what `python -m bench table` makes of the committed results table."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.__main__ import COLUMNS, README, RESULTS, readme_with_table  # noqa: E402
+
+
+def test_readme_performance_table_is_generated_from_the_results_table():
+    results = pd.read_csv(RESULTS)
+    assert list(results.columns) == COLUMNS and (results["repeats"] >= 3).all()
+    readme = README.read_text()
+    assert readme_with_table(readme, results) == readme, "run `python -m bench table`"
+
+
+def test_stats_benchmark_prints_ours_baseline_and_speedup():
+    res = subprocess.run([sys.executable, "-m", "bench", "stats", "--repeats", "1", "--no-record"], cwd=ROOT,
+                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    ours = next(line for line in lines if line.strip().startswith("ours")).split()
+    base = next(line for line in lines if line.strip().startswith("baseline")).split()
+    speedup = next(line for line in lines if line.strip().startswith("speedup")).split()
+    assert abs(float(speedup[1].rstrip("x")) / (float(base[-2]) / float(ours[-2])) - 1) < 0.01  # medians, 4 digits
+    assert float(speedup[-1]) < 1e-8  # the p-values agree with statsmodels'
