@@ -1,7 +1,8 @@
-"""Concurrency: the smoke study's 4 trajectories (4 arms x 1 seed x 3 generations) under Ray, all 4
-at once (0.5 CPU each, one torch thread each) vs one after another (2 CPUs each, 2 threads), wall
-time of the whole `biasamp run` (Ray's start included, the same in both). The check is where a
-sequential run's time went, by stage (train_metrics' *_seconds). Run by `python -m bench concurrency`.
+"""Concurrency: the smoke study's 4 trajectories (4 arms x 1 seed x 3 generations) under Ray, 2 at
+once (1 CPU each) and all 4 at once (0.5 CPU each; torch uses one thread per trajectory either
+way) vs one after another (2 CPUs, 2 threads each), wall time of the whole `biasamp run` (Ray's
+start included, the same in each). The check is where a sequential run's time went, by stage
+(train_metrics' *_seconds). Run by `python -m bench concurrency`.
 """
 
 from __future__ import annotations
@@ -39,14 +40,16 @@ def stage_split(out: Path) -> str:
 
 def measure(repeats: int) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix="biasamp-concurrency-"))
-    ours_s, base_s = [], []
+    layouts = {2: "one after another (2 CPUs each)", 1: "2 at once under Ray (1 CPU each)",
+               0.5: "all 4 at once under Ray (0.5 CPU each)"}
+    times = {cpus: [] for cpus in layouts}
     try:
-        for r in range(repeats):  # interleaved: a slow spell of the machine touches both
-            base_s.append(wall(2, work / f"sequential-{r}"))
-            ours_s.append(wall(0.5, work / f"together-{r}"))
-        split = stage_split(work / "sequential-0")
+        for r in range(repeats):  # interleaved: a slow spell of the machine touches every layout
+            for cpus in layouts:
+                times[cpus].append(wall(cpus, work / f"{cpus}-{r}"))
+        split = stage_split(work / "2-0")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return [{"figure": "4 trajectories of the smoke study on one machine", "unit": "s (wall of biasamp run)",
-             "ours": "all 4 at once under Ray (0.5 CPU each)", "baseline": "one after another (2 CPUs each)",
-             "ours_s": ours_s, "baseline_s": base_s, "check": f"time by stage (one after another): {split}"}]
+    return [{"figure": f"4 trajectories of the smoke study on one machine, {layouts[cpus].split(' under')[0]}",
+             "unit": "s (wall of biasamp run)", "ours": layouts[cpus], "baseline": layouts[2], "ours_s": times[cpus],
+             "baseline_s": times[2], "check": f"time by stage (one after another): {split}"} for cpus in (1, 0.5)]
