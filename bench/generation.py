@@ -2,7 +2,7 @@
 `generate` call per block, on the same model and prompt blocks (title + 64-token body blocks of
 the bundled real articles), greedy, 64 new tokens each, EOS ignored so both write as many tokens.
 Times are seconds per block; the check is how many blocks the authors' loop and ours continue
-with the same tokens. Run by `python -m bench generation`.
+with the same tokens. On a machine with a GPU both run on it. Run by `python -m bench generation`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def _authors_loop(model, prompts, pad_id):
     out = []
     with torch.no_grad():
         for p in prompts:
-            ids = torch.tensor([p])
+            ids = torch.tensor([p], device=model.device)
             gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_length=len(p) + NEW_TOKENS,
                                  min_length=len(p) + NEW_TOKENS, do_sample=False, pad_token_id=pad_id)
             out.append(gen[0, len(p):].tolist())
@@ -39,7 +39,7 @@ def _timed(fn, n_blocks):
 def measure(repeats: int) -> list[dict]:
     cfg = ModelConfig(kind="gguf", name="smollm2")
     tok = load_tokenizer(cfg)
-    model = load_base_model(cfg, len(tok)).eval()
+    model = load_base_model(cfg, len(tok)).eval().to("cuda" if torch.cuda.is_available() else "cpu")
     arts = read_source("bundled")
     prompts = [p for t, b in zip(arts["title"], arts["text"]) for p in article_prompts(tok, t, b, 64, None)][:PROMPTS]
     first = prompts[:BASELINE_PROMPTS]

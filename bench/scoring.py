@@ -1,7 +1,7 @@
 """Scoring: the study model's perplexity of full-length articles (the costliest instrument: the
 offline leaning and quality models are sparse products), batched by length vs one article per
 forward pass, SmolLM2-135M at 512 tokens on the bundled articles. The check is the largest relative
-difference of the perplexities. Run by `python -m bench scoring`.
+difference of the perplexities. On a machine with a GPU both run on it. Run by `python -m bench scoring`.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 
 from biasamp.config import ModelConfig
 from biasamp.models import load_base_model, load_tokenizer
@@ -24,7 +25,7 @@ def measure(repeats: int) -> list[dict]:
     texts = [training_text(t, b) for t, b in zip(df["title"], df["text"])]
     cfg = ModelConfig(kind="gguf", name="smollm2")
     tok = load_tokenizer(cfg)
-    lm = load_base_model(cfg, len(tok)).eval()
+    lm = load_base_model(cfg, len(tok)).eval().to("cuda" if torch.cuda.is_available() else "cpu")
     perplexities(lm, tok, texts[:2], 16, 2)  # warm-up
     times = {1: [], BATCH: []}
     ppl = {}
