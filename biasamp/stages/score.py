@@ -84,6 +84,9 @@ def score_articles(inst: Instruments, articles: pd.DataFrame, own=None) -> pd.Da
     out = pd.concat([out, leaning(inst.leaning, full, bs)], axis=1)
     out["tqi"] = quality_index(inst.quality, list(articles["text"]), bs)
     mt = inst.cfg.perplexity_max_tokens
-    out["ppl"] = perplexities(*own, full, mt, bs) if own is not None else np.nan
-    out["ppl_ref"] = perplexities(*inst.reference, full, mt, bs)
+    # On a CPU one article per forward pass: a batch's float32 logits (rows x tokens x vocabulary, 800 MB
+    # at 8 x 512 x 49k) cost more than batching saves there (`python -m bench scoring`).
+    ppl_bs = 1 if inst.reference[0].device.type == "cpu" else bs
+    out["ppl"] = perplexities(*own, full, mt, ppl_bs) if own is not None else np.nan
+    out["ppl_ref"] = perplexities(*inst.reference, full, mt, ppl_bs)
     return TABLES["scores"].check(out)
