@@ -79,9 +79,15 @@ def _print(row: dict) -> None:
     print(f"  speedup  {row['speedup']:.2f}x   {row['check']}")
 
 
+NUMBERS = ["ours_min", "ours_median", "ours_max", "baseline_min", "baseline_median", "baseline_max", "speedup"]
+
+
 def table(results: pd.DataFrame) -> str:
     """The README's table: the latest row per (benchmark, figure, device)."""
     latest = results.drop_duplicates(["benchmark", "figure", "cpu", "gpu"], keep="last")
+    latest = latest.sort_values("benchmark", key=lambda b: b.map(NAMES.index), kind="stable").astype(str)
+    latest = latest.apply(lambda col: col.str.replace("|", "\\|"))  # a cell's own bars would split it
+    latest[NUMBERS] = latest[NUMBERS].astype(float)
     lines = ["| benchmark | ours vs baseline | unit | ours, median (min-max) | baseline, median (min-max) | "
              "speedup | outputs | machine |", "|---|---|---|---|---|---|---|---|"]
     for r in latest.itertuples():
