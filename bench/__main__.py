@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import os
 import platform
 import statistics
@@ -31,14 +32,9 @@ README = ROOT / "README.md"
 TABLE_START, TABLE_END = "<!-- bench table: python -m bench table -->", "<!-- end of bench table -->"
 
 
-def _benchmarks():
-    from bench import capture, concurrency, generation, neuron_stats, scoring  # the model stack loads here
-
-    return {"generation": generation.measure, "scoring": scoring.measure, "capture": capture.measure,
-            "stats": neuron_stats.measure, "concurrency": concurrency.measure}
-
-
-NAMES = ("generation", "scoring", "capture", "stats", "concurrency")
+# name -> the module whose measure(repeats) runs it (imported when run: the model stack loads there)
+BENCHMARKS = {"generation": "bench.generation", "scoring": "bench.scoring", "capture": "bench.capture",
+              "stats": "bench.neuron_stats", "concurrency": "bench.concurrency"}
 COLUMNS = ["date", "commit", "benchmark", "figure", "unit", "ours", "baseline", "repeats", "ours_min", "ours_median",
            "ours_max", "baseline_min", "baseline_median", "baseline_max", "speedup", "check", "cpu", "threads", "gpu",
            "versions"]
@@ -79,15 +75,12 @@ def _print(row: dict) -> None:
     print(f"  speedup  {row['speedup']:.2f}x   {row['check']}")
 
 
-NUMBERS = ["ours_min", "ours_median", "ours_max", "baseline_min", "baseline_median", "baseline_max", "speedup"]
-
-
 def table(results: pd.DataFrame) -> str:
     """The README's table: the latest row per (benchmark, figure, device)."""
     latest = results.drop_duplicates(["benchmark", "figure", "cpu", "gpu"], keep="last")
-    latest = latest.sort_values("benchmark", key=lambda b: b.map(NAMES.index), kind="stable").astype(str)
-    latest = latest.apply(lambda col: col.str.replace("|", "\\|"))  # a cell's own bars would split it
-    latest[NUMBERS] = latest[NUMBERS].astype(float)
+    latest = latest.sort_values("benchmark", key=lambda b: b.map(list(BENCHMARKS).index), kind="stable")
+    text = latest.select_dtypes(exclude="number").columns
+    latest[text] = latest[text].apply(lambda col: col.astype(str).str.replace("|", "\\|"))  # a cell's own bars would split it
     lines = ["| benchmark | ours vs baseline | unit | ours, median (min-max) | baseline, median (min-max) | "
              "speedup | outputs | machine |", "|---|---|---|---|---|---|---|---|"]
     for r in latest.itertuples():
@@ -109,16 +102,17 @@ def readme_with_table(readme: str, results: pd.DataFrame) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="+", choices=[*NAMES, "all", "table"])
+    ap.add_argument("what", nargs="+", choices=[*BENCHMARKS, "all", "table"])
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of ours and of the baseline (>= 3 for the table)")
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to bench/results/results.csv")
     args = ap.parse_args()
     if args.what != ["table"]:
-        names = NAMES if "all" in args.what else [n for n in NAMES if n in args.what]
-        benchmarks, here = _benchmarks(), machine()
+        names = [n for n in BENCHMARKS if n in args.what or "all" in args.what]
+        here = machine()
         print(f"{here['cpu']}; {here['threads']} threads; GPU {here['gpu']}; {here['versions']}; commit {here['commit']}")
         for name in names:
-            rows = [summarise({"benchmark": name, **row}, args.repeats) for row in benchmarks[name](args.repeats)]
+            measure = importlib.import_module(BENCHMARKS[name]).measure
+            rows = [summarise({"benchmark": name, **row}, args.repeats) for row in measure(args.repeats)]
             for row in rows:
                 _print(row)
             if not args.no_record:

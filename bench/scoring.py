@@ -1,7 +1,8 @@
 """Scoring: the study model's perplexity of full-length articles (the costliest instrument: the
-offline leaning and quality models are sparse products), batched by length vs one article per
-forward pass, SmolLM2-135M at 512 tokens on the bundled articles. The check is the largest relative
-difference of the perplexities. On a machine with a GPU both run on it. Run by `python -m bench scoring`.
+offline leaning and quality models are sparse products), SmolLM2-135M at 512 tokens on the bundled
+articles, as the score stage computes it on this machine (CPU: one article per forward pass; GPU:
+batches of 8 by length) vs the other way. The check is the largest relative difference of the
+perplexities. Run by `python -m bench scoring`.
 """
 
 from __future__ import annotations

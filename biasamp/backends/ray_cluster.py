@@ -225,13 +225,13 @@ def _run_study(cfg: StudyConfig, log) -> int:
             remove_placement_group(pg)
         if started_here:
             ray.shutdown()
-    _stage_split(cfg.output_dir, log)
+    log(stage_split(cfg.output_dir))
     if cfg.scoring.enabled:
         _summaries(cfg, log)
     return ran
 
 
-def _stage_split(out, log) -> None:
+def stage_split(out) -> str:
     """Where the study's time went: each stage's total over every generation written (train_metrics'
     train/capture/generate/score_seconds), its share, and its median per generation."""
     per_generation = TABLES["train_metrics"].read(out).drop_duplicates(["arm", "seed", "generation"])
@@ -240,7 +240,7 @@ def _stage_split(out, log) -> None:
     total = sum(s.sum() for s in seconds.values())
     parts = [f"{stage} {s.sum():.0f} s ({s.sum() / total:.0%}, median {s.median():.1f} s)"
              for stage, s in seconds.items() if s.notna().any()]
-    log(f"time by stage over {len(per_generation)} generations: {', '.join(parts)}")
+    return f"time by stage over {len(per_generation)} generations: {', '.join(parts)}"
 
 
 def _summaries(cfg: StudyConfig, log) -> None:
