@@ -164,7 +164,7 @@ def test_prevalence_recovers_planted_shares_that_counting_misses(mix):
     for method in ("pacc", "acc"):
         v = prevalence.article_values(probs, method)
         draws = v[rng.integers(0, len(v), (300, len(v)))].mean(1)
-        est, lo, hi = prevalence.estimate(v.mean(0), draws, cal, method, rng)
+        est, lo, hi = prevalence.estimate(v.mean(0), draws, cal, method, rng, len(v))
         np.testing.assert_allclose(est, true, atol=0.04)
         assert (lo <= true).all() and (true <= hi).all()
         assert est.sum() == pytest.approx(1.0)
@@ -180,13 +180,49 @@ def test_prevalence_intervals_cover_at_the_nominal_rate():
         cal = _calibration(M, outlets_per_label=30, per_outlet=20, jitter=0.02, seed=rep)
         probs, true = _corpus(M, rng.dirichlet([2, 2, 2]), 300, rng)
         v = prevalence.article_values(probs, "pacc")
-        est, lo, hi = prevalence.estimate(v.mean(0), v[rng.integers(0, 300, (300, 300))].mean(1), cal, "pacc", rng)
+        est, lo, hi = prevalence.estimate(v.mean(0), v[rng.integers(0, 300, (300, 300))].mean(1), cal, "pacc", rng, 300)
         covered += list((lo <= true) & (true <= hi))
     assert 0.88 <= np.mean(covered) <= 1.0, np.mean(covered)
 
 
+SIZES = np.array([300] * 4 + [20] * 30)  # articles per outlet of one label: a few big outlets, many small, as in ABP
+
+
+def _outlets(m, jitter, rng):
+    """Per label, the mean outputs of len(SIZES) outlets: M's column, jittered per outlet."""
+    return [rng.dirichlet(m[:, i] / jitter, size=len(SIZES)) for i in range(len(LABELS))]
+
+
+def _articles(outlet_means, counts, rng):
+    return np.vstack([np.zeros((0, 3))] + [rng.dirichlet(outlet_means[o] * 20, size=c) for o, c in enumerate(counts)])
+
+
+def test_prevalence_intervals_cover_when_the_corpus_comes_from_unseen_outlets():
+    """Planted shift: the calibration's outlets and each corpus's (new ones, drawn alike) shift the
+    classifier's mean output per outlet (sd ~0.06). The CI covers at about the nominal rate; the same
+    bootstrap without the corpus's own outlet draw (how well M is known, and article sampling) is too
+    narrow."""
+    rng = np.random.default_rng(3)
+    covered, covered_without = [], []
+    for rep in range(100):
+        outlets = _outlets(M, 0.02, rng)
+        cal = prevalence.calibration_table(np.vstack([_articles(outlets[i], SIZES, rng) for i in range(3)]),
+                                           np.repeat(LABELS, SIZES.sum()), np.repeat(np.arange(3 * len(SIZES)), np.tile(SIZES, 3)))
+        counts, unseen = rng.multinomial(300, rng.dirichlet([2, 2, 2])), _outlets(M, 0.02, rng)
+        probs = np.vstack([_articles(unseen[i], rng.multinomial(c, SIZES / SIZES.sum()), rng) for i, c in enumerate(counts)])
+        true, v = counts / 300, prevalence.article_values(probs, "pacc")
+        draws = v[rng.integers(0, 300, (300, 300))].mean(1)
+        est, lo, hi = prevalence.estimate(v.mean(0), draws, cal, "pacc", rng, 300)
+        covered += list((lo <= true) & (true <= hi))
+        _, m_draws = prevalence.confusion_draws(cal, "pacc", 300, rng)  # without the corpus term
+        lo0, hi0 = np.percentile([prevalence.adjust(a, b) for a, b in zip(draws, m_draws)], [2.5, 97.5], axis=0)
+        covered_without += list((lo0 <= true) & (true <= hi0))
+    assert 0.9 <= np.mean(covered) <= 0.99, np.mean(covered)
+    assert np.mean(covered_without) < np.mean(covered) - 0.05, (np.mean(covered_without), np.mean(covered))
+
+
 def test_prevalence_is_empty_without_a_calibration_and_read_checks_the_table(tmp_path):
-    est, lo, hi = prevalence.estimate(np.full(3, 1 / 3), np.full((10, 3), 1 / 3), None, "pacc", np.random.default_rng(0))
+    est, lo, hi = prevalence.estimate(np.full(3, 1 / 3), np.full((10, 3), 1 / 3), None, "pacc", np.random.default_rng(0), 10)
     assert np.isnan(est).all() and np.isnan(lo).all()
     with pytest.raises(FileNotFoundError, match="scoring.classifier.calibration: no calibration table"):
         prevalence.read_calibration(tmp_path / "none.parquet")

@@ -223,7 +223,7 @@ def prevalence_benchmark(pool: pd.DataFrame, folds: np.ndarray, probs: dict[str,
                     for method in prevalence.METHODS:
                         v = prevalence.article_values(p[pick], method)
                         draws = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
-                        est, lo, hi = prevalence.estimate(v.mean(0), draws, cals[name], method, rng)
+                        est, lo, hi = prevalence.estimate(v.mean(0), draws, cals[name], method, rng, len(v))
                         rows += [{"fold": int(k), "mix": "/".join(f"{m:.2f}" for m in mix), "repeat": rep,
                                   "classifier": name, "method": method, "label": lab, "true": true[i],
                                   "estimate": est[i], "lo": lo[i], "hi": hi[i]} for i, lab in enumerate(LABELS)]

@@ -70,7 +70,8 @@ def _row(values_per_seed: list[np.ndarray], rng, n_boot: int, calibration, metho
     for k, name in enumerate(_STATS):
         row[name], row[f"{name}_lo"], row[f"{name}_hi"] = point[k], lo[k], hi[k]
     k = len(_STATS)
-    est, plo, phi = prevalence.estimate(point[k:], boot[:, k:], calibration, method, rng)
+    est, plo, phi = prevalence.estimate(point[k:], boot[:, k:], calibration, method, rng,
+                                        sum(len(v) for v in values_per_seed))
     for i, lab in enumerate(LABELS):
         row[f"prev_{lab}"], row[f"prev_{lab}_lo"], row[f"prev_{lab}_hi"] = est[i], plo[i], phi[i]
     return row
