@@ -193,7 +193,7 @@ def _outlets(m, jitter, rng):
     return [rng.dirichlet(m[:, i] / jitter, size=len(SIZES)) for i in range(len(LABELS))]
 
 
-def _articles(outlet_means, counts, rng):
+def _outputs(outlet_means, counts, rng):
     return np.vstack([np.zeros((0, 3))] + [rng.dirichlet(outlet_means[o] * 20, size=c) for o, c in enumerate(counts)])
 
 
@@ -206,10 +206,10 @@ def test_prevalence_intervals_cover_when_the_corpus_comes_from_unseen_outlets():
     covered, covered_without = [], []
     for rep in range(100):
         outlets = _outlets(M, 0.02, rng)
-        cal = prevalence.calibration_table(np.vstack([_articles(outlets[i], SIZES, rng) for i in range(3)]),
+        cal = prevalence.calibration_table(np.vstack([_outputs(outlets[i], SIZES, rng) for i in range(3)]),
                                            np.repeat(LABELS, SIZES.sum()), np.repeat(np.arange(3 * len(SIZES)), np.tile(SIZES, 3)))
         counts, unseen = rng.multinomial(300, rng.dirichlet([2, 2, 2])), _outlets(M, 0.02, rng)
-        probs = np.vstack([_articles(unseen[i], rng.multinomial(c, SIZES / SIZES.sum()), rng) for i, c in enumerate(counts)])
+        probs = np.vstack([_outputs(unseen[i], rng.multinomial(c, SIZES / SIZES.sum()), rng) for i, c in enumerate(counts)])
         true, v = counts / 300, prevalence.article_values(probs, "pacc")
         draws = v[rng.integers(0, 300, (300, 300))].mean(1)
         est, lo, hi = prevalence.estimate(v.mean(0), draws, cal, "pacc", rng, 300)

@@ -4,7 +4,7 @@ summary (one row per study, arm, seed, generation): n_articles, share_left/cente
 articles whose argmax label it is), prev_left/center/right (the shares corrected for the
 classifier's confusion, biasamp.instruments.prevalence; empty without a calibration table) and
 tqi_mean, each with _lo/_hi 95% bootstrap bounds (articles; for prev_* also the calibration
-outlets); ppl_mean, ppl_ref_mean.
+outlets and the shift of the corpus's own sources); ppl_mean, ppl_ref_mean.
 summary_arms (one row per study, arm, generation): the same across seeds, bootstrapped in two
 stages (seeds, then articles within each drawn seed); n_seeds.
 """
