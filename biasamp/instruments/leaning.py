@@ -34,7 +34,8 @@ PER_OUTLET = 300  # training articles per outlet at most (13 outlets hold 88% of
 MIN_OUTLETS = 20  # a feature must be used by this many training outlets (a tenth of them, at least 2, on
 #                   smaller corpora); on ABP it keeps ~40k of ~1M n-grams
 OUTLET_POWER = 0.5  # an article weighs (articles of its outlet)^-0.5: big outlets count, but less than their size
-#                    (1.0, every outlet equal, lost 0.04 macro-F1; 0: +0.007 F1 and r 0.40 -> 0.47, README)
+#                    (vs 0, every article equal: +0.007 macro-F1, pacc r 0.40 -> 0.48; 1.0, every outlet equal:
+#                    -0.04 macro-F1; python bench/leaning_variants.py)
 C = 1.0  # inverse L2 strength of the logistic regression
 FOLDS = 5  # outlet-grouped cross-fitting folds
 # Known mixes (left, center, right) of the prevalence benchmark, from the issue that asked for it.
