@@ -78,16 +78,19 @@ def embeddings(pool: pd.DataFrame, texts: list[str]) -> np.ndarray:
     return emb
 
 
+def outlet_groups(labels: np.ndarray, outlets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per article its (outlet, label) group; per group its articles and its label."""
+    codes, groups = pd.factorize(pd.Series(outlets).astype(str) + "|" + pd.Series(labels).astype(str))
+    return codes, np.bincount(codes), np.array([g.split("|")[1] for g in groups])
+
+
 def outlet_directions(z: np.ndarray, labels: np.ndarray, outlets: np.ndarray, k: int) -> np.ndarray:
     """Top k directions in which outlets of one label differ from each other (their mean embeddings
     minus their label's mean, weighted by sqrt(articles, at most 50))."""
-    key = pd.Series(outlets).astype(str) + "|" + pd.Series(labels).astype(str)
-    codes, groups = pd.factorize(key)
-    n = np.bincount(codes)
+    codes, n, group_label = outlet_groups(labels, outlets)
     means = np.zeros((len(n), z.shape[1]))
     np.add.at(means, codes, z)
     means /= n[:, None]
-    group_label = np.array([k.split("|")[1] for k in groups])
     dev = means - np.array([means[group_label == lab].mean(0) for lab in group_label])
     return np.linalg.svd(dev * np.sqrt(np.minimum(n, 50))[:, None], full_matrices=False)[2][:k]
 
@@ -96,11 +99,9 @@ def outlet_f(x, labels: np.ndarray, outlets: np.ndarray) -> np.ndarray:
     """Per feature: ANOVA F of label on the outlets' mean values (signal that holds across outlets)."""
     from sklearn.feature_selection import f_classif
 
-    key = pd.Series(outlets).astype(str) + "|" + pd.Series(labels).astype(str)
-    codes, groups = pd.factorize(key)
-    n = np.bincount(codes)
+    codes, n, group_label = outlet_groups(labels, outlets)
     means = sparse.csr_matrix((1.0 / n[codes], (codes, np.arange(len(codes))))) @ x
-    return np.nan_to_num(f_classif(means.toarray(), [k.split("|")[1] for k in groups])[0])
+    return np.nan_to_num(f_classif(means.toarray(), group_label)[0])
 
 
 def main(names: list[str]) -> None:

@@ -110,11 +110,15 @@ class LeaningModel:
 def fit(texts: list[str], labels, outlets) -> LeaningModel:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, vocabulary=outlet_shared_vocabulary(texts, outlets),
-                          dtype=np.float32)
+    return _logistic(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, vocabulary=outlet_shared_vocabulary(texts, outlets),
+                                     dtype=np.float32), texts, labels, outlet_weights(outlets))
+
+
+def _logistic(vec, texts: list[str], labels, weight=None) -> LeaningModel:
+    """`vec` fitted on the texts, then logistic_regression on its features, as a LeaningModel."""
     x = vec.fit_transform(texts)
-    weight, bias = logistic_regression(x, labels, outlet_weights(outlets))
-    return LeaningModel(np.asarray(vec.get_feature_names_out()), vec.idf_.astype(np.float32), weight, bias)
+    return LeaningModel(np.asarray(vec.get_feature_names_out()), vec.idf_.astype(np.float32),
+                        *logistic_regression(x, labels, weight))
 
 
 def outlet_shared_vocabulary(texts: list[str], outlets) -> np.ndarray:
@@ -256,9 +260,8 @@ def baseline_fit(texts: list[str], labels) -> LeaningModel:
     logistic regression, every training article, no outlet-aware choices."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=3, max_features=200_000, sublinear_tf=True, dtype=np.float32)
-    weight, bias = logistic_regression(vec.fit_transform(texts), labels)
-    return LeaningModel(np.asarray(vec.get_feature_names_out()), vec.idf_.astype(np.float32), weight, bias)
+    return _logistic(TfidfVectorizer(ngram_range=(1, 2), min_df=3, max_features=200_000, sublinear_tf=True,
+                                     dtype=np.float32), texts, labels)
 
 
 def evaluate(data: Path, exclude: set[str], extra: dict | None = None, repeats: int = 5, seed: int = 0,
