@@ -1,9 +1,10 @@
-"""Variants of the offline leaning classifier beside the shipped recipe, measured by `biasamp
+"""Feature and weighting variants of the offline leaning classifier, on whole articles (the recipe
+before windows: bench/leaning_invariance.py compares the two), measured by `biasamp
 classifier eval`'s protocol: the same pool (<=300 articles per outlet, study articles excluded), the
 same 5 outlet-grouped folds, article macro-F1 averaged over folds, and the prevalence benchmark
 (pacc, confusion from the other folds). README, "How good the offline instruments are".
 
-    python bench/leaning_variants.py [shipped outlet_power_0 ...]   # default: all (~15 min, MiniLM aside)
+    python bench/leaning_variants.py [whole_article outlet_power_0 ...]   # default: all (~15 min, MiniLM aside)
 
 The MiniLM variants embed the whole pool once (every article in windows of 254 tokens, up to 8,
 each window mean-pooled and normalised, then averaged; ~70 min on 2 cores) and keep it in
@@ -26,7 +27,7 @@ ABP = Path("../shared/data/article-bias-prediction")
 EMBEDDINGS = Path("runs/leaning_variants_minilm.npz")
 # name: (features, outlet weight power, C, n-grams kept by outlet-level F (0: all))
 VARIANTS = {
-    "shipped": ("tfidf", leaning.OUTLET_POWER, leaning.C, 0),
+    "whole_article": ("tfidf", leaning.OUTLET_POWER, leaning.C, 0),  # the shipped weighting, whole articles
     "outlet_power_0": ("tfidf", 0.0, leaning.C, 0),  # every article weighs the same
     "outlet_power_1": ("tfidf", 1.0, leaning.C, 0),  # every outlet weighs the same
     "C_0.3": ("tfidf", leaning.OUTLET_POWER, 0.3, 0),

@@ -170,7 +170,7 @@ def score(
 
 
 def _classifier_config(kind: str, model: str, labels: str | None, max_tokens: int, calibration: str = "",
-                       method: str = "pacc") -> ClassifierConfig:
+                       method: str = "pcc") -> ClassifierConfig:
     """The classifier the flags describe; a bad value is named by its flag."""
     from pydantic import ValidationError
 
@@ -200,7 +200,8 @@ def classify(
                                                     "(default: the authors' classifier's)."),
     calibration: str = typer.Option("", help="Calibration table for --summary's prevalence (default: the offline "
                                              "model's own; `biasamp classifier eval --kind hf` makes one)."),
-    method: str = typer.Option("pacc", help="Prevalence method: pacc, acc or cc (no correction)."),
+    method: str = typer.Option("pcc", help="Prevalence method: pcc (mean probabilities), cc (argmax counts), or "
+                                           "the same corrected for the confusion: pacc, acc."),
     max_tokens: int = typer.Option(500, min=8, help="--kind hf: input length."),
     batch_size: int = typer.Option(16, min=1),
     bootstrap: int = typer.Option(1000, min=10, help="Resamples for the prevalence CIs."),
@@ -224,7 +225,7 @@ def classify(
             raise ValueError(f"{input}: no 'text' column (has: {', '.join(map(str, df.columns))})")
         clf = load_classifier(cfg.kind, cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
         cal = load_calibration(cfg) if summary is not None else None
-        if summary is not None and cal is None and method != "cc":
+        if summary is not None and cal is None and method not in ("cc", "pcc"):
             raise ValueError("--summary with --kind hf needs --calibration (biasamp classifier eval --kind hf "
                              "--calibration-out FILE makes one) or --method cc")
     titles = df["title"].fillna("").astype(str) if "title" in df.columns else None
@@ -324,6 +325,62 @@ def classifier_eval(
         cal = calibration_table(probs[cfg.name], pool["source_label"], pool["outlet"])
         write_parquet(cal, calibration_out)
         typer.echo(f"calibration of {cfg.name} ({len(cal)} outlets x labels) -> {calibration_out}")
+
+
+@classifier_app.command("check")
+def classifier_check(
+    kind: str = typer.Option("offline", help="offline: the project's classifier; hf: any sequence classifier; "
+                                             "tiny_random: the tests' stand-in."),
+    model: str = typer.Option("", help="Model file (offline) or hub id / local folder (hf); empty: the kind's default."),
+    labels: Optional[str] = typer.Option(None, help="--kind hf: model label map (default: the authors' classifier's)."),
+    max_tokens: int = typer.Option(500, min=8, help="--kind hf: input length."),
+    articles: Optional[Path] = typer.Option(None, help="Labelled articles (any corpus biasamp reads, with "
+                                            "bias/source_label). Default: --data's articles of outlets the shipped "
+                                            "model never saw."),
+    data: Path = typer.Option(ABP_DIR, help="Article-Bias-Prediction folder, for the default articles."),
+    per_label: int = typer.Option(300, min=10, help="Articles per label at most."),
+    seed: int = typer.Option(0, help="Which articles the default draw takes, and the bootstrap."),
+    method: str = typer.Option("pcc", help="Prevalence method whose shares (prev_*) are read too."),
+    calibration: str = typer.Option("", help="Calibration table for pacc/acc (default: the offline model's own)."),
+    bootstrap: int = typer.Option(1000, min=10, help="Paired bootstrap resamples for the shifts' CIs."),
+    batch_size: int = typer.Option(16, min=1),
+    out: Optional[Path] = typer.Option(None, help="Also write the table (Markdown) here, and its rows beside it (.parquet)."),
+):
+    """Does the leaning instrument read text degradation as a leaning? Reads labelled articles intact
+    and shortened, looped, shuffled, padded with repeated phrases and with gibberish, and prints the
+    shift of every reading the summaries report, with paired bootstrap CIs, and intact macro-F1."""
+    from biasamp.instruments import invariance
+    from biasamp.instruments.hf import load_classifier
+    from biasamp.instruments.leaning import LeaningModel, load_calibration
+    from biasamp.stages.corpus import read_source
+    from biasamp.tables import write_parquet
+
+    with user_errors():
+        cfg = _classifier_config(kind, model, labels, max_tokens, calibration, method)
+        if articles is not None:
+            pool = read_source(str(articles))
+        else:
+            seen = LeaningModel.load("bundled").outlets
+            if not len(seen):
+                raise ValueError("the shipped leaning model records no training outlets: pass --articles")
+            pool = invariance.unseen_articles(read_source(str(data)), seen, per_label, seed)
+        pool = pool.groupby("source_label").head(per_label).reset_index(drop=True)
+        if pool.empty:
+            raise ValueError(f"{articles or data}: no labelled articles to check on")
+        clf = load_classifier(cfg.kind, cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
+        cal = load_calibration(cfg) if method not in ("pcc", "cc") else None
+        if cal is None and method not in ("pcc", "cc"):
+            raise ValueError(f"--method {method}: needs --calibration for --kind {kind}")
+    probs = invariance.readings(clf, pool, batch_size)
+    table = invariance.shift_table(probs, pool["source_label"], method, cal, bootstrap, seed)
+    counts = pool["source_label"].value_counts().to_dict()
+    text = invariance.render(table, invariance.macro_f1(probs["intact"], pool["source_label"]), counts,
+                             f"{cfg.kind}:{cfg.name}")
+    typer.echo(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        write_parquet(table, out.with_suffix(".parquet"))
 
 
 @quality_app.command("train")
@@ -467,7 +524,7 @@ def analyze(
             TABLES["arm_contrasts"].write(contrasts, study_dir)
             TABLES["arm_trends"].write(trends, study_dir)
             last = contrasts.sort_values(["study", "arm", "target", "generation"]).groupby(["study", "arm", "target"]).tail(1)
-            for r in last[last["target"].isin(["share_right", "tqi_mean"])].itertuples():
+            for r in last[last["target"].isin(["share_right", "lean_index", "lean_index_beyond_null", "tqi_mean"])].itertuples():
                 ci = "" if r.seed_variation_in_ci else "  (one seed: articles only)"
                 p = "p<0.0001" if r.p < 1e-4 else f"p={r.p:.2g}"
                 typer.echo(f"  {r.study}: {r.arm} - {r.baseline} at G{r.generation}, {r.target}: {r.estimate:+.3f} "

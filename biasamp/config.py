@@ -265,7 +265,9 @@ class ClassifierConfig(_Frozen):
     # the calibration table of out-of-fold outputs; empty: the one beside an offline model, none for
     # hf (then the summaries' prev_* columns stay empty; `biasamp classifier eval --kind hf` makes one).
     calibration: str = ""
-    prevalence: Literal["pacc", "acc", "cc"] = "pacc"  # pacc: mean probabilities, acc: argmax counts, cc: no correction
+    # pcc: mean probabilities (robust to the shift generated text is; no correction), cc: argmax counts;
+    # pacc / acc: the same corrected for the confusion on unseen outlets (CIs often span most of [0, 1])
+    prevalence: Literal["pcc", "cc", "pacc", "acc"] = "pcc"
 
     @model_validator(mode="after")
     def _check(self) -> "ClassifierConfig":

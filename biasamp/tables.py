@@ -21,8 +21,10 @@ from pandas.api import types
 
 
 ADDRESS = "study:str arm:str seed:int generation:int"
+_READINGS = ("share_left", "share_center", "share_right", "lean_index")
 _STATS = " ".join(f"{s}:float {s}_lo:float {s}_hi:float" for s in
-                  ("share_left", "share_center", "share_right", "prev_left", "prev_center", "prev_right", "tqi_mean"))
+                  (*_READINGS, "prev_left", "prev_center", "prev_right", "tqi_mean", *(f"null_{r}" for r in _READINGS),
+                   "tqi_rho_left", "tqi_rho_center", "tqi_rho_right"))
 _CHECK = {"str": types.is_string_dtype, "int": types.is_integer_dtype, "bool": types.is_bool_dtype,
           "float": lambda s: types.is_float_dtype(s) or types.is_integer_dtype(s)}
 
@@ -130,10 +132,13 @@ TABLES = {t.name: t for t in [
           "G_g's neuron summaries, one row group per layer"),
     Table("scores", "scores/" + _VERSION,
           f"{ADDRESS} article_id:str p_left:float p_center:float p_right:float label:str tqi:float ppl:float "
-          "ppl_ref:float", ("study", "arm", "seed", "generation", "article_id"),
-          "per-article leaning, quality, perplexity of D_g"),
+          "ppl_ref:float null_p_left:float null_p_center:float null_p_right:float",
+          ("study", "arm", "seed", "generation", "article_id"),
+          "per-article leaning, quality, perplexity of D_g; null_p_*: the leaning of the same article's real "
+          "text cut and looped to the length and repetition of what G_g wrote (the degradation null)"),
     Table("summary", "summary.parquet", f"{ADDRESS} n_articles:int {_STATS} ppl_mean:float ppl_ref_mean:float",
-          ("study", "arm", "seed", "generation"), "per version: argmax label shares, confusion-corrected shares (prev_*) and tqi, with 95% bootstrap CIs"),
+          ("study", "arm", "seed", "generation"), "per version: argmax label shares, lean index (mean p_right - p_left), prevalence (prev_*), tqi, the "
+          "same readings under the degradation null (null_*), all with 95% bootstrap CIs; tqi_rho_*: quality vs p_*"),
     Table("summary_arms", "summary_arms.parquet",
           f"study:str arm:str generation:int n_seeds:int n_articles:int {_STATS} ppl_mean:float ppl_ref_mean:float",
           ("study", "arm", "generation"), "the same across seeds (two-stage bootstrap)"),

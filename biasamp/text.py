@@ -24,3 +24,28 @@ def by_length(items: Sequence, batch_size: int) -> Iterator[list[int]]:
     order = sorted(range(len(items)), key=lambda i: len(items[i]))
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
+
+
+def without_repeats(text: str, n: int = 4) -> str:
+    """The words of `text` less each word that starts a word n-gram already seen in it: a loop reads
+    once, a repeated phrase once more than it is new."""
+    words, seen, kept = text.split(), set(), []
+    for i, word in enumerate(words):
+        gram = tuple(words[i:i + n])
+        if len(gram) == n and gram in seen:
+            continue
+        seen.add(gram)
+        kept.append(word)
+    return " ".join(kept)
+
+
+def windows(text: str, size: int) -> list[str]:
+    """`text` in windows of `size` words (a tail under half a window joins the last); 0: whole."""
+    words = text.split()
+    if size <= 0 or len(words) <= size:
+        return [" ".join(words)]
+    chunks = [words[i:i + size] for i in range(0, len(words), size)]
+    if len(chunks[-1]) < size // 2:
+        tail = chunks.pop()
+        chunks[-1] = chunks[-1] + tail
+    return [" ".join(c) for c in chunks]

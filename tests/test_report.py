@@ -28,6 +28,11 @@ def _study(out: Path, gens=4, seeds=(0, 1)) -> Path:
             for lab, v in zip(LABELS, rng.dirichlet([3, 3, 3])):
                 r.update({f"share_{lab}": v, f"share_{lab}_lo": v - 0.05, f"share_{lab}_hi": v + 0.05})
                 r.update({f"prev_{lab}": v, f"prev_{lab}_lo": v - 0.08, f"prev_{lab}_hi": v + 0.08})
+                r.update({f"null_share_{lab}": v * 0.9, f"null_share_{lab}_lo": v * 0.9 - 0.05,
+                          f"null_share_{lab}_hi": v * 0.9 + 0.05})
+                r.update({f"tqi_rho_{lab}": -0.05 * g, f"tqi_rho_{lab}_lo": -0.05 * g - 0.1, f"tqi_rho_{lab}_hi": -0.05 * g + 0.1})
+            for col, v in (("lean_index", 0.02 * g), ("null_lean_index", 0.01 * g)):
+                r.update({col: v, f"{col}_lo": v - 0.03, f"{col}_hi": v + 0.03})
             r.update(tqi_mean=2.0 - 0.1 * g, tqi_mean_lo=1.9 - 0.1 * g, tqi_mean_hi=2.1 - 0.1 * g,
                      ppl_mean=30.0 + g, ppl_ref_mean=40.0 + g)
             rows.append(r)
@@ -61,11 +66,14 @@ def test_report_draws_every_figure_naming_every_arm(tmp_path):
     res = CliRunner().invoke(app, ["report", str(_study(tmp_path / "study")), "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     page = (tmp_path / "r" / "index.html").read_text()
-    figures = [f for f in ("leaning_shares", "quality", "training_loss", "arm_contrasts", "neurons")]
+    figures = [f for f in ("leaning_shares", "quality", "quality_vs_leaning", "training_loss", "arm_contrasts",
+                           "neurons")]
     for f in figures:
         assert f'src="{f}.png"' in page and (tmp_path / "r" / f"{f}.svg").exists()
+    leaning_svg = (tmp_path / "r" / "leaning_shares.svg").read_text()
     for arm in ARMS:
-        assert arm in (tmp_path / "r" / "leaning_shares.svg").read_text()
+        assert arm in leaning_svg
+    assert "expected from degradation alone" in leaning_svg and "lean index" in leaning_svg
     spec = json.loads((tmp_path / "r" / "wandb_report.json").read_text())
     plotted = {y for p in spec["panels"] for y in p["y"] if p["x"] == "generation"}
     assert {"share_right", "tqi_mean"} <= plotted and spec["runset"]["filters"]["group"] == "s"

@@ -74,9 +74,10 @@ def _scores(n=400, seeds=(0, 1, 2), p_right=0.6, seed=0):
     rows = []
     for s in seeds:
         labels = rng.choice(["left", "center", "right"], size=n, p=[(1 - p_right) / 2, (1 - p_right) / 2, p_right])
+        probs = {f"p_{lab}": np.where(labels == lab, 0.5, 0.25) for lab in ("left", "center", "right")}  # argmax: label
         rows.append(pd.DataFrame({"study": "x", "arm": "a", "seed": s, "generation": 0, "article_id": np.arange(n).astype(str),
-                                  "p_left": 0.0, "p_center": 0.0, "p_right": 0.0, "label": labels,
-                                  "tqi": rng.normal(2.5, 0.3, size=n), "ppl": 10.0, "ppl_ref": 20.0}))
+                                  **probs, "label": labels, "tqi": rng.normal(2.5, 0.3, size=n), "ppl": 10.0,
+                                  "ppl_ref": 20.0, "null_p_left": np.nan, "null_p_center": np.nan, "null_p_right": np.nan}))
     return pd.concat(rows, ignore_index=True)[list(TABLES["scores"].columns)]
 
 

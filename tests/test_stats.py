@@ -5,6 +5,7 @@ import statsmodels.api as sm
 
 from scipy import stats as sps
 
+from biasamp.config import LABELS
 from biasamp.stages.analyze import arm_contrasts, design, fit, neuron_tests, regress, surrogate_target
 
 
@@ -206,10 +207,18 @@ def _scores(rng, arms, seeds, n_art=120, gens=3, effect=None, seed_sd=0.0):
             for g in range(gens):
                 pr = float(np.clip(0.4 + shift + effect.get(arm, 0.0) * g, 0.01, 0.99))
                 lab = rng.choice(["left", "center", "right"], size=n_art, p=[(1 - pr) / 2, (1 - pr) / 2, pr])
+                # the degradation null: the arm's starting mix, drawn afresh (no drift of its own)
+                null = rng.choice(LABELS, size=n_art, p=[0.3 - shift / 2, 0.3 - shift / 2, 0.4 + shift])
                 rows.append(pd.DataFrame({"study": "s", "arm": arm, "seed": s, "generation": g,
                                           "article_id": np.arange(n_art).astype(str), "label": lab,
+                                          **_probs("p", lab), **_probs("null_p", null),
                                           "tqi": rng.normal(2.0, 0.5, n_art), "ppl": rng.lognormal(3, 1, n_art)}))
     return pd.concat(rows, ignore_index=True)
+
+
+def _probs(prefix: str, labels: np.ndarray) -> dict:
+    """Probabilities whose argmax is `labels`: 0.6 on it, 0.2 on each other label."""
+    return {f"{prefix}_{lab}": np.where(labels == lab, 0.6, 0.2) for lab in LABELS}
 
 
 @pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)])
@@ -221,7 +230,8 @@ def test_arm_contrasts_null_calibration_and_planted_effect(seeds):
         rejections += list(c["p"] < 0.05)
         covered += list((c["lo"] <= 0) & (c["hi"] >= 0))
     assert np.mean(rejections) <= 0.08 and np.mean(covered) >= 0.92, (np.mean(rejections), np.mean(covered))
-    assert set(c["target"]) == {"share_left", "share_center", "share_right", "tqi_mean", "ppl_mean"}
+    readings = {"share_left", "share_center", "share_right", "lean_index"}
+    assert set(c["target"]) == readings | {"tqi_mean", "ppl_mean"} | {f"{r}_beyond_null" for r in readings}
     assert (c["seed_variation_in_ci"] == (len(seeds) > 1)).all() and (c["n_seeds"] == len(seeds)).all()
     # planted: arm b drifts right by 10 points a generation
     c, t = arm_contrasts(_scores(rng, ("a", "b"), seeds, n_art=400, effect={"b": 0.1}), "a", n_boot=300)
@@ -229,6 +239,10 @@ def test_arm_contrasts_null_calibration_and_planted_effect(seeds):
     assert right["lo"] > 0 and abs(right["estimate"] - 0.2) < 3 * right["se"] and right["p"] < 0.001, right
     trend = t[(t.arm == "b") & (t.target == "share_right")].iloc[0]
     assert trend["lo"] > 0 and abs(trend["estimate"] - 0.1) < 3 * trend["se"] and trend["p"] < 0.001, trend
+    beyond = t[(t.arm == "b") & (t.target == "share_right_beyond_null")].iloc[0]  # the null does not drift
+    assert beyond["lo"] > 0 and abs(beyond["estimate"] - 0.1) < 3 * beyond["se"], beyond
+    flat = t[(t.arm == "a") & (t.target == "share_right_beyond_null")].iloc[0]
+    assert flat["lo"] <= 0 <= flat["hi"], flat
 
 
 def test_arm_contrasts_name_a_missing_baseline():

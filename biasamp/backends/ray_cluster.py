@@ -243,6 +243,9 @@ def stage_split(out) -> str:
     return f"time by stage over {len(per_generation)} generations: {', '.join(parts)}"
 
 
+MAX_PRINTED_CI = 0.5  # a prevalence CI wider than this is not printed in the closing lines
+
+
 def _summaries(cfg: StudyConfig, log) -> None:
     # Imported here, inside the study's scratch space: importing wandb makes a temp folder, which a
     # killed driver would leave in the system temp dir.
@@ -255,10 +258,13 @@ def _summaries(cfg: StudyConfig, log) -> None:
     log_study_tables(cfg, "summary", {"summary_arms": per_arm, "summary": per_seed}, log)
     last = per_arm.sort_values("generation").groupby("arm").tail(1)
     for r in last.itertuples():
-        prev = (f", corrected ({c.prevalence}; see README before reading it as a level) {r.prev_right:.1%} "
-                f"[{r.prev_right_lo:.1%}, {r.prev_right_hi:.1%}]" if np.isfinite(r.prev_right) else "")
+        # A prevalence whose CI spans most of [0, 1] says nothing: it is not printed (it stays in the table).
+        prev = (f", prevalence ({c.prevalence}) {r.prev_right:.1%} [{r.prev_right_lo:.1%}, {r.prev_right_hi:.1%}]"
+                if np.isfinite(r.prev_right) and r.prev_right_hi - r.prev_right_lo < MAX_PRINTED_CI else "")
         log(f"[{r.arm}] G{r.generation}: right (argmax) {r.share_right:.1%} [{r.share_right_lo:.1%}, "
-            f"{r.share_right_hi:.1%}]{prev}, tqi {r.tqi_mean:.2f}")
+            f"{r.share_right_hi:.1%}] (degradation alone: {r.null_share_right:.1%}), lean index "
+            f"{r.lean_index:+.3f} [{r.lean_index_lo:+.3f}, {r.lean_index_hi:+.3f}] (degradation alone: "
+            f"{r.null_lean_index:+.3f}){prev}, tqi {r.tqi_mean:.2f}")
     log(f"summaries -> {out / 'summary.parquet'}, {out / 'summary_arms.parquet'}")
 
 
@@ -298,13 +304,14 @@ def _rescore(cfg: StudyConfig, log) -> None:
     inst = load_instruments(cfg.scoring, cfg.model)
     for arm, seed, g in versions:
         articles = pd.read_parquet(TABLES["articles"].file(out, arm=arm, seed=seed, generation=g))
+        real = pd.read_parquet(TABLES["corpus"].file(out, corpus=cfg.arms[arm].corpus))
         with torch.no_grad():
             if (arm, seed, g) in carried:
-                scores = score_articles(inst, articles)
+                scores = score_articles(inst, articles, real)
                 scores["ppl"] = scores[["article_id"]].merge(carried[arm, seed, g], how="left")["ppl"].to_numpy()
             else:
                 model, tok = load_checkpoint(artifacts.checkpoint_dir(out, arm, seed, g))
-                scores = score_articles(inst, articles, own=(model.eval(), tok))
+                scores = score_articles(inst, articles, real, own=(model.eval(), tok))
         TABLES["scores"].write(scores, out, metadata={SETTINGS_KEY: inst.settings}, arm=arm, seed=seed, generation=g)
         note = " (own perplexity carried over: checkpoint not kept)" if (arm, seed, g) in carried else ""
         log(f"[{arm}/seed{seed}] G{g}: scored {len(scores)} articles{note}")

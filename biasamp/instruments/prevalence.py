@@ -1,7 +1,9 @@
 """Label shares of a corpus, corrected for the classifier's confusion (quantification).
 
 Counting argmax labels (classify and count, `cc`) pulls every corpus toward the classifier's own
-preferred mix. Adjusted classify-and-count solves observed = M @ true for the true shares, where
+preferred mix; averaging probabilities (`pcc`, the default) pulls it less, and keeps what a
+calibrated classifier reads when the text itself shifts (Card & Smith, NAACL 2018): generated text
+is such a shift. Neither needs a calibration table; their CI covers the articles only. Adjusted classify-and-count solves observed = M @ true for the true shares, where
 column i of M is what the classifier outputs, on average, for articles whose true label is i, on
 outlets it never saw: argmax shares (`acc`) or mean probabilities (`pacc`, Bella et al. 2010).
 M comes from a calibration table: per outlet and true label, sums of out-of-fold outputs of the
@@ -30,7 +32,10 @@ from scipy.optimize import nnls
 
 from biasamp.config import LABELS
 
-METHODS = ("cc", "acc", "pacc")
+METHODS = ("pcc", "cc", "acc", "pacc")
+UNCORRECTED = ("pcc", "cc")  # the confusion is taken as the identity
+# What the leaning instrument reports of a corpus: the means of reading_values over its articles.
+READINGS = [f"share_{lab}" for lab in LABELS] + ["lean_index"]
 POST = [f"post_{lab}" for lab in LABELS]
 PRED = [f"pred_{lab}" for lab in LABELS]
 
@@ -61,8 +66,8 @@ def confusion_draws(cal: pd.DataFrame, method: str, n_boot: int, rng,
     label resampled (how well M is known). `corpus` (articles per label of the corpus being
     estimated) adds to each draw the corpus's own shift: that of a corpus of this many articles
     drawn, in proportion to outlet size, from a new set of outlets like the calibration's.
-    cc: the identity (no correction)."""
-    if method == "cc":
+    cc, pcc: the identity (no correction)."""
+    if method in UNCORRECTED:
         eye = np.eye(len(LABELS))
         return eye, np.broadcast_to(eye, (n_boot, *eye.shape))
     cols = POST if method == "pacc" else PRED
@@ -89,9 +94,18 @@ def adjust(observed: np.ndarray, m: np.ndarray) -> np.ndarray:
     return p / p.sum()
 
 
+def reading_values(probs: np.ndarray) -> np.ndarray:
+    """Per article, the values whose means are READINGS: one-hot argmax label, p_right - p_left.
+    Rows with a NaN (not scored) stay NaN."""
+    probs = np.asarray(probs, float)
+    onehot = (probs.argmax(1)[:, None] == np.arange(len(LABELS))[None, :]).astype(float)
+    values = np.column_stack([onehot, probs[:, LABELS.index("right")] - probs[:, LABELS.index("left")]])
+    return np.where(np.isnan(probs).any(1, keepdims=True), np.nan, values)
+
+
 def article_values(probs: np.ndarray, method: str) -> np.ndarray:
-    """What is averaged over a corpus: probabilities (pacc) or argmax one-hot (cc, acc)."""
-    if method == "pacc":
+    """What is averaged over a corpus: probabilities (pcc, pacc) or argmax one-hot (cc, acc)."""
+    if method in ("pcc", "pacc"):
         return np.asarray(probs, float)
     return (probs.argmax(1)[:, None] == np.arange(probs.shape[1])[None, :]).astype(float)
 
@@ -99,8 +113,9 @@ def article_values(probs: np.ndarray, method: str) -> np.ndarray:
 def estimate(mean_values: np.ndarray, boot_values: np.ndarray, cal: pd.DataFrame | None, method: str, rng,
              n_articles: int):
     """Point shares and 95% percentile bounds (each (3,)) of a corpus of n_articles from its mean
-    article values and their bootstrap draws (n_boot, 3); NaN without a calibration table (unless cc)."""
-    if cal is None and method != "cc":
+    article values and their bootstrap draws (n_boot, 3); NaN without a calibration table (unless
+    uncorrected)."""
+    if cal is None and method not in UNCORRECTED:
         nan = np.full(len(LABELS), np.nan)
         return nan, nan, nan
     point = adjust(mean_values, confusion_draws(cal, method, 0, rng)[0])

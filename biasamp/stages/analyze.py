@@ -33,8 +33,8 @@ from scipy.special import ndtr
 from scipy.stats import t as student_t
 from statsmodels.stats.multitest import multipletests
 
-from biasamp.config import LABELS
-from biasamp.stages.summarize import boot_means
+from biasamp.instruments.prevalence import READINGS, reading_values
+from biasamp.stages.summarize import NULL_PROBS, PROBS, boot_means
 from biasamp.tables import TABLES
 
 Mode = Literal["within", "paper"]
@@ -243,13 +243,20 @@ def overlap_summary(tests: pd.DataFrame) -> dict:
 
 # --- arms: contrasts against a baseline arm, trends over generations ------------------------------
 
-CONTRAST_TARGETS = [f"share_{lab}" for lab in LABELS] + ["tqi_mean", "ppl_mean"]
+# The leaning readings, quality, perplexity, and each reading beyond its degradation null (measured
+# minus null, article by article): an arm's trend in `lean_index_beyond_null` is its drift in leaning
+# that the text's shortening and looping alone would not produce.
+CONTRAST_TARGETS = READINGS + ["tqi_mean", "ppl_mean"] + [f"{r}_beyond_null" for r in READINGS]
 
 
 def _article_values(part: pd.DataFrame) -> np.ndarray:
-    """Per article, the values whose means are CONTRAST_TARGETS: label one-hot, tqi, ppl."""
-    onehot = (part["label"].to_numpy()[:, None] == np.array(LABELS)[None, :]).astype(float)
-    return np.column_stack([onehot, part["tqi"].to_numpy(dtype=float), part["ppl"].to_numpy(dtype=float)])
+    """Per article, the values whose means are CONTRAST_TARGETS (NaN beyond the null where scores
+    have no null, e.g. imported numbers)."""
+    measured = reading_values(part[PROBS].to_numpy(float))
+    null = reading_values(part[NULL_PROBS].to_numpy(float)) if set(NULL_PROBS) <= set(part.columns) \
+        else np.full_like(measured, np.nan)
+    return np.column_stack([measured, part["tqi"].to_numpy(dtype=float), part["ppl"].to_numpy(dtype=float),
+                            measured - null])
 
 
 def _arm_draws(part: pd.DataFrame, rng, n_boot: int) -> dict[int, tuple]:
@@ -316,4 +323,6 @@ def arm_contrasts(scores: pd.DataFrame, baseline: str | None = None, n_boot: int
                                **_interval(float(gc @ point[:, k]), boot[:, :, k] @ gc),
                                "first_generation": int(gens[0]), "last_generation": int(gens[-1]),
                                "n_generations": len(gens), "n_seeds": n_seeds, "seed_variation_in_ci": n_seeds > 1})
-    return TABLES["arm_contrasts"].check(pd.DataFrame(contrasts)), TABLES["arm_trends"].check(pd.DataFrame(trends))
+    # A one-arm study has trends and no contrasts: an empty table, with its columns.
+    return tuple(TABLES[name].check(pd.DataFrame(rows, columns=list(TABLES[name].columns)))
+                 for name, rows in (("arm_contrasts", contrasts), ("arm_trends", trends)))

@@ -112,21 +112,60 @@ def _band(ax, part, col, colour, style, label, percent=False):
         ax.fill_between(part["generation"], part[f"{col}_lo"] * k, part[f"{col}_hi"] * k, color=colour, alpha=0.13, lw=0)
 
 
+NULL_STYLE = (0, (1, 1.5))  # dotted: what degradation alone would read
+
+
 def fig_leaning(studies, paper, out: Path) -> str:
-    """Argmax shares. Not the confusion-corrected prev_*: on generated text the offline classifier's
-    outputs can lie outside what its calibration spans, the correction then pins a share at 0 or
-    100%, and its CI, which includes the shift of an unseen source, spans most of [0, 1] (the
-    quickstart: 100% right [0%, 100%] beside 78% [56%, 94%] by argmax)."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharey=True, layout="constrained")
-    for ax, lab in zip(axes, LABELS):
+    """Argmax shares and the lean index, each beside its degradation null (dotted): the same reading
+    of the real articles cut and looped to each generation's length and repetition. A drift the
+    dotted line shares is decay read as leaning, not leaning.
+
+    Not the confusion-corrected prev_*: on generated text the offline classifier's outputs can lie
+    outside what its calibration spans, and the correction then pins a share at 0 or 100%."""
+    panels = [(f"share_{lab}", f"share of {SHARE_TITLES[lab]} articles", 100) for lab in LABELS]
+    panels.append(("lean_index", "lean index: mean p(right) - mean p(left)", 1))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2), layout="constrained")
+    drew_null = False
+    for ax, (col, title, k) in zip(axes, panels):
         for label, colour, style, part in _series(studies, paper):
-            _band(ax, part, f"share_{lab}", colour, style, label, percent=True)
-        ax.set_title(f"share of {SHARE_TITLES[lab]} articles")
+            if col in part and part[col].notna().any():
+                _band(ax, part, col, colour, style, label, percent=k == 100)
+            null = f"null_{col}"
+            if null in part and part[null].notna().any():
+                ax.plot(part["generation"], part[null] * k, ls=NULL_STYLE, color=colour, lw=1.6)
+                drew_null = True
+        ax.set_title(title, fontsize=10)
         _generations(ax)
+    for ax in axes[1:3]:
+        ax.sharey(axes[0])
     axes[0].set_ylabel("% of the generation's articles (95% CI)")
+    axes[3].axhline(0, color="0.3", lw=0.8)
+    if drew_null:
+        axes[0].plot([], [], ls=NULL_STYLE, color="0.3", label="dotted: expected from degradation alone")
     _legend_below(fig, axes[0])
-    fig.suptitle("Leaning of what each generation writes (classifier argmax shares)")
+    fig.suptitle("Leaning of what each generation writes (classifier argmax shares, lean index), "
+                 "beside what its degradation alone would read")
     return _save(fig, out, "leaning_shares")
+
+
+def fig_quality_association(studies, paper, out: Path) -> str | None:
+    """Within each generation, Spearman's rho of the quality index with each leaning probability:
+    the confound's cross-section. An instrument that reads degraded text as a label shows a
+    negative rho for it (low quality, high probability)."""
+    series = [s for s in _series(studies, paper) if "tqi_rho_right" in s[3] and s[3]["tqi_rho_right"].notna().any()]
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.0), sharey=True, layout="constrained")
+    for ax, lab in zip(axes, LABELS):
+        for label, colour, style, part in series:
+            _band(ax, part, f"tqi_rho_{lab}", colour, style, label)
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_title(f"quality index vs p({lab})", fontsize=10)
+        _generations(ax)
+    axes[0].set_ylabel("Spearman rho within the generation (95% CI)")
+    _legend_below(fig, axes[0])
+    fig.suptitle("Does the leaning reading move with text quality inside a generation?")
+    return _save(fig, out, "quality_vs_leaning")
 
 
 def fig_quality(studies, paper, out: Path) -> str:
@@ -286,7 +325,8 @@ def wandb_spec(studies: list[dict], entity: str | None, project: str | None) -> 
     config = (s["manifest"] or {}).get("config", {})
     study = config.get("study") or s["summary_arms"]["study"].iloc[0]
     wandb_cfg = config.get("wandb", {})
-    metrics = ([f"prev_{lab}" for lab in LABELS] + [f"share_{lab}" for lab in LABELS]
+    metrics = ([f"share_{lab}" for lab in LABELS] + ["lean_index"] + [f"null_share_{lab}" for lab in LABELS]
+               + ["null_lean_index"] + [f"prev_{lab}" for lab in LABELS]
                + ["tqi_mean", "ppl_mean", "ppl_ref_mean", "train_loss"])
     return {
         "title": f"biasamp: {study}",
@@ -336,9 +376,15 @@ def build(folders: list[Path], out: Path, paper: Path | None = None, simulation:
     paper_study = load(paper) if paper else None
     out.mkdir(parents=True, exist_ok=True)
     figures = [
-        (fig_leaning(studies, paper_study, out), "Leaning shares by generation, one line per arm (95% CI bands)"
-         + ("; the authors' released numbers dashed" if paper_study else "") + ". The paper's Figure 2 view."),
+        (fig_leaning(studies, paper_study, out), "Leaning shares and lean index by generation, one line per arm "
+         "(95% CI bands)" + ("; the authors' released numbers dashed" if paper_study else "") + ". Dotted, in the "
+         "arm's colour: the degradation null, the same reading of the real articles cut and looped to that "
+         "generation's length and repetition; the gap between the two lines is the drift beyond decay (no null "
+         "where the tables hold no generated text, e.g. the authors' imported numbers)."),
         (fig_quality(studies, paper_study, out), "Text-quality index and perplexity by generation."),
+        (fig_quality_association(studies, paper_study, out),
+         "Within each generation, the association of the quality index with each leaning probability "
+         "(Spearman rho, 95% CI). Near zero: the instrument does not read low-quality text as one leaning."),
         (fig_training(studies, out), "Training loss: per generation (mean over seeds) and per optimizer step."),
         (fig_contrasts(studies, out), "Each arm minus the baseline arm, per generation, with 95% bootstrap CIs."),
     ]

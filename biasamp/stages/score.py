@@ -2,7 +2,10 @@
 perplexity under the generation's own model and under the study's base model.
 
 scores columns: study, arm, seed, generation, article_id, p_left, p_center, p_right, label, tqi,
-ppl (under the generation's own model), ppl_ref (under the study's base model, fixed).
+ppl (under the generation's own model), ppl_ref (under the study's base model, fixed), and the
+degradation null null_p_left/center/right: the classifier's reading of the real article the
+generated one continues, cut and looped to the generated body's length and repetition
+(biasamp.instruments.degrade). Where a leaning moves with collapse alone, the null moves with it.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import pandas as pd
 import torch
 
 from biasamp.config import ModelConfig, ScoringConfig
+from biasamp.instruments.degrade import degrade_to_profile, profile
 from biasamp.instruments.leaning import load_calibration
 from biasamp.instruments.hf import SequenceClassifier, leaning, load_classifier
 from biasamp.instruments.quality import quality_index
 from biasamp.models import load_base_model, load_tokenizer
-from biasamp.stages.summarize import scoring_settings
+from biasamp.stages.summarize import NULL_PROBS, PROBS, scoring_settings
 from biasamp.tables import TABLES
 from biasamp.text import by_length, training_text
 
@@ -72,8 +76,18 @@ def load_instruments(cfg: ScoringConfig, study_model: ModelConfig) -> Instrument
     )
 
 
-def score_articles(inst: Instruments, articles: pd.DataFrame, own=None) -> pd.DataFrame:
-    """Scores of an articles table (study, arm, seed, generation, article_id, title, text).
+def degradation_null(articles: pd.DataFrame, real: pd.DataFrame) -> list[str]:
+    """Per generated article: its real article (same article_id; the real title), the body cut and
+    looped to the generated body's profile, in the format the classifier reads."""
+    by_id = real.drop_duplicates("article_id").set_index("article_id")
+    source = by_id.reindex(articles["article_id"])
+    return [training_text(title, degrade_to_profile(body, *profile(generated)))
+            for title, body, generated in zip(source["title"].fillna(""), source["text"].fillna(""), articles["text"])]
+
+
+def score_articles(inst: Instruments, articles: pd.DataFrame, real: pd.DataFrame, own=None) -> pd.DataFrame:
+    """Scores of an articles table (study, arm, seed, generation, article_id, title, text); `real`:
+    the real corpus they continue (article_id, title, text), for the degradation null.
 
     The classifier reads each article as the models were trained on it (`title: ...\\nbody: ...`),
     the quality index reads the generated text, perplexity the same text as the classifier.
@@ -82,6 +96,8 @@ def score_articles(inst: Instruments, articles: pd.DataFrame, own=None) -> pd.Da
     full = [training_text(t, b) for t, b in zip(articles["title"], articles["text"])]
     out = articles[["study", "arm", "seed", "generation", "article_id"]].reset_index(drop=True)
     out = pd.concat([out, leaning(inst.leaning, full, bs)], axis=1)
+    null = leaning(inst.leaning, degradation_null(articles, real), bs)
+    out[NULL_PROBS] = null[PROBS].to_numpy()
     out["tqi"] = quality_index(inst.quality, list(articles["text"]), bs)
     mt = inst.cfg.perplexity_max_tokens
     # On a CPU one article per forward pass: a batch's float32 logits (rows x tokens x vocabulary, 800 MB

@@ -1,10 +1,14 @@
 """Per-generation summaries of the `scores` table, with bootstrap CIs; the authors' numbers imported.
 
 summary (one row per study, arm, seed, generation): n_articles, share_left/center/right (share of
-articles whose argmax label it is), prev_left/center/right (the shares corrected for the
-classifier's confusion, biasamp.instruments.prevalence; empty without a calibration table) and
-tqi_mean, each with _lo/_hi 95% bootstrap bounds (articles; for prev_* also the calibration
-outlets and the shift of the corpus's own sources); ppl_mean, ppl_ref_mean.
+articles whose argmax label it is), lean_index (mean p_right - mean p_left), prev_left/center/right
+(the shares by the configured prevalence method, biasamp.instruments.prevalence; empty without a
+calibration table where the method needs one) and tqi_mean; the degradation null: null_share_*
+and null_lean_index, the same readings of the real articles cut and looped to this generation's
+length and repetition (biasamp.stages.score); each with _lo/_hi 95% bootstrap bounds (articles;
+for prev_* also the calibration outlets and the shift of the corpus's own sources); tqi_rho_*,
+the within-generation Spearman correlation of the quality index with p_* (95% Fisher-z bounds);
+ppl_mean, ppl_ref_mean.
 summary_arms (one row per study, arm, generation): the same across seeds, bootstrapped in two
 stages (seeds, then articles within each drawn seed); n_seeds.
 """
@@ -23,19 +27,40 @@ from biasamp.artifacts import sha256
 from biasamp.config import LABELS, ScoringConfig
 from biasamp.instruments import leaning as offline_leaning
 from biasamp.instruments import prevalence
+from biasamp.instruments.prevalence import READINGS, reading_values
 from biasamp.instruments import quality as offline_quality
 from biasamp.tables import TABLES, file_metadata
 
-_STATS = [f"share_{lab}" for lab in LABELS] + ["tqi_mean"]
+_STATS = READINGS + ["tqi_mean"] + [f"null_{r}" for r in READINGS]
 PROBS = [f"p_{lab}" for lab in LABELS]
+NULL_PROBS = [f"null_{p}" for p in PROBS]
 
 
 def _values(part: pd.DataFrame, method: str) -> np.ndarray:
-    """Per article: one-hot label (3 columns) and tqi -> their means are the summary statistics;
-    then what the prevalence method averages (3 columns)."""
-    onehot = (part["label"].to_numpy()[:, None] == np.array(LABELS)[None, :]).astype(float)
-    return np.column_stack([onehot, part["tqi"].to_numpy(dtype=float),
-                            prevalence.article_values(part[PROBS].to_numpy(float), method)])
+    """Per article: the READINGS, tqi, the READINGS of its degradation null -> their means are the
+    summary statistics (_STATS); then what the prevalence method averages (3 columns)."""
+    null = part[NULL_PROBS].to_numpy(float) if set(NULL_PROBS) <= set(part.columns) else np.full((len(part), 3), np.nan)
+    return np.column_stack([reading_values(part[PROBS].to_numpy(float)), part["tqi"].to_numpy(dtype=float),
+                            reading_values(null), prevalence.article_values(part[PROBS].to_numpy(float), method)])
+
+
+def quality_association(part: pd.DataFrame) -> dict:
+    """Within one generation: Spearman's rho of the quality index with each leaning probability,
+    with 95% Fisher-z bounds (se 1.06 / sqrt(n - 3), Fieller et al. 1957). A leaning instrument
+    that reads degraded text as one label shows a negative rho for that label."""
+    from scipy.stats import spearmanr
+
+    row = {}
+    ok = part[["tqi", *PROBS]].dropna()
+    for lab in LABELS:
+        name = f"tqi_rho_{lab}"
+        rho = np.nan
+        if len(ok) > 3 and ok["tqi"].nunique() > 1 and ok[f"p_{lab}"].nunique() > 1:
+            rho = float(spearmanr(ok["tqi"], ok[f"p_{lab}"]).statistic)
+        half = 1.96 * 1.06 / np.sqrt(max(len(ok) - 3, 1))
+        z = np.arctanh(np.clip(rho, -0.999999, 0.999999))
+        row[name], row[f"{name}_lo"], row[f"{name}_hi"] = rho, float(np.tanh(z - half)), float(np.tanh(z + half))
+    return row
 
 
 def boot_means(values_per_seed: list[np.ndarray], rng, n_boot: int, seed_draws: np.ndarray | None = None):
@@ -85,13 +110,13 @@ def summarize(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0, calibrati
     for key, part in scores.groupby(["study", "arm", "seed", "generation"], sort=True):
         row = dict(zip(["study", "arm", "seed", "generation"], key))
         row.update(n_articles=len(part), **_row([_values(part, method)], rng, n_boot, calibration, method))
-        row.update(ppl_mean=part["ppl"].mean(), ppl_ref_mean=part["ppl_ref"].mean())
+        row.update(quality_association(part), ppl_mean=part["ppl"].mean(), ppl_ref_mean=part["ppl_ref"].mean())
         per_seed.append(row)
     for key, part in scores.groupby(["study", "arm", "generation"], sort=True):
         row = dict(zip(["study", "arm", "generation"], key))
         groups = [_values(g, method) for _, g in part.groupby("seed", sort=True)]
         row.update(n_seeds=len(groups), n_articles=len(part), **_row(groups, rng, n_boot, calibration, method))
-        row.update(ppl_mean=part["ppl"].mean(), ppl_ref_mean=part["ppl_ref"].mean())
+        row.update(quality_association(part), ppl_mean=part["ppl"].mean(), ppl_ref_mean=part["ppl_ref"].mean())
         per_arm.append(row)
     return pd.DataFrame(per_seed), pd.DataFrame(per_arm)
 
@@ -202,5 +227,6 @@ def import_paper(folder: Path, study: str = "paper") -> tuple[pd.DataFrame, list
                 else:
                     notes.append(f"{found[what].name}: G{g} has {len(vals)} rows, the scores {len(rows)}: {col} left empty")
         df["ppl_ref"] = np.nan
+        df[NULL_PROBS] = np.nan  # no generated text released: no degradation null
         parts.append(TABLES["scores"].check(df))
     return pd.concat(parts, ignore_index=True), notes

@@ -136,12 +136,13 @@ def write_stage(t: Trajectory) -> None:
     if t.instruments is not None:
         t.say(f"scoring {len(table)} articles")
         start = time.time()
-        scores = score_articles(t.instruments, table, own=(t.model, t.tokenizer))
+        scores = score_articles(t.instruments, table, t.real, own=(t.model, t.tokenizer))
         TABLES["scores"].write(scores, t.out, metadata={SETTINGS_KEY: t.instruments.settings}, **t.at)
         t.scores = scores
         row = summarize(scores, cfg.scoring.bootstrap, calibration=t.instruments.calibration,
                         method=cfg.scoring.classifier.prevalence)[0].iloc[0]  # the summary table's own statistics
-        t.metrics.update({k: float(v) for k, v in row.items() if k.startswith(("share_", "prev_", "tqi_", "ppl_"))})
+        t.metrics.update({k: float(v) for k, v in row.items()
+                          if k.startswith(("share_", "lean_", "null_", "prev_", "tqi_", "ppl_"))})
         t.seconds["score"] = time.time() - start
     _record_stage_seconds(t)
     TABLES["articles"].write(table, t.out, **t.at)
