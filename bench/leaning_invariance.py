@@ -48,7 +48,7 @@ def main(names: list[str]) -> None:
             oof[te] = leaning.fit([texts[i] for i in tr], y[tr], outlets[tr], *RECIPES[name]).probabilities(
                 [texts[i] for i in te])
         read = invariance.readings(leaning.fit(texts, y, outlets, *RECIPES[name]), check)
-        table = invariance.shift_table(read, check["source_label"], n_boot=500)
+        table = invariance.shift_table(read, n_boot=500)
         worst = table.loc[table["shift"].abs().idxmax()]
         rows.append({"recipe": name, "cv_f1": leaning.article_report(y, oof, folds)["macro_f1"],
                      "check_f1": invariance.macro_f1(read["intact"], check["source_label"]),

@@ -215,6 +215,7 @@ def classify(
     from biasamp.stages.corpus import read_table
     from biasamp.instruments.hf import leaning, load_classifier
     from biasamp.instruments.leaning import load_calibration
+    from biasamp.instruments.prevalence import UNCORRECTED
     from biasamp.stages.summarize import summarize
     from biasamp.text import training_text
 
@@ -225,7 +226,7 @@ def classify(
             raise ValueError(f"{input}: no 'text' column (has: {', '.join(map(str, df.columns))})")
         clf = load_classifier(cfg.kind, cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
         cal = load_calibration(cfg) if summary is not None else None
-        if summary is not None and cal is None and method not in ("cc", "pcc"):
+        if summary is not None and cal is None and method not in UNCORRECTED:
             raise ValueError("--summary with --kind hf needs --calibration (biasamp classifier eval --kind hf "
                              "--calibration-out FILE makes one) or --method cc")
     titles = df["title"].fillna("").astype(str) if "title" in df.columns else None
@@ -352,6 +353,7 @@ def classifier_check(
     from biasamp.instruments import invariance
     from biasamp.instruments.hf import load_classifier
     from biasamp.instruments.leaning import LeaningModel, load_calibration
+    from biasamp.instruments.prevalence import UNCORRECTED
     from biasamp.stages.corpus import read_source
     from biasamp.tables import write_parquet
 
@@ -368,11 +370,11 @@ def classifier_check(
         if pool.empty:
             raise ValueError(f"{articles or data}: no labelled articles to check on")
         clf = load_classifier(cfg.kind, cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
-        cal = load_calibration(cfg) if method not in ("pcc", "cc") else None
-        if cal is None and method not in ("pcc", "cc"):
+        cal = load_calibration(cfg) if method not in UNCORRECTED else None
+        if cal is None and method not in UNCORRECTED:
             raise ValueError(f"--method {method}: needs --calibration for --kind {kind}")
     probs = invariance.readings(clf, pool, batch_size)
-    table = invariance.shift_table(probs, pool["source_label"], method, cal, bootstrap, seed)
+    table = invariance.shift_table(probs, method, cal, bootstrap, seed)
     counts = pool["source_label"].value_counts().to_dict()
     text = invariance.render(table, invariance.macro_f1(probs["intact"], pool["source_label"]), counts,
                              f"{cfg.kind}:{cfg.name}")

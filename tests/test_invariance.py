@@ -90,8 +90,9 @@ def _generations(real: pd.DataFrame, planted_leaning: bool) -> list[pd.DataFrame
 
 @pytest.fixture(scope="module")
 def instruments():
-    cfg = ScoringConfig(classifier=ClassifierConfig(kind="tiny_random"), quality=QualityConfig(kind="tiny_random"),
-                        bootstrap=200)
+    # the leaning instrument is replaced per test; quality and perplexity as cheap as the stage allows
+    cfg = ScoringConfig(classifier=ClassifierConfig(kind="tiny_random"), quality=QualityConfig(kind="offline"),
+                        perplexity_max_tokens=8, bootstrap=200)
     return load_instruments(cfg, TINY)
 
 
@@ -148,7 +149,7 @@ def _labelled_file(tmp_path):
 def test_check_passes_an_invariant_instrument_and_fails_a_confounded_one():
     articles = read_source("bundled")
     for reads, passes in ((lambda t: 0.3, True), (_short_reads_right, False)):
-        table = invariance.shift_table(invariance.readings(_Reads(reads), articles), articles["source_label"], n_boot=100)
+        table = invariance.shift_table(invariance.readings(_Reads(reads), articles), n_boot=100)
         assert set(table["condition"]) == {"intact", *DEGRADATIONS}
         assert set(table["reading"]) == {"share_left", "share_center", "share_right", "lean_index",
                                          "prev_left", "prev_center", "prev_right"}

@@ -42,7 +42,7 @@ def readings(clf, articles: pd.DataFrame, batch_size: int = 16) -> dict[str, np.
             for name, bodies in conditions.items()}
 
 
-def shift_table(probs: dict[str, np.ndarray], labels, method: str = "pcc", calibration=None, n_boot: int = 1000,
+def shift_table(probs: dict[str, np.ndarray], method: str = "pcc", calibration=None, n_boot: int = 1000,
                 seed: int = 0) -> pd.DataFrame:
     """One row per condition and reading: its value, its shift from intact with a paired bootstrap
     95% CI (the same article draws for both), and whether |shift| <= TOLERANCE. The prevalence
