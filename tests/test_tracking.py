@@ -66,6 +66,8 @@ def test_an_extended_study_appends_generation_g_at_step_g_to_the_same_run(study_
     assert history == [(0, 0), (1, 1)]
     row = second.logged[0][1]
     assert {"share_right", "share_right_lo", "share_right_hi", "tqi_mean", "ppl_ref_mean", "train_loss"} <= set(row)
+    # the degradation null and the quality-leaning association, beside the readings they qualify
+    assert {"lean_index", "lean_index_lo", "null_share_right", "null_lean_index_hi", "tqi_rho_right"} <= set(row)
     sample = row["articles"].dataframe
     assert {"title", "text", "label", "p_right", "tqi"} <= set(sample.columns) and len(sample) == 6
     assert row["train_loss_curve"] == ("line", "step", "loss")
