@@ -26,7 +26,10 @@ def by_length(items: Sequence, batch_size: int) -> Iterator[list[int]]:
         yield order[start : start + batch_size]
 
 
-def without_repeats(text: str, n: int = 4) -> str:
+REPEAT_NGRAM = 4  # repetition is word 4-grams: what the classifier reads once and the degradation null measures
+
+
+def without_repeats(text: str, n: int = REPEAT_NGRAM) -> str:
     """The words of `text` less each word that starts a word n-gram already seen in it: a loop reads
     once, a repeated phrase once more than it is new."""
     words, seen, kept = text.split(), set(), []

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from biasamp.text import sentences
+from biasamp.text import REPEAT_NGRAM, sentences
 
 Degradation = Callable[[list[str], np.random.Generator], list[str]]
 SHUFFLED = 300  # words shuffled: the first 300 (shuffling a whole long article reads like a bag of words anyway)
@@ -67,14 +67,11 @@ def degrade(body: str, name: str, seed: int) -> str:
 
 # --- the degradation null: a real article made as short and as repetitive as a generated one ----
 
-NGRAM = 4  # repetition is counted over word 4-grams
-
-
 def profile(body: str) -> tuple[int, float]:
     """(words, repeated fraction): the share of the text's word 4-grams that are repeats of one
     seen before in it (0 for text that never repeats itself, near 1 for a loop)."""
     words = body.split()
-    grams = [tuple(words[i:i + NGRAM]) for i in range(len(words) - NGRAM + 1)]
+    grams = [tuple(words[i:i + REPEAT_NGRAM]) for i in range(len(words) - REPEAT_NGRAM + 1)]
     return len(words), (1.0 - len(set(grams)) / len(grams)) if grams else 0.0
 
 

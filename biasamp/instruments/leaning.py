@@ -11,7 +11,7 @@ style should not stand for their label.
 It reads an article in windows of WINDOW words, with repeats read once (biasamp.text), and reports
 the mean of the windows' probabilities: a shorter article is a smaller sample of the same readings,
 and a looping one is read as what it says once. Reading whole articles instead read shortened,
-looped and shuffled text as right-leaning (+0.34 in the right share, `classifier check`):
+looped and shuffled text as right-leaning (up to +0.39 in the right share, bench/leaning_invariance.py):
 texts with little evidence fell to the intercept, which favoured right.
 
 Calibration (biasamp.instruments.prevalence): the same recipe cross-fitted over FOLDS
@@ -44,7 +44,7 @@ OUTLET_POWER = 0.5  # an article weighs (articles of its outlet)^-0.5: big outle
 #                    (vs 0, every article equal: +0.007 macro-F1, pacc r 0.40 -> 0.48; 1.0, every outlet equal:
 #                    -0.04 macro-F1; python bench/leaning_variants.py)
 C = 1.0  # inverse L2 strength of the logistic regression
-WINDOW = 128  # words per window read (python bench/leaning_variants.py: 64 / 128 / 256 and whole articles)
+WINDOW = 128  # words per window read (python bench/leaning_invariance.py: 128 / 256 / 512 and whole articles)
 MAX_WINDOWS = 8  # training windows per article at most (each article weighs the same however long); they
 #                  are of random lengths, WINDOW / SHORTEST to 5 WINDOW / 4, plus one shuffled: the regression
 #                  sees short and bigram-poor text of every label alike, and has no intercept, so that text
