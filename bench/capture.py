@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from biasamp.config import ModelConfig, NeuronsConfig
 from biasamp.models import load_tokenizer
-from biasamp.stages.corpus import read_source
+from biasamp.corpus import read_source
 from biasamp.stages.neurons import capture
 
 ARTICLES, MAX_LENGTH, BATCH = 16, 256, 8

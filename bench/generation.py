@@ -13,7 +13,7 @@ import torch
 
 from biasamp.config import ModelConfig
 from biasamp.models import load_base_model, load_tokenizer
-from biasamp.stages.corpus import read_source
+from biasamp.corpus import read_source
 from biasamp.stages.generate import article_prompts, greedy_continuations
 
 PROMPTS, BASELINE_PROMPTS, NEW_TOKENS, BATCH = 64, 8, 64, 32  # the authors' loop runs on the first 8 blocks

@@ -18,7 +18,7 @@ import torch
 from biasamp.config import ModelConfig
 from biasamp.models import load_base_model, load_tokenizer
 from biasamp.stages import generate
-from biasamp.stages.corpus import read_source
+from biasamp.corpus import read_source
 from biasamp.stages.generate import article_prompts, greedy_continuations
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from biasamp.config import LABELS
 from biasamp.instruments import invariance, leaning
-from biasamp.stages.corpus import read_source
+from biasamp.corpus import read_source
 
 ABP = Path("../shared/data/article-bias-prediction")
 CHECK_PER_LABEL = 300  # as `biasamp classifier check`

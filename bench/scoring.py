@@ -14,7 +14,7 @@ import torch
 
 from biasamp.config import ModelConfig
 from biasamp.models import load_base_model, load_tokenizer
-from biasamp.stages.corpus import read_source
+from biasamp.corpus import read_source
 from biasamp.stages.score import perplexities
 from biasamp.text import training_text
 

@@ -129,7 +129,7 @@ def data_prepare(
     """Draw a stratified study corpus from an AllSides-labelled source."""
 
     from biasamp.tables import write_parquet
-    from biasamp.stages.corpus import read_source, sample_corpus, write_jsonl_gz
+    from biasamp.corpus import read_source, sample_corpus, write_jsonl_gz
 
     with user_errors():
         span = tuple(int(y) for y in years.split("-")) if years else None
@@ -212,7 +212,7 @@ def classify(
 
     from biasamp.artifacts import write_json
     from biasamp.tables import write_parquet
-    from biasamp.stages.corpus import read_table
+    from biasamp.corpus import read_table
     from biasamp.instruments.hf import leaning, load_classifier
     from biasamp.instruments.leaning import load_calibration
     from biasamp.instruments.prevalence import UNCORRECTED
@@ -354,7 +354,7 @@ def classifier_check(
     from biasamp.instruments.hf import load_classifier
     from biasamp.instruments.leaning import LeaningModel, load_calibration
     from biasamp.instruments.prevalence import UNCORRECTED
-    from biasamp.stages.corpus import read_source
+    from biasamp.corpus import read_source
     from biasamp.tables import write_parquet
 
     with user_errors():

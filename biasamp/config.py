@@ -14,7 +14,7 @@ import typing
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 Label = Literal["left", "center", "right"]
 LABELS: tuple[str, ...] = ("left", "center", "right")
@@ -110,89 +110,126 @@ class TrainConfig(_Frozen):
         return self
 
 
-def _nest(raw, key: str, default: str, settings: tuple[str, ...], union) -> dict:
-    """The flat shorthand `{key: kind, setting: v}` as `{key: {kind: kind, setting: v}}`, also when
-    `key` is already a mapping (e.g. after `--set arms.a.mix.real_fraction=0.2`). A setting the kind
-    does not take is dropped only when it holds its default (a config written before the settings
-    moved, e.g. an old manifest, has every default); any other value stays and is reported."""
-    if not isinstance(raw, dict):
-        return raw
-    value = raw.get(key, default)
-    nested = {"kind": value} if isinstance(value, str) else value
-    if not isinstance(nested, dict):
-        return raw  # pydantic reports it
-    nested = {"kind": default, **nested}
-    members = {m.model_fields["kind"].default: m for m in typing.get_args(typing.get_args(union)[0])}
-    raw = dict(raw)
-    for name in settings:
-        if name in raw:
-            v = raw.pop(name)
-            takes = nested["kind"] in members and name in members[nested["kind"]].model_fields
-            defaults = [m.model_fields[name].default for m in members.values() if name in m.model_fields]
-            if takes or v not in defaults:
-                nested.setdefault(name, v)
-    raw[key] = nested
-    return raw
+class Kinded(_Frozen):
+    """A setting that is one of several kinds (`mix`, `generation.backend`). Each kind is a subclass
+    whose `kind` default names it; defining the subclass registers it in its base's KINDS, so a new
+    kind is one class (plus the function that serves it, registered in the stage that runs it)."""
+
+    kind: str
+    KINDS: typing.ClassVar[dict[str, type]]
+    DEFAULT: typing.ClassVar[str]  # the kind when none is written
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs):
+        default = cls.model_fields["kind"].default
+        if isinstance(default, str):
+            cls.KINDS[default] = cls
+
+    @classmethod
+    def settings(cls) -> set[str]:
+        """Every kind's settings (the keys the shorthand may write beside the kind)."""
+        return {k for kind in cls.KINDS.values() for k in kind.model_fields} - {"kind"}
+
+    @classmethod
+    def parse(cls, value, settings: dict | None = None):
+        """`preserve` is short for `{kind: preserve}`; `settings` (keys written beside it, e.g. an arm's
+        `real_fraction`) join it. A setting the kind does not take is dropped only when it holds
+        another kind's default: an old manifest carries every default."""
+        if isinstance(value, str):
+            value = {"kind": value}
+        if not isinstance(value, dict):
+            return value  # a validated instance, or something pydantic reports
+        value = {"kind": cls.DEFAULT, **(settings or {}), **value}
+        if value["kind"] not in cls.KINDS:
+            return value  # `validated` reports it where it was written
+        takes = cls.KINDS[value["kind"]].model_fields
+        defaults = {k: f.default for kind in cls.KINDS.values() for k, f in kind.model_fields.items()}
+        return {k: v for k, v in value.items() if k in takes or k not in defaults or v != defaults[k]}
+
+    @classmethod
+    def validated(cls, value):
+        """A parsed mapping as its kind's class (a field validator: errors keep their key path)."""
+        if not isinstance(value, dict):
+            return value
+        if value["kind"] not in cls.KINDS:
+            raise ValueError(f"Input tag '{value['kind']}' found using 'kind' does not match any of the expected "
+                             f"tags: {', '.join(map(repr, cls.KINDS))}")
+        return cls.KINDS[value["kind"]].model_validate(value)
 
 
-# Training mixes: what G_g (g >= 1) trains on. Each kind is one function in biasamp.stages.mix.MIXES;
-# its settings live here, under the kind that uses them.
-class ReplaceMix(_Frozen):
+# Training mixes: what G_g (g >= 1) trains on. Each kind is one class here and one function
+# registered in biasamp.stages.mix; `reads_scores` says whether it reads the classifier's scores of D_{g-1}.
+class Mix(Kinded):
+    KINDS = {}
+    DEFAULT = "replace"
+    reads_scores: typing.ClassVar[bool] = False
+
+
+class ReplaceMix(Mix):
     kind: Literal["replace"] = "replace"  # D_{g-1} only (the authors' Synthetic)
 
 
-class PreserveMix(_Frozen):
+class PreserveMix(Mix):
     kind: Literal["preserve"] = "preserve"  # D_{g-1} + real_fraction*N real articles, redrawn per generation
     real_fraction: float = Field(0.1, gt=0, le=1)
 
 
-class AccumulateMix(_Frozen):
+class AccumulateMix(Mix):
     kind: Literal["accumulate"] = "accumulate"  # the real corpus and every D_0 .. D_{g-1}
 
 
-class AccumulateSubsampleMix(_Frozen):
+class AccumulateSubsampleMix(Mix):
     kind: Literal["accumulate_subsample"] = "accumulate_subsample"  # that pool, subsampled to N
 
 
-class CurateMix(_Frozen):
+class CurateMix(Mix):
     # D_{g-1} resampled (size N) so that its leaning shares, as the study's classifier labels them,
     # match the real corpus's label shares.
     kind: Literal["curate"] = "curate"
+    reads_scores = True
 
 
-class PreserveBalancedMix(_Frozen):
+class PreserveBalancedMix(Mix):
     # D_{g-1} + real_fraction*N real articles whose labels are drawn to counter the leaning drift the
     # study's classifier measured on D_{g-1}: toward the real corpus's label shares.
     kind: Literal["preserve_balanced"] = "preserve_balanced"
     real_fraction: float = Field(0.1, gt=0, le=1)
+    reads_scores = True
 
 
-MixConfig = typing.Annotated[
-    typing.Union[ReplaceMix, PreserveMix, AccumulateMix, AccumulateSubsampleMix, CurateMix, PreserveBalancedMix],
-    Field(discriminator="kind"),
-]
-MIX_KINDS = tuple(t.model_fields["kind"].default for t in typing.get_args(typing.get_args(MixConfig)[0]))
-MIXES_READING_SCORES = {"curate", "preserve_balanced"}
+MIX_KINDS = Mix.KINDS  # kind -> settings class
 
 
 class ArmConfig(_Frozen):
     corpus: str = "main"
-    # `mix: preserve` is short for `mix: {kind: preserve}`; `{mix: preserve, real_fraction: 0.1}`
-    # for `mix: {kind: preserve, real_fraction: 0.1}`.
-    mix: MixConfig = ReplaceMix()
+    # `mix: preserve` is short for `mix: {kind: preserve}`; keys beside it that are not an arm's are
+    # the mix's: `{mix: preserve, real_fraction: 0.1}` is `mix: {kind: preserve, real_fraction: 0.1}`.
+    mix: SerializeAsAny[Mix] = ReplaceMix()
     train: TrainConfig = TrainConfig()
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, raw):
-        return _nest(raw, "mix", "replace", ("real_fraction",), MixConfig)
+        if not isinstance(raw, dict):
+            return raw
+        settings = {k: raw[k] for k in Mix.settings() if k in raw}
+        return {**{k: v for k, v in raw.items() if k not in settings}, "mix": Mix.parse(raw.get("mix", Mix.DEFAULT), settings)}
+
+    _mix_kind = field_validator("mix", mode="before")(lambda cls, v: Mix.validated(v))
 
 
-class HFGeneration(_Frozen):
+class GenerationBackend(Kinded):
+    """Who writes D_g: each kind is one class here and one function registered in biasamp.stages.generate."""
+
+    KINDS = {}
+    DEFAULT = "hf"
+
+
+class HFGeneration(GenerationBackend):
     kind: Literal["hf"] = "hf"  # the batched greedy generator of biasamp.stages.generate, in the trajectory's process
 
 
-class VLLMGeneration(_Frozen):
+class VLLMGeneration(GenerationBackend):
     # `engines` vLLM engines as Ray actors, data-parallel over the prompt blocks, each loading the
     # generation's safetensors checkpoint (biasamp.backends.vllm_engines).
     kind: Literal["vllm"] = "vllm"
@@ -200,9 +237,8 @@ class VLLMGeneration(_Frozen):
     gpus_per_engine: float = Field(1, ge=0)
 
 
-GenerationBackend = typing.Annotated[typing.Union[HFGeneration, VLLMGeneration], Field(discriminator="kind")]
-# The keys whose value is one of several kinds (`mix: preserve` is short for `mix: {kind: preserve}`), with the kinds.
-UNION_KINDS = {"mix": MIX_KINDS, "backend": ("hf", "vllm")}
+# The keys whose value is one of several kinds, with their base.
+KINDED = {"mix": Mix, "backend": GenerationBackend}
 
 
 class GenerationConfig(_Frozen):
@@ -219,12 +255,18 @@ class GenerationConfig(_Frozen):
     dtype: Literal["float32", "bfloat16"] = "float32"
     # `backend: vllm` is short for `backend: {kind: vllm}`; `{backend: vllm, engines: 2}` for
     # `backend: {kind: vllm, engines: 2}`.
-    backend: GenerationBackend = HFGeneration()
+    backend: SerializeAsAny[GenerationBackend] = HFGeneration()
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, raw):
-        return _nest(raw, "backend", "hf", ("engines", "gpus_per_engine"), GenerationBackend)
+        if not isinstance(raw, dict):
+            return raw
+        settings = {k: raw[k] for k in GenerationBackend.settings() if k in raw}
+        return {**{k: v for k, v in raw.items() if k not in settings},
+                "backend": GenerationBackend.parse(raw.get("backend", GenerationBackend.DEFAULT), settings)}
+
+    _backend_kind = field_validator("backend", mode="before")(lambda cls, v: GenerationBackend.validated(v))
 
 
 class NeuronsConfig(_Frozen):
@@ -249,6 +291,13 @@ class NeuronsConfig(_Frozen):
         return self
 
 
+def _default_name(raw, defaults: dict[str, str]):
+    """An instrument's empty name is its kind's default (kind offline when not given)."""
+    if isinstance(raw, dict) and not raw.get("name"):
+        raw = {**raw, "name": defaults.get(raw.get("kind", "offline"), "")}
+    return raw
+
+
 class ClassifierConfig(_Frozen):
     """Political-leaning classifier: a sequence-classification model and its label map."""
 
@@ -269,13 +318,15 @@ class ClassifierConfig(_Frozen):
     # pacc / acc: the same corrected for the confusion on unseen outlets (CIs often span most of [0, 1])
     prevalence: Literal["pcc", "cc", "pacc", "acc"] = "pcc"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, raw):
+        return _default_name(raw, {"offline": "bundled", "hf": "wu981526092/bias_classifier_roberta"})
+
     @model_validator(mode="after")
     def _check(self) -> "ClassifierConfig":
         if sorted(self.labels.values()) != sorted(LABELS):
             raise ValueError("labels must map model labels onto left, center and right, once each")
-        if not self.name:
-            default = {"offline": "bundled", "hf": "wu981526092/bias_classifier_roberta"}.get(self.kind, "")
-            object.__setattr__(self, "name", default)
         return self
 
 
@@ -291,13 +342,15 @@ class QualityConfig(_Frozen):
     )
     max_tokens: int = Field(512, ge=8)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, raw):
+        return _default_name(raw, {"offline": "bundled", "hf": "madhurjindal/autonlp-Gibberish-Detector-492513457"})
+
     @model_validator(mode="after")
     def _check(self) -> "QualityConfig":
         if not set(self.labels.values()) <= {0, 1, 2, 3}:
             raise ValueError("labels map onto levels 0..3")
-        if not self.name:
-            default = {"offline": "bundled", "hf": "madhurjindal/autonlp-Gibberish-Detector-492513457"}.get(self.kind, "")
-            object.__setattr__(self, "name", default)
         return self
 
 
@@ -372,6 +425,10 @@ class StudyConfig(_Frozen):
                     arm = {**arm, "train": deep_merge(base, arm.get("train") or {})}
                 arms[name] = arm
             raw["arms"] = arms
+        analysis = raw.get("analysis")  # the baseline arm, resolved here: the manifest stores arms sorted
+        if isinstance(raw.get("arms"), dict) and raw["arms"] and (analysis is None or isinstance(analysis, dict)) \
+                and (analysis or {}).get("baseline_arm") is None:
+            raw["analysis"] = {**(analysis or {}), "baseline_arm": next(iter(raw["arms"]))}
         neurons = raw.get("neurons")
         if isinstance(base, dict) and "max_length" in base and (neurons is None or isinstance(neurons, dict)):
             raw["neurons"] = {"max_length": base["max_length"], **(neurons or {})}
@@ -386,13 +443,11 @@ class StudyConfig(_Frozen):
         for name, arm in self.arms.items():
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"arms.{name}: arm names are letters, digits, '_' and '-'")
-            if arm.mix.kind in MIXES_READING_SCORES and not self.scoring.enabled:
+            if arm.mix.reads_scores and not self.scoring.enabled:
                 raise ValueError(f"arms.{name}.mix: {arm.mix.kind} reads the classifier's scores of D_(g-1); "
                                  "it needs scoring.enabled: true")
             if arm.corpus not in self.corpora:
                 raise ValueError(f"arms.{name}.corpus: '{arm.corpus}' is not in corpora ({', '.join(self.corpora)})")
-        if self.analysis.baseline_arm is None:  # resolved here: the manifest stores arms in sorted order
-            object.__setattr__(self, "analysis", AnalysisConfig(baseline_arm=next(iter(self.arms))))
         if self.analysis.baseline_arm not in self.arms:
             raise ValueError(f"analysis.baseline_arm: '{self.analysis.baseline_arm}' is not an arm ({', '.join(self.arms)})")
         if self.neurons.probe is not None and self.neurons.probe not in self.corpora:
@@ -435,7 +490,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> None:
 def _set_path(d: dict, dotted: str, value) -> None:
     keys = dotted.split(".")
     for k in keys[:-1]:
-        if k in UNION_KINDS and isinstance(d.get(k), str):  # the shorthand `mix: preserve`
+        if k in KINDED and isinstance(d.get(k), str):  # the shorthand `mix: preserve`
             d[k] = {"kind": d[k]}
         d = d.setdefault(k, {})
         if not isinstance(d, dict):
@@ -463,19 +518,12 @@ def _known_keys(loc: tuple) -> list[str]:
         ann = field.annotation
         if typing.get_origin(ann) is dict:
             ann, i = typing.get_args(ann)[1], i + 1  # skip the map's key (an arm or corpus name)
-        if typing.get_origin(ann) is typing.Union and i == len(parts) - 1:  # a mix or backend: any kind's keys
-            return sorted({k for m in typing.get_args(ann) if issubclass(m, BaseModel) for k in m.model_fields})
+        if isinstance(ann, type) and issubclass(ann, Kinded) and i == len(parts) - 1:  # a mix or backend: any kind's
+            return sorted(ann.settings() | {"kind"})
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return []
         model, i = ann, i + 1
     return list(model.model_fields)
-
-
-def _key_path(loc) -> tuple[str, ...]:
-    """pydantic's error location as the user wrote the keys: without the tag it adds after a
-    discriminated union (`arms.a.mix.replace.x` -> `arms.a.mix.x`)."""
-    parts = [str(p) for p in loc]
-    return tuple(p for i, p in enumerate(parts) if not (i and p in UNION_KINDS.get(parts[i - 1], ())))
 
 
 def from_dict(raw: dict, source: str = "<dict>") -> StudyConfig:
@@ -484,7 +532,7 @@ def from_dict(raw: dict, source: str = "<dict>") -> StudyConfig:
     try:
         return StudyConfig.model_validate(raw)
     except ValidationError as e:
-        errors = [(_key_path(err["loc"]), err) for err in e.errors()]
+        errors = [(tuple(str(p) for p in err["loc"]), err) for err in e.errors()]
         locs = {loc for loc, _ in errors}
         msgs = []
         for loc, err in errors:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from biasamp.artifacts import check_output_dir, claim_output_dir, read_manifest
 from biasamp.config import StudyConfig
-from biasamp.stages.corpus import read_source, sample_corpus
+from biasamp.corpus import read_source, sample_corpus
 from biasamp.stages.summarize import check_scores_settings, scoring_settings
 from biasamp.tables import TABLES
 

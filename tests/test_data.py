@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from biasamp.cli import app
 from biasamp.config import ArmConfig, CorpusConfig
-from biasamp.stages.corpus import read_source, sample_corpus
+from biasamp.corpus import read_source, sample_corpus
 from biasamp.stages.mix import training_set
 
 SHARED = Path(__file__).parents[1].parent / "shared" / "data" / "article-bias-prediction"

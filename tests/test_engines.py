@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from biasamp.config import ModelConfig, TrainConfig
-from biasamp.stages.corpus import read_source
+from biasamp.corpus import read_source
 from biasamp.models import load_base_model, load_tokenizer, save_checkpoint
 from biasamp.stages.train import fine_tune
-from biasamp.stages.trajectory import TRAINERS
+from biasamp.backends import deepspeed_train  # noqa: F401 (registers the deepspeed trainer)
+from biasamp.stages.train import TRAINERS
 
 TINY = ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe")
 LOSS_TOLERANCE = 0.02  # nats per step; the difference is each worker averaging over its own tokens

@@ -5,7 +5,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from biasamp.stages import generate
 from biasamp.config import GenerationConfig, ModelConfig
-from biasamp.stages.corpus import read_source
+from biasamp.corpus import read_source
 from biasamp.stages.generate import article_prompts, greedy_continuations, write_articles
 from biasamp.models import load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from biasamp.instruments import leaning, prevalence
 from biasamp.cli import app
 from biasamp.config import LABELS, ClassifierConfig, ModelConfig, QualityConfig, ScoringConfig
-from biasamp.stages.corpus import read_source
+from biasamp.corpus import read_source
 from biasamp.instruments.quality import QualityProxy, corrupted_sentences
 from biasamp.tables import TABLES
 from biasamp.instruments.hf import load_classifier

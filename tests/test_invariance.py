@@ -13,7 +13,7 @@ from biasamp.config import LABELS, ClassifierConfig, ModelConfig, QualityConfig,
 from biasamp.instruments import invariance
 from biasamp.instruments.degrade import DEGRADATIONS, degrade, degrade_to_profile, profile
 from biasamp.stages.analyze import arm_contrasts
-from biasamp.stages.corpus import read_source
+from biasamp.corpus import read_source
 from biasamp.stages.score import load_instruments, score_articles
 from biasamp.stages.summarize import summarize
 from biasamp.text import sentences

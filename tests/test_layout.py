@@ -1,5 +1,5 @@
-"""The package's shape: no import cycles (function-level imports included), and the heavy
-scale-out libraries imported only by biasamp/backends."""
+"""The package's shape: layers that import only downward, no import cycles (function-level imports
+included in both), and the heavy scale-out libraries imported only by biasamp/backends."""
 
 import ast
 from pathlib import Path
@@ -47,3 +47,44 @@ def test_only_backends_import_ray_deepspeed_and_vllm():
     for module, deps in _imports().items():
         heavy = {d.split(".")[0] for d in deps} & {"ray", "deepspeed", "vllm"}
         assert not heavy or module.startswith("biasamp.backends."), f"{module} imports {heavy}"
+
+
+# Lowest first. A module may import its own layer and the layers before it, never a later one.
+LAYERS = [
+    ("foundation", ("biasamp.config", "biasamp.tables", "biasamp.text", "biasamp.artifacts", "biasamp.corpus",
+                    "biasamp.models", "biasamp.tracking")),
+    ("instruments", ("biasamp.instruments",)),
+    ("stages", ("biasamp.stages", "biasamp.simulate")),  # the pure pipeline; backends are registered into it
+    ("application", ("biasamp.study", "biasamp.preflight")),
+    ("backends", ("biasamp.backends",)),
+    ("cli", ("biasamp.cli",)),
+]
+
+
+def _layer(module: str) -> int | None:
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    return None
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in _imports() if m != "biasamp" and _layer(m) is None] == []
+
+
+def test_imports_go_down_the_layers():
+    upward = []
+    for module, deps in _imports().items():
+        for dep in deps:
+            if dep.startswith("biasamp.") and _layer(dep) is not None and _layer(dep) > _layer(module):
+                upward.append(f"{module} ({LAYERS[_layer(module)][0]}) imports {dep} ({LAYERS[_layer(dep)][0]})")
+    assert not upward, "\n".join(sorted(set(upward)))
+
+
+def test_the_layer_test_sees_a_function_level_import(tmp_path, monkeypatch):
+    """The check reads imports inside functions too: an upward one there is found."""
+    fake = tmp_path / "biasamp"
+    (fake / "stages").mkdir(parents=True)
+    (fake / "stages" / "x.py").write_text("def f():\n    from biasamp.backends.ray_cluster import run\n")
+    monkeypatch.setattr(__import__(__name__), "PKG", fake)
+    assert "biasamp.backends.ray_cluster" in _imports()["biasamp.stages.x"]

@@ -5,7 +5,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from biasamp.tables import TABLES
 from biasamp.config import ModelConfig, NeuronsConfig, from_dict
-from biasamp.stages.corpus import read_source
+from biasamp.corpus import read_source
 from biasamp.models import load_base_model, load_tokenizer
 from biasamp.stages.neurons import capture, layer_modules
 from biasamp.backends.ray_cluster import prepare_study

@@ -349,7 +349,7 @@ def test_one_writer_per_study_folder(tmp_path):
 def test_a_moved_corpus_resumes_and_other_articles_are_refused(study_dict, tmp_path):
     """The folder is tied to the articles drawn, not to where the data file lives: the same file
     under another path resumes the study; a file with other articles at that path is refused."""
-    from biasamp.stages.corpus import read_source
+    from biasamp.corpus import read_source
 
     articles = read_source("bundled")
     first, moved, other = tmp_path / "a.parquet", tmp_path / "moved" / "a.parquet", tmp_path / "b.parquet"

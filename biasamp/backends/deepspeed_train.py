@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from biasamp.config import TrainConfig
-from biasamp.stages.train import make_trainer, tokenized, train_metrics
+from biasamp.stages.train import make_trainer, register_trainer, tokenized, train_metrics
 from biasamp.text import training_text
 
 # One per environment: DeepSpeed recompiles (under a file lock) for another interpreter or torch.
@@ -74,6 +74,7 @@ def _worker(config: dict) -> None:
         (Path(config["out"]) / "metrics.json").write_text(json.dumps(metrics))
 
 
+@register_trainer("deepspeed")
 def fine_tune_deepspeed(model, tokenizer, articles, cfg: TrainConfig, seed: int, workdir: Path | None = None) -> dict:
     """Fine-tune `model` in place on `articles` (title, text) on cfg.deepspeed.workers Ray Train workers
     with DeepSpeed ZeRO; `workdir` (on storage every worker sees) carries the weights there and back."""

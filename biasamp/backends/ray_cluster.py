@@ -107,6 +107,7 @@ def _trajectory_task(cfg: StudyConfig, arm: str, seed: int, cpus: float, progres
     torch.set_num_threads(max(1, int(cpus)))
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    from biasamp.backends import deepspeed_train, vllm_engines  # noqa: F401 (they register train/generation backends)
     from biasamp.stages.trajectory import run_trajectory
 
     logfile = cfg.output_dir / "logs" / f"{arm}__seed{seed}.log"

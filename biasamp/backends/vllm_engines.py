@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from biasamp.stages.generate import register_generator
+
 
 class VLLMEngine:
     """One vLLM engine (a Ray actor in `vllm_continuations`): greedy continuations of token prompts
@@ -62,3 +64,9 @@ def vllm_continuations(checkpoint: Path, prompts: list[list[int]], new_tokens: i
     for i, res in enumerate(results):
         out[i::engines] = res
     return out
+
+
+@register_generator("vllm")
+def _vllm(model, tokenizer, prompts, cfg, eos_id, progress, checkpoint):
+    return vllm_continuations(checkpoint, prompts, cfg.new_tokens, eos_id, cfg.backend.engines,
+                              cfg.backend.gpus_per_engine)

@@ -33,7 +33,7 @@ import pandas as pd
 from biasamp.artifacts import write_npz
 from biasamp.config import LABELS, load_config
 from biasamp.instruments import prevalence
-from biasamp.stages.corpus import read_source, sample_corpus
+from biasamp.corpus import read_source, sample_corpus
 from biasamp.text import training_text, windows, without_repeats
 
 MODEL = Path(__file__).parents[1] / "data" / "leaning_tfidf.npz"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from biasamp.artifacts import write_npz
-from biasamp.stages.corpus import read_source
+from biasamp.corpus import read_source
 from biasamp.text import sentences
 
 PROXY = Path(__file__).parents[1] / "data" / "quality_proxy.npz"

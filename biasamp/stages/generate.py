@@ -15,7 +15,6 @@ import torch
 from transformers import GenerationConfig
 
 from biasamp import config as study_config
-from biasamp.backends.vllm_engines import vllm_continuations
 from biasamp.text import by_length
 
 
@@ -66,6 +65,25 @@ def greedy_continuations(
     return out
 
 
+# generation.backend.kind -> fn(model, tokenizer, prompts, cfg, eos_id, progress, checkpoint) -> token
+# lists. "hf" is this process; a scale-out backend registers its own when imported
+# (biasamp.backends.vllm_engines: "vllm"), so the stages never import the backends.
+GENERATORS: dict[str, Callable] = {}
+
+
+def register_generator(kind: str):
+    def add(fn):
+        GENERATORS[kind] = fn
+        return fn
+    return add
+
+
+@register_generator("hf")
+def _hf(model, tokenizer, prompts, cfg, eos_id, progress, checkpoint):
+    return greedy_continuations(model, prompts, cfg.new_tokens, cfg.batch_size, tokenizer.pad_token_id, eos_id,
+                                progress, getattr(torch, cfg.dtype))
+
+
 def write_articles(model, tokenizer, sources: pd.DataFrame, cfg: study_config.GenerationConfig,
                    progress: Callable[[int, int], None] | None = None, checkpoint=None) -> pd.DataFrame:
     """One synthetic article per source article: columns article_id, title, text, n_tokens.
@@ -77,12 +95,10 @@ def write_articles(model, tokenizer, sources: pd.DataFrame, cfg: study_config.Ge
         prompts += ps
         owner += [k] * len(ps)
     eos = tokenizer.eos_token_id if cfg.stop_at_eos else None
-    if cfg.backend.kind == "vllm":
-        conts = vllm_continuations(checkpoint, prompts, cfg.new_tokens, eos, cfg.backend.engines,
-                                   cfg.backend.gpus_per_engine)
-    else:
-        conts = greedy_continuations(model, prompts, cfg.new_tokens, cfg.batch_size, tokenizer.pad_token_id, eos,
-                                     progress, getattr(torch, cfg.dtype))
+    if cfg.backend.kind not in GENERATORS:
+        raise ValueError(f"generation.backend: '{cfg.backend.kind}' is not registered in this process (the Ray "
+                         f"layer imports biasamp.backends, which registers it); registered: {', '.join(GENERATORS)}")
+    conts = GENERATORS[cfg.backend.kind](model, tokenizer, prompts, cfg, eos, progress, checkpoint)
     tokens: list[list[int]] = [[] for _ in range(len(sources))]
     for k, c in zip(owner, conts):
         tokens[k] += c

@@ -6,6 +6,7 @@ import datasets
 import pandas as pd
 import torch
 import tempfile
+from typing import Callable
 
 from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainingArguments
 
@@ -69,10 +70,30 @@ def train_metrics(trainer: Trainer, result, ds, cfg: TrainConfig) -> dict:
     }
 
 
+# train.backend -> who fine-tunes. "plain" is this process; a scale-out backend registers its own with
+# the same signature when imported (biasamp.backends.deepspeed_train: "deepspeed"), so the stages
+# never import the backends.
+TRAINERS: dict[str, Callable] = {}
+
+
+def register_trainer(kind: str):
+    def add(fn):
+        TRAINERS[kind] = fn
+        return fn
+    return add
+
+
+def trainer_for(kind: str) -> Callable:
+    if kind not in TRAINERS:
+        raise ValueError(f"train.backend: '{kind}' is not registered in this process (the Ray layer imports "
+                         f"biasamp.backends, which registers it); registered: {', '.join(TRAINERS)}")
+    return TRAINERS[kind]
+
+
+@register_trainer("plain")
 def fine_tune(model, tokenizer, articles: pd.DataFrame, cfg: TrainConfig, seed: int, workdir=None) -> dict:
     """Fine-tune `model` in place on `articles` (title, text) in this process. Returns loss metrics
-    and the loss curve. (train.backend deepspeed: biasamp.backends.deepspeed_train.fine_tune_deepspeed,
-    the same Trainer on Ray Train workers, same signature.)"""
+    and the loss curve."""
     texts = [training_text(t, b) for t, b in zip(articles["title"], articles["text"])]
     ds = tokenized(tokenizer, texts, cfg.max_length)
     with tempfile.TemporaryDirectory(prefix="biasamp-train-") as tmp:

@@ -17,21 +17,16 @@ import pandas as pd
 import torch
 
 from biasamp import artifacts, tracking
-from biasamp.backends.deepspeed_train import fine_tune_deepspeed
-from biasamp.config import MIXES_READING_SCORES, ArmConfig, StudyConfig, TrainConfig
+from biasamp.config import ArmConfig, StudyConfig, TrainConfig
 from biasamp.models import checkpoint_damage, load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
 from biasamp.stages.generate import write_articles
 from biasamp.stages.mix import training_set
 from biasamp.stages.neurons import capture
 from biasamp.stages.score import Instruments, load_instruments, score_articles
 from biasamp.stages.summarize import SETTINGS_KEY, summarize
-from biasamp.stages.train import fine_tune
+from biasamp.stages.train import trainer_for
 from biasamp.tables import TABLES, parquet_damage
 from biasamp.text import training_text
-
-# train.backend -> who fine-tunes: this process, or DeepSpeed on Ray Train workers (same signature).
-TRAINERS = {"plain": fine_tune, "deepspeed": fine_tune_deepspeed}
-
 
 @dataclass
 class Trajectory:
@@ -90,14 +85,14 @@ def train_stage(t: Trajectory) -> None:
     if g > 0 and arm.train.init == "base":
         t.model = load_base_model(cfg.model, len(t.tokenizer), seed)
     previous_scores = None
-    if g > 0 and arm.mix.kind in MIXES_READING_SCORES:
+    if g > 0 and arm.mix.reads_scores:
         previous_scores = pd.read_parquet(TABLES["scores"].file(t.out, **{**t.at, "generation": g - 1}))
     train_df = training_set(arm, g, t.real, t.synthetic, seed, previous_scores)
     t.say(f"training on {len(train_df)} articles "
           f"({', '.join(f'{k} {v}' for k, v in train_df['source'].value_counts(sort=False).items())})")
     torch.manual_seed(seed * 100_003 + g)
     start = time.time()
-    metrics = TRAINERS[arm.train.backend](t.model, t.tokenizer, train_df, arm.train, seed * 100_003 + g,
+    metrics = trainer_for(arm.train.backend)(t.model, t.tokenizer, train_df, arm.train, seed * 100_003 + g,
                                           workdir=t.ckpt.with_name(t.ckpt.name + ".train"))
     metrics["train_seconds"] = time.time() - start  # the stage's wall time, tokenizing included
     TABLES["training"].write(t.addressed(train_df[["article_id", "source"]].copy()), t.out, **t.at)
@@ -219,7 +214,7 @@ def _verified(cfg: StudyConfig, arm: str, seed: int, done: int, log) -> int:
         needed = {"articles": TABLES["articles"].file(out, arm=arm, seed=seed, generation=g)}
         if g == done - 1:
             needed["checkpoint"] = artifacts.checkpoint_dir(out, arm, seed, g)
-            if cfg.arms[arm].mix.kind in MIXES_READING_SCORES:
+            if cfg.arms[arm].mix.reads_scores:
                 needed["scores"] = TABLES["scores"].file(out, arm=arm, seed=seed, generation=g)
         damaged = {name: (path, what) for name, path in needed.items()
                    if (what := (checkpoint_damage if name == "checkpoint" else parquet_damage)(path)) is not None}

@@ -16,7 +16,7 @@ import pandas as pd
 from biasamp.artifacts import temp_path
 from biasamp.config import LABELS, CorpusConfig
 
-BUNDLED = Path(__file__).parents[1] / "data" / "abp_slice.jsonl.gz"
+BUNDLED = Path(__file__).parent / "data" / "abp_slice.jsonl.gz"
 
 # Column names seen in the supported layouts, first match wins.
 _ALIASES = {
