@@ -213,7 +213,8 @@ def classify(
     from biasamp.artifacts import write_json
     from biasamp.tables import write_parquet
     from biasamp.corpus import read_table
-    from biasamp.instruments.hf import leaning, load_classifier
+    from biasamp.instruments import load_classifier
+    from biasamp.instruments.hf import leaning
     from biasamp.instruments.leaning import load_calibration
     from biasamp.instruments.prevalence import UNCORRECTED
     from biasamp.stages.summarize import summarize
@@ -241,8 +242,8 @@ def classify(
     write_parquet(result, out)
     typer.echo(f"{len(result)} articles {result['label'].value_counts().to_dict()} -> {out}")
     if summary is not None:
-        row = summarize(result.assign(study="", arm="", seed=0, generation=0, tqi=float("nan"), ppl=float("nan"),
-                                      ppl_ref=float("nan")), bootstrap, calibration=cal, method=method)[0].iloc[0]
+        row = summarize(result.assign(study="", arm="", seed=0, generation=0, ppl=float("nan"), ppl_ref=float("nan")),
+                        bootstrap, calibration=cal, method=method)[0].iloc[0]
         labs = ("left", "center", "right")
         shares = {"n": len(result), "method": method,
                   "argmax_share": {lab: float(row[f"share_{lab}"]) for lab in labs},
@@ -293,7 +294,7 @@ def classifier_eval(
     TF-IDF baseline, fitted in the same run: article macro-F1, and the error of corpus label shares
     on corpora of held-out outlets with known mixes, per prevalence method."""
     from biasamp.artifacts import write_json
-    from biasamp.instruments.hf import load_classifier
+    from biasamp.instruments import load_classifier
     from biasamp.instruments.leaning import evaluate, study_article_ids
     from biasamp.instruments.prevalence import calibration_table
     from biasamp.tables import write_parquet
@@ -351,7 +352,7 @@ def classifier_check(
     and shortened, looped, shuffled, padded with repeated phrases and with gibberish, and prints the
     shift of every reading the summaries report, with paired bootstrap CIs, and intact macro-F1."""
     from biasamp.instruments import invariance
-    from biasamp.instruments.hf import load_classifier
+    from biasamp.instruments import load_classifier
     from biasamp.instruments.leaning import LeaningModel, load_calibration
     from biasamp.instruments.prevalence import UNCORRECTED
     from biasamp.corpus import read_source

@@ -22,9 +22,23 @@ from pandas.api import types
 
 ADDRESS = "study:str arm:str seed:int generation:int"
 _READINGS = ("share_left", "share_center", "share_right", "lean_index")
-_STATS = " ".join(f"{s}:float {s}_lo:float {s}_hi:float" for s in
-                  (*_READINGS, "prev_left", "prev_center", "prev_right", "tqi_mean", *(f"null_{r}" for r in _READINGS),
-                   "tqi_rho_left", "tqi_rho_center", "tqi_rho_right"))
+
+
+def _ci(*stats: str) -> str:
+    return " ".join(f"{s}:float {s}_lo:float {s}_hi:float" for s in stats)
+
+
+# The per-article measures (biasamp.instruments.registry.register_measure adds them; the package
+# biasamp.instruments registers the built-in `tqi`). A table's spec names where their columns go:
+# {measures} one float each; {measure_means} {m}_mean with CI; {measure_rhos} {m}_rho_* with CIs.
+MEASURES: list[str] = []
+_MEASURE_SPECS = {
+    "measures": lambda m: f"{m}:float",
+    "measure_means": lambda m: _ci(f"{m}_mean"),
+    "measure_rhos": lambda m: _ci(*(f"{m}_rho_{lab}" for lab in ("left", "center", "right"))),
+}
+_STATS = (_ci(*_READINGS, "prev_left", "prev_center", "prev_right") + " {measure_means} "
+          + _ci(*(f"null_{r}" for r in _READINGS)) + " {measure_rhos}")
 _CHECK = {"str": types.is_string_dtype, "int": types.is_integer_dtype, "bool": types.is_bool_dtype,
           "float": lambda s: types.is_float_dtype(s) or types.is_integer_dtype(s)}
 
@@ -39,7 +53,8 @@ class Table:
 
     @property
     def columns(self) -> dict[str, str]:
-        return dict(item.split(":") for item in self.spec.split())
+        spec = self.spec.format(**{k: " ".join(map(f, MEASURES)) for k, f in _MEASURE_SPECS.items()})
+        return dict(item.split(":") for item in spec.split())
 
     def file(self, out: Path, **address) -> Path:
         return Path(out) / self.path.format(**address)
@@ -131,14 +146,14 @@ TABLES = {t.name: t for t in [
           ("study", "arm", "seed", "generation", "layer", "neuron", "kind", "stat"),
           "G_g's neuron summaries, one row group per layer"),
     Table("scores", "scores/" + _VERSION,
-          f"{ADDRESS} article_id:str p_left:float p_center:float p_right:float label:str tqi:float ppl:float "
+          f"{ADDRESS} article_id:str p_left:float p_center:float p_right:float label:str {{measures}} ppl:float "
           "ppl_ref:float null_p_left:float null_p_center:float null_p_right:float",
           ("study", "arm", "seed", "generation", "article_id"),
-          "per-article leaning, quality, perplexity of D_g; null_p_*: the leaning of the same article's real "
+          "per-article leaning, measures (tqi: quality), perplexity of D_g; null_p_*: the leaning of the same article's real "
           "text cut and looped to the length and repetition of what G_g wrote (the degradation null)"),
     Table("summary", "summary.parquet", f"{ADDRESS} n_articles:int {_STATS} ppl_mean:float ppl_ref_mean:float",
-          ("study", "arm", "seed", "generation"), "per version: argmax label shares, lean index (mean p_right - p_left), prevalence (prev_*), tqi, the "
-          "same readings under the degradation null (null_*), all with 95% bootstrap CIs; tqi_rho_*: quality vs p_*"),
+          ("study", "arm", "seed", "generation"), "per version: argmax label shares, lean index (mean p_right - p_left), prevalence (prev_*), each measure's mean (tqi_mean), "
+          "the same readings under the degradation null (null_*), all with 95% bootstrap CIs; tqi_rho_*: each measure vs p_*"),
     Table("summary_arms", "summary_arms.parquet",
           f"study:str arm:str generation:int n_seeds:int n_articles:int {_STATS} ppl_mean:float ppl_ref_mean:float",
           ("study", "arm", "generation"), "the same across seeds (two-stage bootstrap)"),

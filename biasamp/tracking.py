@@ -13,6 +13,7 @@ import pandas as pd
 import wandb
 
 from biasamp.config import StudyConfig
+from biasamp.tables import MEASURES
 
 SAMPLE_ARTICLES = 8  # generated articles per generation shown in W&B, with their scores
 
@@ -58,7 +59,7 @@ def log_generation(run, g: int, metrics: dict, articles: pd.DataFrame, scores: p
     row = {"generation": g, **metrics}
     sample = articles.head(SAMPLE_ARTICLES)[["article_id", "title", "text", "source_label", "n_tokens"]]
     if scores is not None:
-        sample = sample.merge(scores[["article_id", "label", "p_left", "p_center", "p_right", "tqi", "ppl"]],
+        sample = sample.merge(scores[["article_id", "label", "p_left", "p_center", "p_right", *MEASURES, "ppl"]],
                               on="article_id", how="left")
     row["articles"] = wandb.Table(dataframe=sample.assign(text=sample["text"].str.slice(0, 1000)))
     if loss_curve:

@@ -14,7 +14,7 @@ from biasamp.config import LABELS, ClassifierConfig, ModelConfig, QualityConfig,
 from biasamp.corpus import read_source
 from biasamp.instruments.quality import QualityProxy, corrupted_sentences
 from biasamp.tables import TABLES
-from biasamp.instruments.hf import load_classifier
+from biasamp.instruments import load_classifier
 from biasamp.stages.score import load_instruments, score_articles
 from biasamp.instruments.quality import quality_index
 

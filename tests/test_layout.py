@@ -8,14 +8,17 @@ PKG = Path(__file__).parents[1] / "biasamp"
 
 
 def _imports() -> dict[str, set[str]]:
+    """module -> what it imports. `from pkg import sub` of a submodule depends on pkg.sub (Python runs
+    pkg/__init__ for any of its submodules anyway), `from pkg import name` on pkg."""
     graph = {}
+    submodules = {".".join(p.relative_to(PKG.parent).with_suffix("").parts) for p in PKG.rglob("*.py")}
     for path in PKG.rglob("*.py"):
         name = ".".join(path.relative_to(PKG.parent).with_suffix("").parts).removesuffix(".__init__")
         found = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
-                found.add(node.module)
-                found |= {f"{node.module}.{a.name}" for a in node.names}
+                named = {f"{node.module}.{a.name}" for a in node.names}
+                found |= named if named <= submodules else named | {node.module}
             elif isinstance(node, ast.Import):
                 found |= {a.name for a in node.names}
         graph[name] = found

@@ -8,7 +8,8 @@ import torch
 from biasamp.config import ClassifierConfig, ModelConfig
 from biasamp.models import load_base_model, load_tokenizer
 from biasamp.tables import TABLES
-from biasamp.instruments.hf import class_probabilities, leaning, load_classifier
+from biasamp.instruments import load_classifier
+from biasamp.instruments.hf import class_probabilities, leaning
 from biasamp.stages.score import perplexities
 from biasamp.instruments.quality import quality_index
 from biasamp.text import sentences

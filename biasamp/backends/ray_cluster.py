@@ -17,7 +17,7 @@ from biasamp.config import StudyConfig
 from biasamp.instruments.leaning import load_calibration
 from biasamp.preflight import check_study
 from biasamp.stages.summarize import SETTINGS_KEY, write_summaries
-from biasamp.tables import TABLES, file_metadata
+from biasamp.tables import MEASURES, TABLES, file_metadata
 
 # The model stack (torch, transformers: about 8 s) is imported inside the functions that use it, so
 # that `biasamp run` on a finished study, or one that fails its checks, answers at once, and a
@@ -265,7 +265,7 @@ def _summaries(cfg: StudyConfig, log) -> None:
         log(f"[{r.arm}] G{r.generation}: right (argmax) {r.share_right:.1%} [{r.share_right_lo:.1%}, "
             f"{r.share_right_hi:.1%}] (degradation alone: {r.null_share_right:.1%}), lean index "
             f"{r.lean_index:+.3f} [{r.lean_index_lo:+.3f}, {r.lean_index_hi:+.3f}] (degradation alone: "
-            f"{r.null_lean_index:+.3f}){prev}, tqi {r.tqi_mean:.2f}")
+            f"{r.null_lean_index:+.3f}){prev}, " + ", ".join(f"{m} {getattr(r, f'{m}_mean'):.2f}" for m in MEASURES))
     log(f"summaries -> {out / 'summary.parquet'}, {out / 'summary_arms.parquet'}")
 
 

@@ -1,10 +1,7 @@
-"""The instrument protocol, and hub classifiers that serve it.
-
-An instrument has `labels` (what each output column means: a leaning, or a quality level 0-3) and
-`probabilities(texts, batch_size, owner=None) -> (len(texts), len(labels))`. Hub sequence
-classifiers (the authors' RoBERTa, the gibberish detector, any local folder) are
-`SequenceClassifier`s; the offline leaning model (biasamp.instruments.leaning) and the quality proxy
-(biasamp.instruments.quality) serve the same protocol. `load_classifier` picks one by config kind.
+"""Hub sequence classifiers as instruments (biasamp.instruments.registry.Reader): the authors'
+RoBERTa, the gibberish detector, any local folder, and a random tiny one for tests. The offline
+leaning model (biasamp.instruments.leaning) and quality proxy (biasamp.instruments.quality) serve the
+same protocol; biasamp.instruments.load_classifier picks one by config kind.
 """
 
 from __future__ import annotations
@@ -17,8 +14,6 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
 
 from biasamp.config import LABELS, ModelConfig
-from biasamp.instruments.leaning import LeaningModel
-from biasamp.instruments.quality import QualityProxy
 from biasamp.models import load_tokenizer
 from biasamp.text import by_length
 
@@ -30,18 +25,14 @@ class SequenceClassifier:
     labels: list  # per output index: what the config maps that model label onto
     max_tokens: int
 
-    def probabilities(self, texts: list[str], batch_size: int, owner=None) -> np.ndarray:
+    def probabilities(self, texts: list[str], batch_size: int) -> np.ndarray:
         return class_probabilities(self, texts, batch_size)
 
 
-def load_classifier(kind: str, name: str, label_map: dict, max_tokens: int, study_model: ModelConfig, key: str):
-    """An instrument by config kind (`key`: classifier or quality): a sequence classifier whose outputs
-    are re-indexed through `label_map` (model label -> value), or, for kind 'offline', the project's
-    own (biasamp.instruments.leaning, biasamp.instruments.quality)."""
-    if kind == "offline" and key == "classifier":
-        return LeaningModel.load(name)
-    if kind == "offline":
-        return QualityProxy.load(name)
+def load_hub(kind: str, name: str, label_map: dict, max_tokens: int, study_model: ModelConfig, key: str):
+    """A sequence classifier (kind hf: hub id or folder; tiny_random: random, on the study's
+    tokenizer) whose outputs are re-indexed through `label_map` (model label -> value); `key` (the
+    config's scoring.KEY) names it in errors."""
     if kind == "tiny_random":
         tok = load_tokenizer(study_model)
         torch.manual_seed(0)

@@ -98,7 +98,7 @@ class LeaningModel:
         vec.idf_ = self.idf
         return vec.transform(texts)
 
-    def probabilities(self, texts: list[str], batch_size: int = 0, owner=None) -> np.ndarray:
+    def probabilities(self, texts: list[str], batch_size: int = 0) -> np.ndarray:
         """Per text: the mean of its windows' probabilities (repeats read once)."""
         pieces, of = [], []
         for i, text in enumerate(texts):

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from biasamp.artifacts import write_npz
+from biasamp.artifacts import sha256, write_npz
 from biasamp.corpus import read_source
+from biasamp.instruments.registry import Measure, register_measure
 from biasamp.text import sentences
 
 PROXY = Path(__file__).parents[1] / "data" / "quality_proxy.npz"
@@ -268,9 +269,31 @@ def quality_index(clf, texts: list[str], batch_size: int) -> np.ndarray:
     levels = np.zeros(len(texts))
     if sents:
         # the offline proxy also reads which article each sentence belongs to (repetition of earlier sentences)
-        probs = clf.probabilities(sents, batch_size, owner)
+        probs = clf.probabilities(sents, batch_size, owner) if isinstance(clf, QualityProxy) \
+            else clf.probabilities(sents, batch_size)
         expected = probs @ np.asarray(clf.labels, dtype=float)
         sums = np.bincount(owner, weights=expected, minlength=len(texts))
         counts = np.bincount(owner, minlength=len(texts))
         np.divide(sums, counts, out=levels, where=counts > 0)
     return levels
+
+
+def _load(scoring, study_model):
+    q = scoring.quality
+    if q.kind == "offline":
+        return QualityProxy.load(q.name)
+    from biasamp.instruments.hf import load_hub  # torch and transformers: only for hub instruments
+
+    return load_hub(q.kind, q.name, q.labels, q.max_tokens, study_model, "quality")
+
+
+def instrument_settings(c, offline_file) -> dict:
+    """What decides an instrument's outputs: a hub one's name and input length, an offline file's hash."""
+    if c.kind != "offline":
+        return {"kind": c.kind, "name": c.name, "max_tokens": c.max_tokens}
+    path = offline_file(c.name)
+    return {"kind": c.kind, "name": c.name, "sha256": sha256(path)[:16] if path.is_file() else "missing"}
+
+
+register_measure(Measure("tqi", "text-quality index (0 noise .. 3 clean)", _load, quality_index,
+                         lambda scoring: instrument_settings(scoring.quality, proxy_file), key="quality"))

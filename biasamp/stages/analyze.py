@@ -34,6 +34,7 @@ from scipy.stats import t as student_t
 from statsmodels.stats.multitest import multipletests
 
 from biasamp.instruments.prevalence import READINGS, reading_values
+from biasamp.instruments.registry import MEASURES
 from biasamp.stages.summarize import NULL_PROBS, PROBS, boot_means
 from biasamp.tables import TABLES
 
@@ -243,20 +244,21 @@ def overlap_summary(tests: pd.DataFrame) -> dict:
 
 # --- arms: contrasts against a baseline arm, trends over generations ------------------------------
 
-# The leaning readings, quality, perplexity, and each reading beyond its degradation null (measured
-# minus null, article by article): an arm's trend in `lean_index_beyond_null` is its drift in leaning
-# that the text's shortening and looping alone would not produce.
-CONTRAST_TARGETS = READINGS + ["tqi_mean", "ppl_mean"] + [f"{r}_beyond_null" for r in READINGS]
+def contrast_targets() -> list[str]:
+    """The leaning readings, each measure's mean (tqi_mean), perplexity, and each reading beyond its
+    degradation null (measured minus null, article by article): an arm's trend in
+    `lean_index_beyond_null` is its drift in leaning that shortening and looping alone would not produce."""
+    return READINGS + [f"{m}_mean" for m in MEASURES] + ["ppl_mean"] + [f"{r}_beyond_null" for r in READINGS]
 
 
 def _article_values(part: pd.DataFrame) -> np.ndarray:
-    """Per article, the values whose means are CONTRAST_TARGETS (NaN beyond the null where scores
+    """Per article, the values whose means are contrast_targets() (NaN beyond the null where scores
     have no null, e.g. imported numbers)."""
     measured = reading_values(part[PROBS].to_numpy(float))
     null = reading_values(part[NULL_PROBS].to_numpy(float)) if set(NULL_PROBS) <= set(part.columns) \
         else np.full_like(measured, np.nan)
-    return np.column_stack([measured, part["tqi"].to_numpy(dtype=float), part["ppl"].to_numpy(dtype=float),
-                            measured - null])
+    measures = [part[m].to_numpy(dtype=float) if m in part else np.full(len(part), np.nan) for m in MEASURES]
+    return np.column_stack([measured, *measures, part["ppl"].to_numpy(dtype=float), measured - null])
 
 
 def _arm_draws(part: pd.DataFrame, rng, n_boot: int) -> dict[int, tuple]:
@@ -306,7 +308,7 @@ def arm_contrasts(scores: pd.DataFrame, baseline: str | None = None, n_boot: int
                 if arm == base or g not in draws[base]:
                     continue
                 (pa, ba, sa), (pb, bb, sb) = draws[arm][g], draws[base][g]
-                for k, target in enumerate(CONTRAST_TARGETS):
+                for k, target in enumerate(contrast_targets()):
                     contrasts.append({"study": study, "arm": arm, "baseline": base, "generation": g, "target": target,
                                       **_interval(pa[k] - pb[k], ba[:, k] - bb[:, k]),
                                       "arm_value": pa[k], "baseline_value": pb[k], "n_seeds": sa,
@@ -318,7 +320,7 @@ def arm_contrasts(scores: pd.DataFrame, baseline: str | None = None, n_boot: int
             boot = np.stack([draws[arm][g][1] for g in sorted(draws[arm])], axis=1)  # (n_boot, G, k)
             gc = (gens - gens.mean()) / ((gens - gens.mean()) ** 2).sum()  # OLS slope weights
             n_seeds = max(d[2] for d in draws[arm].values())
-            for k, target in enumerate(CONTRAST_TARGETS):
+            for k, target in enumerate(contrast_targets()):
                 trends.append({"study": study, "arm": arm, "target": target,
                                **_interval(float(gc @ point[:, k]), boot[:, :, k] @ gc),
                                "first_generation": int(gens[0]), "last_generation": int(gens[-1]),

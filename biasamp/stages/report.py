@@ -24,6 +24,7 @@ import yaml  # noqa: E402
 
 from biasamp.artifacts import temp_path  # noqa: E402
 from biasamp.config import LABELS  # noqa: E402
+from biasamp.instruments.registry import MEASURES  # noqa: E402
 from biasamp.tables import TABLES  # noqa: E402
 
 plt.rcParams["svg.fonttype"] = "none"  # SVG text stays text: editable in a paper, searchable
@@ -148,39 +149,50 @@ def fig_leaning(studies, paper, out: Path) -> str:
     return _save(fig, out, "leaning_shares")
 
 
+def _measured(studies, paper, col: str) -> bool:
+    return any(col in part and part[col].notna().any() for *_, part in _series(studies, paper))
+
+
 def fig_quality_association(studies, paper, out: Path) -> str | None:
-    """Within each generation, Spearman's rho of the quality index with each leaning probability:
-    the confound's cross-section. An instrument that reads degraded text as a label shows a
-    negative rho for it (low quality, high probability)."""
-    series = [s for s in _series(studies, paper) if "tqi_rho_right" in s[3] and s[3]["tqi_rho_right"].notna().any()]
-    if not series:
+    """Within each generation, Spearman's rho of each measure (the quality index, ...) with each
+    leaning probability: the confound's cross-section, one row per measure. An instrument that reads
+    degraded text as a label shows a negative quality rho for it (low quality, high probability)."""
+    rows = [m for m in MEASURES if _measured(studies, paper, f"{m}_rho_right")]
+    if not rows:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.0), sharey=True, layout="constrained")
-    for ax, lab in zip(axes, LABELS):
-        for label, colour, style, part in series:
-            _band(ax, part, f"tqi_rho_{lab}", colour, style, label)
-        ax.axhline(0, color="0.3", lw=0.8)
-        ax.set_title(f"quality index vs p({lab})", fontsize=10)
-        _generations(ax)
-    axes[0].set_ylabel("Spearman rho within the generation (95% CI)")
-    _legend_below(fig, axes[0])
+    fig, axes = plt.subplots(len(rows), 3, figsize=(14, 4.0 * len(rows)), sharey=True, layout="constrained",
+                             squeeze=False)
+    for m, row in zip(rows, axes):
+        for ax, lab in zip(row, LABELS):
+            for label, colour, style, part in _series(studies, paper):
+                if part[f"{m}_rho_{lab}"].notna().any():
+                    _band(ax, part, f"{m}_rho_{lab}", colour, style, label)
+            ax.axhline(0, color="0.3", lw=0.8)
+            ax.set_title(f"{MEASURES[m].title.split(' (')[0]} vs p({lab})", fontsize=10)
+            _generations(ax)
+        row[0].set_ylabel("Spearman rho within the generation (95% CI)")
+    _legend_below(fig, axes[0][0])
     fig.suptitle("Does the leaning reading move with text quality inside a generation?")
     return _save(fig, out, "quality_vs_leaning")
 
 
 def fig_quality(studies, paper, out: Path) -> str:
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
+    """Each measure's mean (95% CI), then perplexity under the generation's own and the base model."""
+    measures = [m for m in MEASURES if _measured(studies, paper, f"{m}_mean")] or list(MEASURES)[:1]
+    fig, axes = plt.subplots(1, len(measures) + 2, figsize=(14 + 4.5 * (len(measures) - 1), 4.2), layout="constrained")
     for label, colour, style, part in _series(studies, paper):
-        _band(axes[0], part, "tqi_mean", colour, style, label)
-        for ax, col in zip(axes[1:], ("ppl_mean", "ppl_ref_mean")):
+        for ax, m in zip(axes, measures):
+            if f"{m}_mean" in part:
+                _band(ax, part, f"{m}_mean", colour, style, label)
+        for ax, col in zip(axes[len(measures):], ("ppl_mean", "ppl_ref_mean")):
             if part[col].notna().any():
                 ax.plot(part["generation"], part[col], ls=style, color=colour, label=label, lw=1.8, marker="o", ms=3)
-    titles = ("text-quality index (0 noise .. 3 clean; 95% CI)", "perplexity under the generation's own model",
-              "perplexity under the base model (fixed)")
+    titles = [f"{MEASURES[m].title}; 95% CI" for m in measures] + [
+        "perplexity under the generation's own model", "perplexity under the base model (fixed)"]
     for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=10)
         _generations(ax)
-    for ax in axes[1:]:
+    for ax in axes[len(measures):]:
         if ax.lines:
             values = [v for line in ax.lines for v in line.get_ydata() if v > 0]
             if max(values) / min(values) > 10:  # log only where the range spans more than a decade
@@ -191,7 +203,7 @@ def fig_quality(studies, paper, out: Path) -> str:
             ax.text(0.5, 0.5, "not measured in these tables", ha="center", va="center", transform=ax.transAxes,
                     color="0.4")
     axes[0].set_ylabel("mean over articles")
-    axes[1].set_ylabel("mean perplexity")
+    axes[len(measures)].set_ylabel("mean perplexity")
     _legend_below(fig, axes[0])
     fig.suptitle("Quality of what each generation writes")
     return _save(fig, out, "quality")
@@ -234,9 +246,10 @@ def fig_contrasts(studies, out: Path) -> str | None:
     if c is None:
         return None
     colour = _colours(studies, None)
-    targets = [("share_right", "right-leaning share", 100), ("tqi_mean", "text-quality index", 1),
-               ("ppl_mean", "own perplexity", 1)]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
+    targets = [("share_right", "right-leaning share", 100)]
+    targets += [(f"{m}_mean", MEASURES[m].title.split(" (")[0], 1) for m in MEASURES]
+    targets += [("ppl_mean", "own perplexity", 1)]
+    fig, axes = plt.subplots(1, len(targets), figsize=(14 + 4.5 * (len(targets) - 3), 4.2), layout="constrained")
     keys = sorted(c.groupby(["folder", "study", "arm"]).groups)
     several = len({(f, s) for f, s, _ in keys}) > 1
     for ax, (target, title, k) in zip(axes, targets):
@@ -327,7 +340,7 @@ def wandb_spec(studies: list[dict], entity: str | None, project: str | None) -> 
     wandb_cfg = config.get("wandb", {})
     metrics = ([f"share_{lab}" for lab in LABELS] + ["lean_index"] + [f"null_share_{lab}" for lab in LABELS]
                + ["null_lean_index"] + [f"prev_{lab}" for lab in LABELS]
-               + ["tqi_mean", "ppl_mean", "ppl_ref_mean", "train_loss"])
+               + [f"{m}_mean" for m in MEASURES] + ["ppl_mean", "ppl_ref_mean", "train_loss"])
     return {
         "title": f"biasamp: {study}",
         "entity": entity or wandb_cfg.get("entity"),
@@ -381,10 +394,11 @@ def build(folders: list[Path], out: Path, paper: Path | None = None, simulation:
          "arm's colour: the degradation null, the same reading of the real articles cut and looped to that "
          "generation's length and repetition; the gap between the two lines is the drift beyond decay (no null "
          "where the tables hold no generated text, e.g. the authors' imported numbers)."),
-        (fig_quality(studies, paper_study, out), "Text-quality index and perplexity by generation."),
+        (fig_quality(studies, paper_study, out), f"{', '.join(m.title for m in MEASURES.values())} and "
+                                                 "perplexity by generation."),
         (fig_quality_association(studies, paper_study, out),
-         "Within each generation, the association of the quality index with each leaning probability "
-         "(Spearman rho, 95% CI). Near zero: the instrument does not read low-quality text as one leaning."),
+         "Within each generation, the association of each measure (the quality index, ...) with each leaning "
+         "probability (Spearman rho, 95% CI). Near zero: the instrument does not read low-quality text as one leaning."),
         (fig_training(studies, out), "Training loss: per generation (mean over seeds) and per optimizer step."),
         (fig_contrasts(studies, out), "Each arm minus the baseline arm, per generation, with 95% bootstrap CIs."),
     ]

@@ -1,7 +1,8 @@
 """The scoring stage: each article of D_g through the instruments (biasamp.instruments), and its
 perplexity under the generation's own model and under the study's base model.
 
-scores columns: study, arm, seed, generation, article_id, p_left, p_center, p_right, label, tqi,
+scores columns: study, arm, seed, generation, article_id, p_left, p_center, p_right, label, one
+column per registered measure (biasamp.instruments.registry; built in: tqi, the quality index),
 ppl (under the generation's own model), ppl_ref (under the study's base model, fixed), and the
 degradation null null_p_left/center/right: the classifier's reading of the real article the
 generated one continues, cut and looped to the generated body's length and repetition
@@ -19,8 +20,9 @@ import torch
 from biasamp.config import ModelConfig, ScoringConfig
 from biasamp.instruments.degrade import degrade_to_profile, profile
 from biasamp.instruments.leaning import load_calibration
-from biasamp.instruments.hf import SequenceClassifier, leaning, load_classifier
-from biasamp.instruments.quality import quality_index
+from biasamp.instruments import load_classifier
+from biasamp.instruments.hf import leaning
+from biasamp.instruments.registry import MEASURES, Reader
 from biasamp.models import load_base_model, load_tokenizer
 from biasamp.stages.summarize import NULL_PROBS, PROBS, scoring_settings
 from biasamp.tables import TABLES
@@ -53,8 +55,8 @@ def perplexities(model, tokenizer, texts: list[str], max_tokens: int, batch_size
 
 @dataclass
 class Instruments:
-    leaning: SequenceClassifier
-    quality: SequenceClassifier
+    leaning: Reader
+    measures: dict[str, Reader]  # per registered measure (its column): the reader it measures with
     reference: tuple  # (model, tokenizer) for ppl_ref
     cfg: ScoringConfig
     calibration: pd.DataFrame | None  # the classifier's, for the prevalence estimate
@@ -62,13 +64,13 @@ class Instruments:
 
 
 def load_instruments(cfg: ScoringConfig, study_model: ModelConfig) -> Instruments:
-    """The classifier, the quality model, and the study's base model as the fixed perplexity
-    reference (seed-independent: one reference for every trajectory, in `run` and `score` alike)."""
-    c, q = cfg.classifier, cfg.quality
+    """The classifier, each registered measure's reader, and the study's base model as the fixed
+    perplexity reference (seed-independent: one reference for every trajectory, in `run` and `score` alike)."""
+    c = cfg.classifier
     ref_tok = load_tokenizer(study_model)
     return Instruments(
         load_classifier(c.kind, c.name, c.labels, c.max_tokens, study_model, "classifier"),
-        load_classifier(q.kind, q.name, q.labels, q.max_tokens, study_model, "quality"),
+        {column: m.load(cfg, study_model) for column, m in MEASURES.items()},
         (load_base_model(study_model, len(ref_tok)).eval(), ref_tok),
         cfg,
         load_calibration(c),
@@ -90,7 +92,7 @@ def score_articles(inst: Instruments, articles: pd.DataFrame, real: pd.DataFrame
     the real corpus they continue (article_id, title, text), for the degradation null.
 
     The classifier reads each article as the models were trained on it (`title: ...\\nbody: ...`),
-    the quality index reads the generated text, perplexity the same text as the classifier.
+    each measure reads the generated text, perplexity the same text as the classifier.
     """
     bs = inst.cfg.batch_size
     full = [training_text(t, b) for t, b in zip(articles["title"], articles["text"])]
@@ -98,7 +100,8 @@ def score_articles(inst: Instruments, articles: pd.DataFrame, real: pd.DataFrame
     out = pd.concat([out, leaning(inst.leaning, full, bs)], axis=1)
     null = leaning(inst.leaning, degradation_null(articles, real), bs)
     out[NULL_PROBS] = null[PROBS].to_numpy()
-    out["tqi"] = quality_index(inst.quality, list(articles["text"]), bs)
+    for column, reader in inst.measures.items():
+        out[column] = MEASURES[column].measure(reader, list(articles["text"]), bs)
     mt = inst.cfg.perplexity_max_tokens
     # On a CPU one article per forward pass: a batch's float32 logits (rows x tokens x vocabulary, 800 MB
     # at 8 x 512 x 49k) cost more than batching saves there (`python -m bench scoring`).

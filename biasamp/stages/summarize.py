@@ -3,11 +3,11 @@
 summary (one row per study, arm, seed, generation): n_articles, share_left/center/right (share of
 articles whose argmax label it is), lean_index (mean p_right - mean p_left), prev_left/center/right
 (the shares by the configured prevalence method, biasamp.instruments.prevalence; empty without a
-calibration table where the method needs one) and tqi_mean; the degradation null: null_share_*
+calibration table where the method needs one) and each measure's mean (tqi_mean); the degradation null: null_share_*
 and null_lean_index, the same readings of the real articles cut and looped to this generation's
 length and repetition (biasamp.stages.score); each with _lo/_hi 95% bootstrap bounds (articles;
-for prev_* also the calibration outlets and the shift of the corpus's own sources); tqi_rho_*,
-the within-generation Spearman correlation of the quality index with p_* (95% Fisher-z bounds);
+for prev_* also the calibration outlets and the shift of the corpus's own sources); tqi_rho_*
+(each measure's), the within-generation Spearman correlation of the measure with p_* (95% Fisher-z bounds);
 ppl_mean, ppl_ref_mean.
 summary_arms (one row per study, arm, generation): the same across seeds, bootstrapped in two
 stages (seeds, then articles within each drawn seed); n_seeds.
@@ -23,43 +23,50 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from biasamp.artifacts import sha256
 from biasamp.config import LABELS, ScoringConfig
 from biasamp.instruments import leaning as offline_leaning
 from biasamp.instruments import prevalence
 from biasamp.instruments.prevalence import READINGS, reading_values
-from biasamp.instruments import quality as offline_quality
+from biasamp.instruments.quality import instrument_settings
+from biasamp.instruments.registry import MEASURES
 from biasamp.tables import TABLES, file_metadata
 
-_STATS = READINGS + ["tqi_mean"] + [f"null_{r}" for r in READINGS]
+
+def _stats() -> list[str]:
+    """The summary statistics that are means of per-article values, in _values' column order."""
+    return READINGS + [f"{m}_mean" for m in MEASURES] + [f"null_{r}" for r in READINGS]
+
+
 PROBS = [f"p_{lab}" for lab in LABELS]
 NULL_PROBS = [f"null_{p}" for p in PROBS]
 
 
 def _values(part: pd.DataFrame, method: str) -> np.ndarray:
-    """Per article: the READINGS, tqi, the READINGS of its degradation null -> their means are the
-    summary statistics (_STATS); then what the prevalence method averages (3 columns)."""
+    """Per article: the READINGS, each measure, the READINGS of its degradation null -> their means
+    are the summary statistics (_stats()); then what the prevalence method averages (3 columns)."""
     null = part[NULL_PROBS].to_numpy(float) if set(NULL_PROBS) <= set(part.columns) else np.full((len(part), 3), np.nan)
-    return np.column_stack([reading_values(part[PROBS].to_numpy(float)), part["tqi"].to_numpy(dtype=float),
+    measures = [part[m].to_numpy(dtype=float) if m in part else np.full(len(part), np.nan) for m in MEASURES]
+    return np.column_stack([reading_values(part[PROBS].to_numpy(float)), *measures,
                             reading_values(null), prevalence.article_values(part[PROBS].to_numpy(float), method)])
 
 
 def quality_association(part: pd.DataFrame) -> dict:
-    """Within one generation: Spearman's rho of the quality index with each leaning probability,
-    with 95% Fisher-z bounds (se 1.06 / sqrt(n - 3), Fieller et al. 1957). A leaning instrument
-    that reads degraded text as one label shows a negative rho for that label."""
+    """Within one generation: Spearman's rho of each measure (the quality index tqi, ...) with each
+    leaning probability, with 95% Fisher-z bounds (se 1.06 / sqrt(n - 3), Fieller et al. 1957). A
+    leaning instrument that reads degraded text as one label shows a negative tqi rho for that label."""
     from scipy.stats import spearmanr
 
     row = {}
-    ok = part[["tqi", *PROBS]].dropna()
-    for lab in LABELS:
-        name = f"tqi_rho_{lab}"
-        rho = np.nan
-        if len(ok) > 3 and ok["tqi"].nunique() > 1 and ok[f"p_{lab}"].nunique() > 1:
-            rho = float(spearmanr(ok["tqi"], ok[f"p_{lab}"]).statistic)
-        half = 1.96 * 1.06 / np.sqrt(max(len(ok) - 3, 1))
-        z = np.arctanh(np.clip(rho, -0.999999, 0.999999))
-        row[name], row[f"{name}_lo"], row[f"{name}_hi"] = rho, float(np.tanh(z - half)), float(np.tanh(z + half))
+    for m in MEASURES:
+        ok = part[[m, *PROBS]].dropna() if m in part else part[PROBS].iloc[:0]
+        for lab in LABELS:
+            name = f"{m}_rho_{lab}"
+            rho = np.nan
+            if len(ok) > 3 and ok[m].nunique() > 1 and ok[f"p_{lab}"].nunique() > 1:
+                rho = float(spearmanr(ok[m], ok[f"p_{lab}"]).statistic)
+            half = 1.96 * 1.06 / np.sqrt(max(len(ok) - 3, 1))
+            z = np.arctanh(np.clip(rho, -0.999999, 0.999999))
+            row[name], row[f"{name}_lo"], row[f"{name}_hi"] = rho, float(np.tanh(z - half)), float(np.tanh(z + half))
     return row
 
 
@@ -92,9 +99,10 @@ def _row(values_per_seed: list[np.ndarray], rng, n_boot: int, calibration, metho
         warnings.simplefilter("ignore", RuntimeWarning)
         lo, hi = np.nanpercentile(boot, [2.5, 97.5], axis=0)
     row = {}
-    for k, name in enumerate(_STATS):
+    stats = _stats()
+    for k, name in enumerate(stats):
         row[name], row[f"{name}_lo"], row[f"{name}_hi"] = point[k], lo[k], hi[k]
-    k = len(_STATS)
+    k = len(stats)
     est, plo, phi = prevalence.estimate(point[k:], boot[:, k:], calibration, method, rng,
                                         sum(len(v) for v in values_per_seed))
     for i, lab in enumerate(LABELS):
@@ -128,14 +136,8 @@ def scoring_settings(cfg: ScoringConfig) -> str:
     """What decides the per-article scores (not batch size, bootstrap or the prevalence method, which
     the summaries apply afresh each time), with a hash of an offline instrument's file. Every scores
     file records it; files made with different settings are never pooled."""
-    def instrument(c, offline_file) -> dict:
-        if c.kind != "offline":
-            return {"kind": c.kind, "name": c.name, "max_tokens": c.max_tokens}
-        path = offline_file(c.name)
-        return {"kind": c.kind, "name": c.name, "sha256": sha256(path)[:16] if path.is_file() else "missing"}
-
-    return json.dumps({"classifier": instrument(cfg.classifier, offline_leaning.model_file),
-                       "quality": instrument(cfg.quality, offline_quality.proxy_file),
+    return json.dumps({"classifier": instrument_settings(cfg.classifier, offline_leaning.model_file),
+                       **{m.key or column: m.settings(cfg) for column, m in MEASURES.items()},
                        "perplexity_max_tokens": cfg.perplexity_max_tokens}, sort_keys=True)
 
 
@@ -226,6 +228,8 @@ def import_paper(folder: Path, study: str = "paper") -> tuple[pd.DataFrame, list
                     df.loc[rows, col] = vals
                 else:
                     notes.append(f"{found[what].name}: G{g} has {len(vals)} rows, the scores {len(rows)}: {col} left empty")
+        for m in MEASURES:  # measures the authors did not take stay empty
+            df[m] = df.get(m, np.nan)
         df["ppl_ref"] = np.nan
         df[NULL_PROBS] = np.nan  # no generated text released: no degradation null
         parts.append(TABLES["scores"].check(df))

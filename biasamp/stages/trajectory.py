@@ -19,6 +19,7 @@ import torch
 from biasamp import artifacts, tracking
 from biasamp.config import ArmConfig, StudyConfig, TrainConfig
 from biasamp.models import checkpoint_damage, load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
+from biasamp.instruments.registry import MEASURES
 from biasamp.stages.generate import write_articles
 from biasamp.stages.mix import training_set
 from biasamp.stages.neurons import capture
@@ -137,7 +138,7 @@ def write_stage(t: Trajectory) -> None:
         row = summarize(scores, cfg.scoring.bootstrap, calibration=t.instruments.calibration,
                         method=cfg.scoring.classifier.prevalence)[0].iloc[0]  # the summary table's own statistics
         t.metrics.update({k: float(v) for k, v in row.items()
-                          if k.startswith(("share_", "lean_", "null_", "prev_", "tqi_", "ppl_"))})
+                          if k.startswith(("share_", "lean_", "null_", "prev_", "ppl_", *(f"{m}_" for m in MEASURES)))})
         t.seconds["score"] = time.time() - start
     _record_stage_seconds(t)
     TABLES["articles"].write(table, t.out, **t.at)
