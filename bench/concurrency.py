@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from biasamp.backends.ray_cluster import stage_split
+from biasamp.study import time_by_stage as stage_split
 
 ROOT = Path(__file__).parents[1]
 STUDY = [str(ROOT / "configs" / "smoke.yaml"), "--set", "seeds=[0]", "--set", "wandb.mode=disabled"]

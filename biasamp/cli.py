@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 import sys
 from pathlib import Path
 from typing import Optional
@@ -55,11 +55,12 @@ SET_HELP = "Override a config key, e.g. --set train.epochs=2 (repeatable)."
 
 
 def _load(config: Path, overrides: list[str], out: Optional[Path] = None) -> StudyConfig:
+    from biasamp.config import updated
+
     with user_errors():  # a ConfigError is a ValueError
         cfg = load_config(config, overrides)
-    # Absolute, so that Ray workers started elsewhere write to the same place.
-    target = out if out is not None else cfg.output_dir
-    return cfg.model_copy(update={"out_dir": str(target.resolve())})
+        # Absolute, so that Ray workers started elsewhere write to the same place.
+        return updated(cfg, {"out_dir": str((out if out is not None else cfg.output_dir).resolve())})
 
 
 @app.command()
@@ -73,12 +74,12 @@ def validate(
 ):
     """Check a study config without running it: the config, and what `run` needs from the world
     (output folder, corpora, model and its limits, instruments, this machine's CPUs/GPUs)."""
-    from biasamp.backends.ray_cluster import check_before_ray
+    from biasamp.study import check_before_run
 
     cfg = _load(config, set_, out)
     if not config_only:
         with user_errors():
-            check_before_ray(cfg)
+            check_before_run(cfg)
     if show:
         import yaml
 
@@ -97,12 +98,38 @@ def run(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """Run (or resume) a study: every (arm, seed) trajectory as a Ray task."""
-    from biasamp.backends.ray_cluster import run_study
+    from biasamp.backends.ray_cluster import execute
+    from biasamp.study import run_study
 
     cfg = _load(config, set_, out)
     with user_errors():
-        run_study(cfg, log=typer.echo)
+        result = run_study(cfg, execute, log=typer.echo)
+    _closing_lines(cfg, result.per_arm)
     typer.echo(f"results in {cfg.output_dir}")
+
+
+MAX_PRINTED_CI = 0.5  # a prevalence CI wider than this is not printed in the closing lines
+
+
+def _closing_lines(cfg: StudyConfig, per_arm) -> None:
+    """Each arm's last generation: leaning beside its degradation null, prevalence, each measure."""
+    if per_arm is None:
+        return
+    import numpy as np
+
+    from biasamp.tables import MEASURES
+
+    c = cfg.scoring.classifier
+    for r in per_arm.sort_values("generation").groupby("arm").tail(1).itertuples():
+        # A prevalence whose CI spans most of [0, 1] says nothing: it is not printed (it stays in the table).
+        prev = (f", prevalence ({c.prevalence}) {r.prev_right:.1%} [{r.prev_right_lo:.1%}, {r.prev_right_hi:.1%}]"
+                if np.isfinite(r.prev_right) and r.prev_right_hi - r.prev_right_lo < MAX_PRINTED_CI else "")
+        typer.echo(f"[{r.arm}] G{r.generation}: right (argmax) {r.share_right:.1%} [{r.share_right_lo:.1%}, "
+                   f"{r.share_right_hi:.1%}] (degradation alone: {r.null_share_right:.1%}), lean index "
+                   f"{r.lean_index:+.3f} [{r.lean_index_lo:+.3f}, {r.lean_index_hi:+.3f}] (degradation alone: "
+                   f"{r.null_lean_index:+.3f}){prev}, "
+                   + ", ".join(f"{m} {getattr(r, f'{m}_mean'):.2f}" for m in MEASURES))
+    typer.echo(f"summaries -> {cfg.output_dir / 'summary.parquet'}, {cfg.output_dir / 'summary_arms.parquet'}")
 
 
 def _per_label(spec: str, center_only: bool) -> dict[str, int]:
@@ -151,22 +178,12 @@ def score(
     set_: list[str] = typer.Option([], "--set", help="Override scoring keys, e.g. --set scoring.classifier.name=DIR"),
 ):
     """Recompute the scores and summaries of a study (e.g. after changing the classifier)."""
+    from biasamp.study import rescore_study, study_config
 
-    from biasamp.artifacts import read_manifest
-    from biasamp.config import apply_overrides, from_dict
-    from biasamp.backends.ray_cluster import rescore_study
-
-    manifest = study_dir / "manifest.json"
-    if not manifest.exists():
-        typer.secho(f"error: {manifest} not found: not a study folder", err=True, fg="red")
-        raise typer.Exit(2)
     with user_errors():
-        raw = read_manifest(study_dir)["config"]
-        apply_overrides(raw, set_)
-        cfg = from_dict(raw, str(manifest))
-    cfg = cfg.model_copy(update={"out_dir": str(study_dir.resolve()), "scoring": cfg.scoring.model_copy(update={"enabled": True})})
-    with user_errors():
-        rescore_study(cfg, log=typer.echo)
+        cfg = study_config(study_dir, set_, {"scoring.enabled": True})
+        per_arm = rescore_study(cfg, log=typer.echo)
+    _closing_lines(cfg, per_arm)
 
 
 def _classifier_config(kind: str, model: str, labels: str | None, max_tokens: int, calibration: str = "",
@@ -208,50 +225,15 @@ def classify(
 ):
     """Political leaning of any article file, with a pluggable classifier; with --summary, the
     file's label shares corrected for the classifier's confusion."""
-    import pandas as pd
-
-    from biasamp.artifacts import write_json
-    from biasamp.tables import write_parquet
-    from biasamp.corpus import read_table
-    from biasamp.instruments import load_classifier
-    from biasamp.instruments.hf import leaning
-    from biasamp.instruments.leaning import load_calibration
-    from biasamp.instruments.prevalence import UNCORRECTED
-    from biasamp.stages.summarize import summarize
-    from biasamp.text import training_text
+    from biasamp.study import classify_file
 
     with user_errors():
         cfg = _classifier_config(kind, model, labels, max_tokens, calibration, method)
-        df = read_table(input)
-        if "text" not in df.columns:
-            raise ValueError(f"{input}: no 'text' column (has: {', '.join(map(str, df.columns))})")
-        clf = load_classifier(cfg.kind, cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
-        cal = load_calibration(cfg) if summary is not None else None
-        if summary is not None and cal is None and method not in UNCORRECTED:
-            raise ValueError("--summary with --kind hf needs --calibration (biasamp classifier eval --kind hf "
-                             "--calibration-out FILE makes one) or --method cc")
-    titles = df["title"].fillna("").astype(str) if "title" in df.columns else None
-    texts = df["text"].fillna("").astype(str)
-    # With a title, the article is read as the study models write it; without, as plain text.
-    inputs = [training_text(t, b) for t, b in zip(titles, texts)] if titles is not None else list(texts)
-    result = leaning(clf, inputs, batch_size)
-    ids = df["article_id"].astype(str) if "article_id" in df.columns else pd.Series(range(len(df))).astype(str)
-    keep = df.drop(columns=[c for c in [*result.columns, "article_id"] if c in df.columns]).reset_index(drop=True)
-    result = pd.concat([pd.DataFrame({"article_id": ids.to_numpy()}), keep, result], axis=1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_parquet(result, out)
-    typer.echo(f"{len(result)} articles {result['label'].value_counts().to_dict()} -> {out}")
-    if summary is not None:
-        row = summarize(result.assign(study="", arm="", seed=0, generation=0, ppl=float("nan"), ppl_ref=float("nan")),
-                        bootstrap, calibration=cal, method=method)[0].iloc[0]
-        labs = ("left", "center", "right")
-        shares = {"n": len(result), "method": method,
-                  "argmax_share": {lab: float(row[f"share_{lab}"]) for lab in labs},
-                  "prevalence": {lab: {"estimate": float(row[f"prev_{lab}"]), "lo": float(row[f"prev_{lab}_lo"]),
-                                       "hi": float(row[f"prev_{lab}_hi"])} for lab in labs}}
-        write_json(shares, summary)
+        result = classify_file(input, out, cfg, summary, batch_size, bootstrap)
+    typer.echo(f"{len(result.scores)} articles {result.scores['label'].value_counts().to_dict()} -> {out}")
+    if result.shares is not None:
         typer.echo("prevalence (" + method + "): " + ", ".join(
-            f"{lab} {v['estimate']:.1%} [{v['lo']:.1%}, {v['hi']:.1%}]" for lab, v in shares["prevalence"].items())
+            f"{lab} {v['estimate']:.1%} [{v['lo']:.1%}, {v['hi']:.1%}]" for lab, v in result.shares["prevalence"].items())
             + f" -> {summary}")
 
 
@@ -351,39 +333,12 @@ def classifier_check(
     """Does the leaning instrument read text degradation as a leaning? Reads labelled articles intact
     and shortened, looped, shuffled, padded with repeated phrases and with gibberish, and prints the
     shift of every reading the summaries report, with paired bootstrap CIs, and intact macro-F1."""
-    from biasamp.instruments import invariance
-    from biasamp.instruments import load_classifier
-    from biasamp.instruments.leaning import LeaningModel, load_calibration
-    from biasamp.instruments.prevalence import UNCORRECTED
-    from biasamp.corpus import read_source
-    from biasamp.tables import write_parquet
+    from biasamp.study import check_classifier
 
     with user_errors():
         cfg = _classifier_config(kind, model, labels, max_tokens, calibration, method)
-        if articles is not None:
-            pool = read_source(str(articles))
-        else:
-            seen = LeaningModel.load("bundled").outlets
-            if not len(seen):
-                raise ValueError("the shipped leaning model records no training outlets: pass --articles")
-            pool = invariance.unseen_articles(read_source(str(data)), seen, per_label, seed)
-        pool = pool.groupby("source_label").head(per_label).reset_index(drop=True)
-        if pool.empty:
-            raise ValueError(f"{articles or data}: no labelled articles to check on")
-        clf = load_classifier(cfg.kind, cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
-        cal = load_calibration(cfg) if method not in UNCORRECTED else None
-        if cal is None and method not in UNCORRECTED:
-            raise ValueError(f"--method {method}: needs --calibration for --kind {kind}")
-    probs = invariance.readings(clf, pool, batch_size)
-    table = invariance.shift_table(probs, method, cal, bootstrap, seed)
-    counts = pool["source_label"].value_counts().to_dict()
-    text = invariance.render(table, invariance.macro_f1(probs["intact"], pool["source_label"]), counts,
-                             f"{cfg.kind}:{cfg.name}")
-    typer.echo(text)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
-        write_parquet(table, out.with_suffix(".parquet"))
+        result = check_classifier(cfg, articles, data, per_label, seed, bootstrap, batch_size, out)
+    typer.echo(result.text)
 
 
 @quality_app.command("train")
@@ -466,85 +421,35 @@ def analyze(
     bootstrap: int = typer.Option(1000, min=10, help="Bootstrap resamples for the arm contrasts and trends."),
 ):
     """Neuron tests (per-neuron OLS with a surrogate-null diagnostic) and arm contrasts with CIs."""
-    import json
-
     import pandas as pd
 
-    from biasamp.artifacts import own_output_dir, write_json
-    from biasamp.tables import write_parquet
-    from biasamp.stages.analyze import arm_contrasts, neuron_tests
-    from biasamp.tables import TABLES
+    from biasamp.study import analyze_study
 
-    if mode not in ("within", "paper"):
-        raise typer.BadParameter("within or paper", param_hint="--mode")
-    if not study_dir.is_dir():
-        typer.secho(f"error: {study_dir}: no such folder", err=True, fg="red")
-        raise typer.Exit(2)
-    summary = summary or study_dir / "summary.parquet"
-    scores = next((p for p in (study_dir / "scores", study_dir / "scores.parquet") if p.exists()), None)
-    has_neurons = (study_dir / "neurons").exists()
-    if not has_neurons and scores is None:
-        typer.secho(f"error: {study_dir} has neither neurons/ nor scores: nothing to analyze", err=True, fg="red")
-        raise typer.Exit(2)
-    with ExitStack() as held:
-        with user_errors():
-            held.enter_context(own_output_dir(study_dir, typer.echo))  # one writer per study folder
-        study_cfg = None
-        with user_errors():
-            if (study_dir / "manifest.json").exists():
-                from biasamp.config import from_dict
+    with user_errors():
+        result = analyze_study(study_dir, summary, [t.strip() for t in targets.split(",")], mode, maxlags, alpha,
+                               null_draws, baseline, bootstrap, log=typer.echo)
+    for w in result.warnings:
+        typer.secho(f"warning: {w}", err=True, fg="yellow")
+    if result.neuron_counts is not None:
+        typer.echo(f"neuron tests ({mode} mode, {result.neuron_file.name}): significant / neurons, and the count "
+                   f"expected under the null ({null_draws} surrogate draws)")
+        for r in result.neuron_counts.itertuples():
+            expected = "" if pd.isna(r.null_expected_significant) else \
+                f"   null expects {r.null_expected_significant:.1f} (max {int(r.null_max_significant)})"
+            typer.echo(f"  {r.neurons:28} {r.target:14} {r.significant:7d} / {r.of}{expected}"
+                       f"   [{r.n_obs} obs, {r.n_trajectories} trajectories]")
+    if result.contrasts is not None:
+        _contrast_lines(result.contrasts, study_dir)
 
-                study_cfg = from_dict(json.loads((study_dir / "manifest.json").read_text())["config"])
-                study_cfg = study_cfg.model_copy(update={"out_dir": str(study_dir.resolve())})
-                baseline = baseline or study_cfg.analysis.baseline_arm
-            if has_neurons:
-                if not summary.exists():
-                    raise FileNotFoundError(f"{summary} not found (neuron tests need the per-generation summary)")
-                tests, report = neuron_tests(pd.read_parquet(study_dir / "neurons"), pd.read_parquet(summary),
-                                             [t.strip() for t in targets.split(",")], mode, maxlags, alpha, null_draws)
-            if scores is not None:
-                contrasts, trends = arm_contrasts(pd.read_parquet(scores), baseline, bootstrap)
-        if has_neurons:
-            name = "neuron_tests.parquet" if mode == "within" else f"neuron_tests_{mode}.parquet"
-            write_parquet(tests, study_dir / name)  # checked against TABLES["neuron_tests"] by neuron_tests
-            # One summary file, one section per mode: a paper-mode run never hides the within-mode one.
-            info_path = study_dir / "neuron_tests_summary.json"
-            info = json.loads(info_path.read_text()) if info_path.exists() else {}
-            info[mode] = report
-            write_json(info, info_path)
-            for w in report["warnings"]:
-                typer.secho(f"warning: {w}", err=True, fg="yellow")
-            typer.echo(f"neuron tests ({mode} mode, {name}): significant / neurons, and the count expected under "
-                       f"the null ({null_draws} surrogate draws)")
-            for key, part in report.items():
-                if isinstance(part, dict):
-                    for target, r in part["null"].items():
-                        expected = "" if r["null_expected_significant"] is None else \
-                            f"   null expects {r['null_expected_significant']:.1f} (max {r['null_max_significant']})"
-                        typer.echo(f"  {key:28} {target:14} {r['significant']:7d} / {part['neurons']}{expected}"
-                                   f"   [{r['n_obs']} obs, {r['n_trajectories']} trajectories]")
-        if scores is not None:
-            TABLES["arm_contrasts"].write(contrasts, study_dir)
-            TABLES["arm_trends"].write(trends, study_dir)
-            last = contrasts.sort_values(["study", "arm", "target", "generation"]).groupby(["study", "arm", "target"]).tail(1)
-            for r in last[last["target"].isin(["share_right", "lean_index", "lean_index_beyond_null", "tqi_mean"])].itertuples():
-                ci = "" if r.seed_variation_in_ci else "  (one seed: articles only)"
-                p = "p<0.0001" if r.p < 1e-4 else f"p={r.p:.2g}"
-                typer.echo(f"  {r.study}: {r.arm} - {r.baseline} at G{r.generation}, {r.target}: {r.estimate:+.3f} "
-                           f"[{r.lo:+.3f}, {r.hi:+.3f}] {p}{ci}")
-            typer.echo(f"arm contrasts -> {study_dir / 'arm_contrasts.parquet'}, trends -> {study_dir / 'arm_trends.parquet'}")
-        if study_cfg is not None:  # the study's W&B group gets the tables too
-            from biasamp.tracking import log_study_tables
 
-            counts = None
-            if has_neurons:
-                counts = pd.DataFrame([{"mode": mode, "neurons": f"{key}", "target": t, **r}
-                                       for key, part in report.items() if isinstance(part, dict)
-                                       for t, r in part["null"].items()])
-            log_study_tables(study_cfg, f"analyze-{mode}", {"neuron_counts": counts,
-                                                             "arm_contrasts": contrasts if scores is not None else None,
-                                                             "arm_trends": trends if scores is not None else None},
-                              typer.echo)
+def _contrast_lines(contrasts, study_dir: Path) -> None:
+    last = contrasts.sort_values(["study", "arm", "target", "generation"]).groupby(["study", "arm", "target"]).tail(1)
+    for r in last[last["target"].isin(["share_right", "lean_index", "lean_index_beyond_null", "tqi_mean"])].itertuples():
+        ci = "" if r.seed_variation_in_ci else "  (one seed: articles only)"
+        p = "p<0.0001" if r.p < 1e-4 else f"p={r.p:.2g}"
+        typer.echo(f"  {r.study}: {r.arm} - {r.baseline} at G{r.generation}, {r.target}: {r.estimate:+.3f} "
+                   f"[{r.lo:+.3f}, {r.hi:+.3f}] {p}{ci}")
+    typer.echo(f"arm contrasts -> {study_dir / 'arm_contrasts.parquet'}, trends -> {study_dir / 'arm_trends.parquet'}")
 
 
 @app.command()
@@ -557,20 +462,15 @@ def report(
                                                    "the wandb-workspaces package)."),
 ):
     """Figures and one self-contained HTML page from a study's tables (and a W&B Report spec)."""
-    from biasamp.stages.report import build, publish
+    from biasamp.study import report_study
 
-    entity, project = (wandb.split("/", 1) if wandb and "/" in wandb else (None, wandb))
     with user_errors():
-        page = build(study_dirs, out, paper, simulation, entity, project)
-    typer.echo(f"report -> {page.resolve()}  (open it in a browser; W&B Report spec: {out / 'wandb_report.json'})")
-    if wandb:
-        import json
-
-        try:
-            typer.echo(f"W&B Report: {publish(json.loads((out / 'wandb_report.json').read_text()))}")
-        except Exception as e:  # no network, no key, no package: the page and the spec are written anyway
-            typer.secho(f"warning: W&B Report not published ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                        err=True, fg="yellow")
+        result = report_study(study_dirs, out, paper, simulation, wandb)
+    typer.echo(f"report -> {result.page.resolve()}  (open it in a browser; W&B Report spec: {result.spec})")
+    if result.url:
+        typer.echo(f"W&B Report: {result.url}")
+    if result.warning:
+        typer.secho(f"warning: {result.warning}", err=True, fg="yellow")
 
 
 @app.command()

@@ -498,6 +498,15 @@ def _set_path(d: dict, dotted: str, value) -> None:
     d[keys[-1]] = value
 
 
+def updated(cfg: StudyConfig, changes: dict) -> StudyConfig:
+    """`cfg` with dotted keys changed (e.g. {"out_dir": ..., "scoring.enabled": True}), validated
+    again: a config is never changed without its checks."""
+    raw = cfg.model_dump(mode="json")
+    for key, value in changes.items():
+        _set_path(raw, key, value)
+    return from_dict(raw)
+
+
 def deep_merge(base: dict, over: dict) -> dict:
     """`over` on top of `base`, key by key at every depth."""
     out = dict(base)

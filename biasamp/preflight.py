@@ -1,7 +1,8 @@
 """What a study needs from the world, checked before anything is written or Ray starts: the output
 folder, its manifest and scores, the corpora, the model and its limits, the instruments.
-`biasamp run` and `biasamp validate` run the same checks (ray_cluster.check_before_ray); each problem is
-one ValueError naming the key, file or flag.
+`biasamp run` and `biasamp validate` run the same checks (biasamp.study.check_before_run); each problem
+is one ValueError naming the key, file or flag. Also what a trajectory asks of a cluster (its
+placement group, its DeepSpeed workers), which the Ray layer places.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def check_instruments(cfg: StudyConfig) -> None:
 
 def check_study(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
     """Everything `run` needs that can be known before it writes or starts Ray (resources: see
-    ray_cluster.check_before_ray). Returns the corpora drawn for a folder that lacks them."""
+    biasamp.study.check_before_run). Returns the corpora drawn for a folder that lacks them."""
     out = cfg.output_dir
     check_output_dir(out)
     claim_output_dir(cfg, out, record=False)  # the folder holds this study, or nothing
@@ -123,3 +124,47 @@ def check_study(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
     if cfg.scoring.enabled:
         check_instruments(cfg)
     return drawn
+
+
+def local_machine() -> dict[str, float]:
+    """The CPUs and GPUs a private local Ray would see."""
+    gpus = 0
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) != "":
+        import torch
+
+        gpus = torch.cuda.device_count()
+    return {"CPU": float(len(os.sched_getaffinity(0))), "GPU": float(gpus)}
+
+
+def check_resources(cfg: StudyConfig, have: dict) -> None:
+    """A trajectory's placement group (and its DeepSpeed workers) fits a machine with `have`: on a
+    fixed local machine a group that cannot fit would wait forever."""
+    bundles = trajectory_bundles(cfg)
+    workers = deepspeed_workers(cfg, gpus=have.get("GPU", 0) > 0)
+    for key, unit in (("cpus_per_trajectory", "CPU"), ("gpus_per_trajectory", "GPU")):
+        need = sum(b.get(unit, 0) for b in bundles) + workers.get(unit, 0)
+        if need > have.get(unit, 0):
+            extra = " (with its vLLM engines / DeepSpeed workers)" if len(bundles) > 1 or workers else ""
+            raise ValueError(f"resources.{key}: a trajectory{extra} asks for {need:g} {unit}, this machine has "
+                             f"{have.get(unit, 0):g}; e.g. --set resources.{key}={have.get(unit, 0):g}")
+
+
+def trajectory_bundles(cfg: StudyConfig) -> list[dict]:
+    """The placement group of one trajectory: its own process (training with the plain backend,
+    neuron capture, scoring, HF generation), plus one bundle per vLLM engine. DeepSpeed workers are
+    gang-scheduled by Ray Train in a placement group of their own, sized by train.deepspeed."""
+    res, gen = cfg.resources, cfg.generation
+    bundles = [{"CPU": res.cpus_per_trajectory, **({"GPU": res.gpus_per_trajectory} if res.gpus_per_trajectory else {})}]
+    if gen.backend.kind == "vllm":
+        gpus = gen.backend.gpus_per_engine
+        bundles += [{"CPU": 1, **({"GPU": gpus} if gpus else {})}] * gen.backend.engines
+    return bundles
+
+
+def deepspeed_workers(cfg: StudyConfig, gpus: bool) -> dict:
+    """CPUs and GPUs of the largest DeepSpeed worker group among the arms ({} without that backend)."""
+    groups = [a.train.deepspeed for a in cfg.arms.values() if a.train.backend == "deepspeed"]
+    if not groups:
+        return {}
+    return {"CPU": max(d.workers * d.cpus_per_worker for d in groups),
+            "GPU": max(d.workers for d in groups) if gpus else 0}

@@ -8,7 +8,7 @@ from biasamp.config import ModelConfig, NeuronsConfig, from_dict
 from biasamp.corpus import read_source
 from biasamp.models import load_base_model, load_tokenizer
 from biasamp.stages.neurons import capture, layer_modules
-from biasamp.backends.ray_cluster import prepare_study
+from biasamp.study import prepare_study
 from biasamp.stages.trajectory import run_trajectory
 
 TINY = ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe", tiny={"n_layer": 2, "n_embd": 32, "n_head": 2})

@@ -16,7 +16,7 @@ from biasamp.stages import trajectory
 from biasamp.tables import TABLES
 from conftest import TWO_ARMS
 from biasamp.config import QualityConfig, from_dict, load_config
-from biasamp.backends.ray_cluster import prepare_study
+from biasamp.study import prepare_study
 from biasamp.stages.trajectory import run_trajectory
 
 ROOT = Path(__file__).parents[1]
@@ -375,7 +375,7 @@ def test_a_moved_corpus_resumes_and_other_articles_are_refused(study_dict, tmp_p
 def test_keep_last_checkpoint_resumes_and_extends_to_the_same_result(study_dict, tmp_path):
     """keep_checkpoints: last keeps each trajectory's newest checkpoint only; a study extended by a
     generation from it ends with the articles of a study that kept all; rescoring says what it lacks."""
-    from biasamp.backends.ray_cluster import rescore_study
+    from biasamp.study import rescore_study
 
     every = from_dict(study_dict(generations=3, out_dir=str(tmp_path / "all")))
     prepare_study(every, log=lambda m: None)

@@ -6,7 +6,7 @@ is checked is what biasamp asks of it.)"""
 from types import SimpleNamespace
 
 from biasamp import artifacts, tracking
-from biasamp.backends.ray_cluster import prepare_study
+from biasamp.study import prepare_study
 from biasamp.config import from_dict
 from biasamp.stages.trajectory import run_trajectory
 

@@ -226,6 +226,14 @@ def _matrix(part: pd.DataFrame):
     return versions, {"layer": layer[0], "neuron": neuron[0]}, X
 
 
+def neuron_counts(tests: pd.DataFrame, report: dict, mode: str) -> pd.DataFrame:
+    """neuron_tests' report as a table: per (neurons kind/stat, target), how many are significant out
+    of how many, and how many the surrogate null flags (the `biasamp analyze` lines, W&B's table)."""
+    pairs = [f"{k}/{s}" for k, s in tests[["kind", "stat"]].drop_duplicates().itertuples(index=False)]
+    return pd.DataFrame([{"mode": mode, "neurons": key, "target": target, "of": report[key]["neurons"], **r}
+                         for key in pairs for target, r in report[key]["null"].items()])
+
+
 def overlap_summary(tests: pd.DataFrame) -> dict:
     """Counts of significant neurons per (kind, stat, target) and the overlap between targets."""
     out = {}

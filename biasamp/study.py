@@ -1,0 +1,355 @@
+"""The application layer: what each `biasamp` command does, as plain functions over a validated
+config or a study folder. They return typed results and never print (progress goes to `log`); the
+CLI (biasamp.cli) parses, calls one of these, and formats what comes back. The scale-out layer is
+passed in (`run_study`'s `execute`: biasamp.backends.ray_cluster.execute), never imported here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from biasamp import artifacts
+from biasamp.config import ClassifierConfig, ModelConfig, StudyConfig, apply_overrides, from_dict, updated
+from biasamp.instruments.leaning import load_calibration
+from biasamp.preflight import check_resources, check_study, local_machine
+from biasamp.stages.summarize import SETTINGS_KEY, write_summaries
+from biasamp.tables import TABLES, file_metadata, write_parquet
+
+# The model stack (torch, transformers: about 8 s) is imported inside the functions that use it, so
+# that `biasamp run` on a finished study, or one that fails its checks, answers at once.
+
+
+# --- run -------------------------------------------------------------------------------------------
+
+def check_before_run(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
+    """Everything `run` checks before it writes anything or starts Ray (`biasamp validate` runs the
+    same): preflight.check_study, and for a private local Ray this machine's CPUs and GPUs. Returns
+    the corpora drawn for a folder that lacks them."""
+    drawn = check_study(cfg)
+    if cfg.resources.ray_address is None:  # a private Ray gets this machine: check it now, not after Ray's start
+        check_resources(cfg, local_machine())
+    return drawn
+
+
+def prepare_study(cfg: StudyConfig, log=print) -> list[tuple[str, int]]:
+    """Check everything that can be checked before Ray (check_before_run), then claim the output
+    folder, write the corpora once, and list the unfinished trajectories. Nothing is written before
+    the checks pass: a run that fails them leaves no manifest behind to refuse the corrected config."""
+    out = cfg.output_dir
+    drawn = check_before_run(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts.claim_output_dir(cfg, out)
+    for name, corpus in drawn.items():
+        path = TABLES["corpus"].write(corpus, out, corpus=name)
+        log(f"corpus '{name}': {len(corpus)} articles -> {path}")
+    return [(arm, seed) for arm in cfg.arms for seed in cfg.seeds
+            if artifacts.completed_generations(out, arm, seed) < cfg.generations]
+
+
+@dataclass
+class RunResult:
+    trajectories: int  # in the study
+    pending: int  # of them unfinished when the run began
+    generations_run: int
+    time_by_stage: str | None  # None: nothing ran
+    per_arm: pd.DataFrame | None  # summary_arms as written (None: scoring off, or nothing to summarize)
+
+
+# execute(cfg, pending, log) -> generations run: runs the pending trajectories (the Ray layer).
+Executor = Callable[[StudyConfig, list[tuple[str, int]], Callable[[str], None]], int]
+
+
+def run_study(cfg: StudyConfig, execute: Executor, log=print) -> RunResult:
+    """Run every unfinished trajectory of the study with `execute` (one writer per folder), then the
+    study-level summaries."""
+    with artifacts.own_output_dir(cfg.output_dir, log):
+        pending = prepare_study(cfg, log)
+        total = len(cfg.arms) * len(cfg.seeds)
+        if not pending:
+            log(f"nothing to do: all {total} trajectories of '{cfg.study}' have G0..G{cfg.generations - 1} "
+                f"in {cfg.output_dir}")
+            done = all((cfg.output_dir / f).exists() for f in ("summary.parquet", "summary_arms.parquet"))
+            # a run killed after its last trajectory: finish the study-level stage
+            per_arm = summarize_study(cfg, log) if cfg.scoring.enabled and not done else None
+            return RunResult(total, 0, 0, None, per_arm)
+        log(f"study '{cfg.study}': {len(pending)} of {total} trajectories to run, "
+            f"{cfg.resources.cpus_per_trajectory:g} CPU / {cfg.resources.gpus_per_trajectory:g} GPU each")
+        ran = execute(cfg, pending, log)
+        split = time_by_stage(cfg.output_dir)
+        log(split)
+        per_arm = summarize_study(cfg, log) if cfg.scoring.enabled else None
+        return RunResult(total, len(pending), ran, split, per_arm)
+
+
+def time_by_stage(out) -> str:
+    """Where the study's time went: each stage's total over every generation written (train_metrics'
+    train/capture/generate/score_seconds), its share, and its median per generation."""
+    per_generation = TABLES["train_metrics"].read(out).drop_duplicates(["arm", "seed", "generation"])
+    seconds = {c.removesuffix("_seconds"): per_generation[c] for c in TABLES["train_metrics"].columns
+               if c.endswith("_seconds") and c in per_generation}  # a study begun before they were recorded
+    total = sum(s.sum() for s in seconds.values())
+    parts = [f"{stage} {s.sum():.0f} s ({s.sum() / total:.0%}, median {s.median():.1f} s)"
+             for stage, s in seconds.items() if s.notna().any()]
+    return f"time by stage over {len(per_generation)} generations: {', '.join(parts)}"
+
+
+def summarize_study(cfg: StudyConfig, log=print) -> pd.DataFrame:
+    """Both summary tables from every scores file, written and sent to the study's W&B group;
+    returns summary_arms."""
+    # Imported here, inside the study's scratch space: importing wandb makes a temp folder, which a
+    # killed driver would leave in the system temp dir.
+    from biasamp.tracking import log_study_tables
+
+    out = cfg.output_dir
+    c = cfg.scoring.classifier
+    per_seed, per_arm = write_summaries(out, TABLES["scores"].read(out), cfg.scoring.bootstrap,
+                                        load_calibration(c), c.prevalence)
+    log_study_tables(cfg, "summary", {"summary_arms": per_arm, "summary": per_seed}, log)
+    return per_arm
+
+
+# --- score: a study's scores again -----------------------------------------------------------------
+
+def study_config(study_dir: Path, overrides: list[str] = (), changes: dict | None = None) -> StudyConfig:
+    """The config a study folder's manifest records, with `--set` overrides and `changes` (dotted
+    key -> value) applied, validated; its out_dir is the folder."""
+    manifest = Path(study_dir) / "manifest.json"
+    if not manifest.exists():
+        raise ValueError(f"{manifest} not found: not a study folder")
+    raw = artifacts.read_manifest(study_dir)["config"]
+    apply_overrides(raw, list(overrides))
+    cfg = from_dict(raw, str(manifest))
+    return updated(cfg, {"out_dir": str(Path(study_dir).resolve()), **(changes or {})})
+
+
+def rescore_study(cfg: StudyConfig, log=print) -> pd.DataFrame:
+    """Score every written generation again (e.g. with another classifier) and redo the summaries;
+    returns summary_arms. Plain Python, one trajectory after another."""
+    import torch
+
+    from biasamp.models import load_checkpoint
+    from biasamp.stages.score import load_instruments, score_articles
+
+    out = cfg.output_dir
+    with artifacts.own_output_dir(out, log):
+        artifacts.claim_output_dir(cfg, out, record=False)  # the same trajectories are required
+        versions = [(arm, seed, g) for arm in cfg.arms for seed in cfg.seeds
+                    for g in range(artifacts.completed_generations(out, arm, seed))]
+        carried = _carried_perplexities(cfg, versions)
+        inst = load_instruments(cfg.scoring, cfg.model)
+        for arm, seed, g in versions:
+            articles = pd.read_parquet(TABLES["articles"].file(out, arm=arm, seed=seed, generation=g))
+            real = pd.read_parquet(TABLES["corpus"].file(out, corpus=cfg.arms[arm].corpus))
+            with torch.no_grad():
+                if (arm, seed, g) in carried:
+                    scores = score_articles(inst, articles, real)
+                    scores["ppl"] = scores[["article_id"]].merge(carried[arm, seed, g], how="left")["ppl"].to_numpy()
+                else:
+                    model, tok = load_checkpoint(artifacts.checkpoint_dir(out, arm, seed, g))
+                    scores = score_articles(inst, articles, real, own=(model.eval(), tok))
+            TABLES["scores"].write(scores, out, metadata={SETTINGS_KEY: inst.settings}, arm=arm, seed=seed, generation=g)
+            note = " (own perplexity carried over: checkpoint not kept)" if (arm, seed, g) in carried else ""
+            log(f"[{arm}/seed{seed}] G{g}: scored {len(scores)} articles{note}")
+        artifacts.claim_output_dir(cfg, out)  # the manifest now says how every score was made
+        return summarize_study(cfg, log)
+
+
+def _carried_perplexities(cfg: StudyConfig, versions) -> dict:
+    """A generation's perplexity under its own model needs that model; where its checkpoint was not
+    kept (keep_checkpoints: last) the perplexities already scored carry over, if made with this
+    perplexity_max_tokens (they do not depend on the instruments)."""
+    out, carried = cfg.output_dir, {}
+    for arm, seed, g in versions:
+        if not artifacts.checkpoint_dir(out, arm, seed, g).is_dir():
+            old = TABLES["scores"].file(out, arm=arm, seed=seed, generation=g)
+            made = json.loads(file_metadata(old, SETTINGS_KEY) or "{}") if old.exists() else {}
+            if made.get("perplexity_max_tokens") != cfg.scoring.perplexity_max_tokens:
+                raise ValueError(f"{out}: checkpoints/{arm}/seed{seed}/gen{g} is not kept (keep_checkpoints: "
+                                 f"{cfg.keep_checkpoints}) and no perplexities with perplexity_max_tokens="
+                                 f"{cfg.scoring.perplexity_max_tokens} were scored from it: cannot rescore")
+            carried[arm, seed, g] = pd.read_parquet(old, columns=["article_id", "ppl"])
+    return carried
+
+
+# --- analyze ---------------------------------------------------------------------------------------
+
+@dataclass
+class AnalyzeResult:
+    neuron_file: Path | None = None  # the neuron tests written (None: the folder has no neurons/)
+    neuron_counts: pd.DataFrame | None = None  # per (neurons, target): significant, and under the null
+    warnings: list[str] = field(default_factory=list)
+    contrasts: pd.DataFrame | None = None  # None: the folder has no scores
+    trends: pd.DataFrame | None = None
+
+
+def analyze_study(study_dir: Path, summary: Path | None = None, targets: list[str] = ("share_right", "tqi_mean"),
+                  mode: str = "within", maxlags: int = 1, alpha: float = 0.05, null_draws: int = 10,
+                  baseline: str | None = None, bootstrap: int = 1000, log=print) -> AnalyzeResult:
+    """Neuron tests (per-neuron OLS with a surrogate-null diagnostic) and arm contrasts with CIs, of
+    a study folder or an `import-paper` folder (contrasts only); written beside the study's tables."""
+    from biasamp.stages.analyze import arm_contrasts, neuron_counts, neuron_tests
+
+    if mode not in ("within", "paper"):
+        raise ValueError("--mode: within or paper")
+    if not Path(study_dir).is_dir():
+        raise ValueError(f"{study_dir}: no such folder")
+    summary = summary or study_dir / "summary.parquet"
+    scores = next((p for p in (study_dir / "scores", study_dir / "scores.parquet") if p.exists()), None)
+    has_neurons = (study_dir / "neurons").exists()
+    if not has_neurons and scores is None:
+        raise ValueError(f"{study_dir} has neither neurons/ nor scores: nothing to analyze")
+    result = AnalyzeResult()
+    with artifacts.own_output_dir(study_dir, log):  # one writer per study folder
+        cfg = study_config(study_dir) if (study_dir / "manifest.json").exists() else None
+        baseline = baseline or (cfg.analysis.baseline_arm if cfg else None)
+        if has_neurons:
+            if not summary.exists():
+                raise FileNotFoundError(f"{summary} not found (neuron tests need the per-generation summary)")
+            tests, report = neuron_tests(pd.read_parquet(study_dir / "neurons"), pd.read_parquet(summary),
+                                         list(targets), mode, maxlags, alpha, null_draws)
+        if scores is not None:
+            result.contrasts, result.trends = arm_contrasts(pd.read_parquet(scores), baseline, bootstrap)
+        if has_neurons:
+            result.neuron_file = study_dir / ("neuron_tests.parquet" if mode == "within" else f"neuron_tests_{mode}.parquet")
+            write_parquet(tests, result.neuron_file)  # checked against TABLES["neuron_tests"] by neuron_tests
+            # One summary file, one section per mode: a paper-mode run never hides the within-mode one.
+            info_path = study_dir / "neuron_tests_summary.json"
+            info = json.loads(info_path.read_text()) if info_path.exists() else {}
+            info[mode] = report
+            artifacts.write_json(info, info_path)
+            result.warnings, result.neuron_counts = report["warnings"], neuron_counts(tests, report, mode)
+        if scores is not None:
+            TABLES["arm_contrasts"].write(result.contrasts, study_dir)
+            TABLES["arm_trends"].write(result.trends, study_dir)
+        if cfg is not None:  # the study's W&B group gets the tables too
+            from biasamp.tracking import log_study_tables
+
+            log_study_tables(cfg, f"analyze-{mode}", {"neuron_counts": result.neuron_counts,
+                                                      "arm_contrasts": result.contrasts,
+                                                      "arm_trends": result.trends}, log)
+    return result
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+@dataclass
+class ReportResult:
+    page: Path
+    spec: Path  # the W&B Report spec
+    url: str | None = None  # the published W&B Report
+    warning: str | None = None  # why it was not published
+
+
+def report_study(folders: list[Path], out: Path, paper: Path | None = None, simulation: Path | None = None,
+                 wandb: str | None = None) -> ReportResult:
+    """Figures and one self-contained HTML page from study tables, the W&B Report spec, and with
+    `wandb` (ENTITY/PROJECT) the published Report."""
+    from biasamp.stages.report import build, publish
+
+    entity, project = (wandb.split("/", 1) if wandb and "/" in wandb else (None, wandb))
+    page = build(folders, out, paper, simulation, entity, project)
+    result = ReportResult(page, out / "wandb_report.json")
+    if wandb:
+        try:
+            result.url = publish(json.loads(result.spec.read_text()))
+        except Exception as e:  # no network, no key, no package: the page and the spec are written anyway
+            result.warning = f"W&B Report not published ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    return result
+
+
+# --- classify --------------------------------------------------------------------------------------
+
+@dataclass
+class ClassifyResult:
+    scores: pd.DataFrame  # the input's columns + p_left, p_center, p_right, label
+    shares: dict | None  # with a summary: argmax shares and prevalence with CIs
+
+
+def classify_file(input: Path, out: Path, cfg: ClassifierConfig, summary: Path | None = None,
+                  batch_size: int = 16, bootstrap: int = 1000) -> ClassifyResult:
+    """Political leaning of any article file; with `summary`, the file's label shares corrected for
+    the classifier's confusion (written as JSON)."""
+    from biasamp.corpus import read_table
+    from biasamp.instruments import load_classifier
+    from biasamp.instruments.hf import leaning
+    from biasamp.instruments.prevalence import UNCORRECTED
+    from biasamp.stages.summarize import summarize
+    from biasamp.tables import write_parquet
+    from biasamp.text import training_text
+
+    df = read_table(input)
+    if "text" not in df.columns:
+        raise ValueError(f"{input}: no 'text' column (has: {', '.join(map(str, df.columns))})")
+    clf = load_classifier(cfg.kind, cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
+    cal = load_calibration(cfg) if summary is not None else None
+    if summary is not None and cal is None and cfg.prevalence not in UNCORRECTED:
+        raise ValueError("--summary with --kind hf needs --calibration (biasamp classifier eval --kind hf "
+                         "--calibration-out FILE makes one) or --method cc")
+    titles = df["title"].fillna("").astype(str) if "title" in df.columns else None
+    texts = df["text"].fillna("").astype(str)
+    # With a title, the article is read as the study models write it; without, as plain text.
+    inputs = [training_text(t, b) for t, b in zip(titles, texts)] if titles is not None else list(texts)
+    result = leaning(clf, inputs, batch_size)
+    ids = df["article_id"].astype(str) if "article_id" in df.columns else pd.Series(range(len(df))).astype(str)
+    keep = df.drop(columns=[c for c in [*result.columns, "article_id"] if c in df.columns]).reset_index(drop=True)
+    result = pd.concat([pd.DataFrame({"article_id": ids.to_numpy()}), keep, result], axis=1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_parquet(result, out)
+    if summary is None:
+        return ClassifyResult(result, None)
+    row = summarize(result.assign(study="", arm="", seed=0, generation=0, ppl=float("nan"), ppl_ref=float("nan")),
+                    bootstrap, calibration=cal, method=cfg.prevalence)[0].iloc[0]
+    labs = ("left", "center", "right")
+    shares = {"n": len(result), "method": cfg.prevalence,
+              "argmax_share": {lab: float(row[f"share_{lab}"]) for lab in labs},
+              "prevalence": {lab: {"estimate": float(row[f"prev_{lab}"]), "lo": float(row[f"prev_{lab}_lo"]),
+                                   "hi": float(row[f"prev_{lab}_hi"])} for lab in labs}}
+    artifacts.write_json(shares, summary)
+    return ClassifyResult(result, shares)
+
+
+@dataclass
+class CheckResult:
+    table: pd.DataFrame  # per degradation and reading: the shift from intact, with its CI
+    text: str  # the Markdown table
+
+
+def check_classifier(cfg: ClassifierConfig, articles: Path | None, data: Path, per_label: int, seed: int,
+                     bootstrap: int, batch_size: int, out: Path | None = None) -> CheckResult:
+    """Does the leaning instrument read text degradation as a leaning? (biasamp.instruments.invariance)"""
+    from biasamp.corpus import read_source
+    from biasamp.instruments import invariance, load_classifier
+    from biasamp.instruments.leaning import LeaningModel
+    from biasamp.instruments.prevalence import UNCORRECTED
+    from biasamp.tables import write_parquet
+
+    if articles is not None:
+        pool = read_source(str(articles))
+    else:
+        seen = LeaningModel.load("bundled").outlets
+        if not len(seen):
+            raise ValueError("the shipped leaning model records no training outlets: pass --articles")
+        pool = invariance.unseen_articles(read_source(str(data)), seen, per_label, seed)
+    pool = pool.groupby("source_label").head(per_label).reset_index(drop=True)
+    if pool.empty:
+        raise ValueError(f"{articles or data}: no labelled articles to check on")
+    clf = load_classifier(cfg.kind, cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
+    method = cfg.prevalence
+    cal = load_calibration(cfg) if method not in UNCORRECTED else None
+    if cal is None and method not in UNCORRECTED:
+        raise ValueError(f"--method {method}: needs --calibration for --kind {cfg.kind}")
+    probs = invariance.readings(clf, pool, batch_size)
+    table = invariance.shift_table(probs, method, cal, bootstrap, seed)
+    counts = pool["source_label"].value_counts().to_dict()
+    text = invariance.render(table, invariance.macro_f1(probs["intact"], pool["source_label"]), counts,
+                             f"{cfg.kind}:{cfg.name}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        write_parquet(table, out.with_suffix(".parquet"))
+    return CheckResult(table, text)
