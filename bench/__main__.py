@@ -4,12 +4,12 @@ Each benchmark times our code path and its baseline on the same work in the same
 times each (interleaved), and prints min / median / max of both and the speedup (baseline median /
 ours median), with what the outputs' agreement was. Every row also goes, with the machine (CPU
 model, threads, GPU) and versions, into bench/results/results.csv; `python -m bench table` rewrites
-the README's performance table from that file (the latest row per figure and device).
+docs/benchmarks.md's performance table from that file (the latest row per figure and device).
 
     python -m bench all                       # every benchmark below, 3 repeats (~20 min on 2 cores)
     python -m bench generation stats          # some of: generation scoring capture stats concurrency
     python -m bench generation --repeats 5 --no-record
-    python -m bench table                     # README table from bench/results/results.csv
+    python -m bench table                     # docs/benchmarks.md's table from bench/results/results.csv
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import pandas as pd
 
 ROOT = Path(__file__).parents[1]
 RESULTS = ROOT / "bench" / "results" / "results.csv"
-README = ROOT / "README.md"
+README = ROOT / "docs" / "benchmarks.md"  # the page that holds the table
 TABLE_START, TABLE_END = "<!-- bench table: python -m bench table -->", "<!-- end of bench table -->"
 
 
@@ -76,7 +76,7 @@ def _print(row: dict) -> None:
 
 
 def table(results: pd.DataFrame) -> str:
-    """The README's table: the latest row per (benchmark, figure, device)."""
+    """docs/benchmarks.md's table: the latest row per (benchmark, figure, device)."""
     latest = results.drop_duplicates(["benchmark", "figure", "cpu", "gpu"], keep="last")
     latest = latest.sort_values("benchmark", key=lambda b: b.map(list(BENCHMARKS).index), kind="stable")
     text = latest.select_dtypes(exclude="number").columns
@@ -96,7 +96,7 @@ def readme_with_table(readme: str, results: pd.DataFrame) -> str:
     head, sep, rest = readme.partition(TABLE_START)
     _, sep2, tail = rest.partition(TABLE_END)
     if not (sep and sep2):
-        raise SystemExit(f"README.md: no '{TABLE_START}' ... '{TABLE_END}' markers")
+        raise SystemExit(f"{README.relative_to(ROOT)}: no '{TABLE_START}' ... '{TABLE_END}' markers")
     return f"{head}{TABLE_START}\n{table(results)}\n{TABLE_END}{tail}"
 
 
@@ -122,7 +122,7 @@ def main() -> int:
         if args.no_record or "table" not in args.what:
             return 0
     README.write_text(readme_with_table(README.read_text(), pd.read_csv(RESULTS)))
-    print(f"README.md: performance table from {RESULTS.relative_to(ROOT)}")
+    print(f"{README.relative_to(ROOT)}: performance table from {RESULTS.relative_to(ROOT)}")
     return 0
 
 

@@ -2,7 +2,7 @@
 the same run: macro-F1 on outlets never seen (`biasamp classifier eval`'s protocol: the training
 pool, 5 outlet-grouped folds, F1 averaged over folds), and `biasamp classifier check` on the outlets
 held out of the shipped model (fitted on the whole training pool, as `classifier train` does):
-intact macro-F1 and the largest shift of a reading under the degradations. README, "How good the
+intact macro-F1 and the largest shift of a reading under the degradations. docs/measuring.md, "How good the
 offline instruments are".
 
     python bench/leaning_invariance.py [whole_article ...]   # default: every recipe (~8 min each on a free core)

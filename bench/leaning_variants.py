@@ -2,7 +2,7 @@
 before windows: bench/leaning_invariance.py compares the two), measured by `biasamp
 classifier eval`'s protocol: the same pool (<=300 articles per outlet, study articles excluded), the
 same 5 outlet-grouped folds, article macro-F1 averaged over folds, and the prevalence benchmark
-(pacc, confusion from the other folds). README, "How good the offline instruments are".
+(pacc, confusion from the other folds). docs/measuring.md, "How good the offline instruments are".
 
     python bench/leaning_variants.py [whole_article outlet_power_0 ...]   # default: all (~15 min, MiniLM aside)
 

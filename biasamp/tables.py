@@ -2,7 +2,7 @@
 
 Each table has a path under the study folder (per version: `{arm}__seed{seed}__gen{generation}`),
 its columns with their types, and its key. `write` checks a frame against its declaration and
-writes it atomically; `read` reads every file of a table at once. The README's artifact list is
+writes it atomically; `read` reads every file of a table at once. docs/loop.md's artifact list is
 `listing()` (a test checks it is).
 """
 
@@ -173,7 +173,7 @@ TABLES = {t.name: t for t in [
 
 
 def listing() -> str:
-    """The README's artifact list, from the declarations."""
+    """docs/loop.md's artifact list, from the declarations."""
     lines = []
     for t in TABLES.values():
         lines.append(f"OUT/{t.path}")

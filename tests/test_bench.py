@@ -1,4 +1,4 @@
-"""The benchmark entry point: a benchmark runs end to end and records its row; the README's
+"""The benchmark entry point: a benchmark runs end to end and records its row; docs/benchmarks.md's
 performance table is what `python -m bench table` makes of the committed results table."""
 
 import os

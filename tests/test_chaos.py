@@ -1,6 +1,6 @@
 """The chaos test, small: a smoke study SIGKILLed (its whole process group) at three points that
 matter most, resumed, and compared with an uninterrupted run. `python bench/chaos.py` runs every
-targeted point and random ones (README: Reliability)."""
+targeted point and random ones (docs/cluster.md: "Killed at any point")."""
 
 import subprocess
 import sys

@@ -174,7 +174,7 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path, monk
     outs = [tmp_path / "a", tmp_path / "b"]
     key = "local-" + "0123456789abcdef" * 2 + "01234567"  # a W&B key in the environment ...
     # A system temp dir and a user cache of its own, to see what a study leaves outside its folder
-    # (Ray's session folder stays in /tmp/ray, as the README says).
+    # (Ray's session folder stays in /tmp/ray, as docs/loop.md says).
     systmp, cache = tmp_path / "systmp", tmp_path / "cache"
     systmp.mkdir()
     env = {"WANDB_API_KEY": key, "TMPDIR": str(systmp), "XDG_CACHE_HOME": str(cache), "RAY_TMPDIR": "/tmp"}

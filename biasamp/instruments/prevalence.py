@@ -15,7 +15,7 @@ shift: the confusion of a corpus of the same size and estimated mix, drawn artic
 (outlets in proportion to their size) from a new set of outlets resampled like the
 calibration's, minus M. The last matters on real text: an unseen source shifts the classifier's
 outputs about as much as the labels separate them, so the confusion of the corpus's own sources
-is not the calibration's average (without it the CI covered 55% of held-out corpora, README).
+is not the calibration's average (without it the CI covered 55% of held-out corpora, docs/measuring.md).
 It assumes the corpus's sources are as many and as unequal as the calibration's.
 
 Calibration columns: outlet, label, n, post_left/center/right (summed probabilities),
