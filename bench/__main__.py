@@ -33,11 +33,35 @@ TABLE_START, TABLE_END = "<!-- bench table: python -m bench table -->", "<!-- en
 
 
 # name -> the module whose measure(repeats) runs it (imported when run: the model stack loads there)
-BENCHMARKS = {"generation": "bench.generation", "scoring": "bench.scoring", "capture": "bench.capture",
-              "stats": "bench.neuron_stats", "concurrency": "bench.concurrency"}
-COLUMNS = ["date", "commit", "benchmark", "figure", "unit", "ours", "baseline", "repeats", "ours_min", "ours_median",
-           "ours_max", "baseline_min", "baseline_median", "baseline_max", "speedup", "check", "cpu", "threads", "gpu",
-           "versions"]
+BENCHMARKS = {
+    "generation": "bench.generation",
+    "scoring": "bench.scoring",
+    "capture": "bench.capture",
+    "stats": "bench.neuron_stats",
+    "concurrency": "bench.concurrency",
+}
+COLUMNS = [
+    "date",
+    "commit",
+    "benchmark",
+    "figure",
+    "unit",
+    "ours",
+    "baseline",
+    "repeats",
+    "ours_min",
+    "ours_median",
+    "ours_max",
+    "baseline_min",
+    "baseline_median",
+    "baseline_max",
+    "speedup",
+    "check",
+    "cpu",
+    "threads",
+    "gpu",
+    "versions",
+]
 
 
 def machine() -> dict[str, str]:
@@ -45,16 +69,33 @@ def machine() -> dict[str, str]:
     import torch
     import transformers
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    return {"date": datetime.date.today().isoformat(), "commit": commit + ("+changes" if dirty else ""),
-            "cpu": f"{cpu}, {os.cpu_count()} cores", "threads": str(torch.get_num_threads()),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-            "versions": f"python {platform.python_version()}, torch {torch.__version__}, "
-                        f"transformers {transformers.__version__}, numpy {numpy.__version__}"}
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "date": datetime.date.today().isoformat(),
+        "commit": commit + ("+changes" if dirty else ""),
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "threads": str(torch.get_num_threads()),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "versions": f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, numpy {numpy.__version__}",
+    }
 
 
 def summarise(row: dict, repeats: int) -> dict:
@@ -70,8 +111,10 @@ def summarise(row: dict, repeats: int) -> dict:
 def _print(row: dict) -> None:
     print(f"\n[{row['benchmark']}] {row['figure']} ({row['unit']}, min / median / max of {row['repeats']})")
     for side in ("ours", "baseline"):
-        print(f"  {side:8s} {row[side]:60s} {row[side + '_min']:10.4g} {row[side + '_median']:10.4g} "
-              f"{row[side + '_max']:10.4g}")
+        print(
+            f"  {side:8s} {row[side]:60s} {row[side + '_min']:10.4g} {row[side + '_median']:10.4g} "
+            f"{row[side + '_max']:10.4g}"
+        )
     print(f"  speedup  {row['speedup']:.2f}x   {row['check']}")
 
 
@@ -80,15 +123,22 @@ def table(results: pd.DataFrame) -> str:
     latest = results.drop_duplicates(["benchmark", "figure", "cpu", "gpu"], keep="last")
     latest = latest.sort_values("benchmark", key=lambda b: b.map(list(BENCHMARKS).index), kind="stable")
     text = latest.select_dtypes(exclude="number").columns
-    latest[text] = latest[text].apply(lambda col: col.astype(str).str.replace("|", "\\|"))  # a cell's own bars would split it
-    lines = ["| benchmark | ours vs baseline | unit | ours, median (min-max) | baseline, median (min-max) | "
-             "speedup | outputs | machine |", "|---|---|---|---|---|---|---|---|"]
+    latest[text] = latest[text].apply(
+        lambda col: col.astype(str).str.replace("|", "\\|")
+    )  # a cell's own bars would split it
+    lines = [
+        "| benchmark | ours vs baseline | unit | ours, median (min-max) | baseline, median (min-max) | "
+        "speedup | outputs | machine |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in latest.itertuples():
         device = r.cpu if r.gpu == "none" else r.gpu
         lines.append(
-            f"| {r.benchmark} | {r.ours} vs {r.baseline} | {r.unit} | {r.ours_median:.3g} ({r.ours_min:.3g}-{r.ours_max:.3g}) "
+            f"| {r.benchmark} | {r.ours} vs {r.baseline} | {r.unit} "
+            f"| {r.ours_median:.3g} ({r.ours_min:.3g}-{r.ours_max:.3g}) "
             f"| {r.baseline_median:.3g} ({r.baseline_min:.3g}-{r.baseline_max:.3g}) | **{r.speedup:.2f}x** | {r.check} "
-            f"| {device}, {r.threads} threads, {r.repeats} repeats, {r.date} @ {r.commit} |")
+            f"| {device}, {r.threads} threads, {r.repeats} repeats, {r.date} @ {r.commit} |"
+        )
     return "\n".join(lines)
 
 
@@ -103,13 +153,17 @@ def readme_with_table(readme: str, results: pd.DataFrame) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", nargs="+", choices=[*BENCHMARKS, "all", "table"])
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs of ours and of the baseline (>= 3 for the table)")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of ours and of the baseline (>= 3 for the table)"
+    )
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to bench/results/results.csv")
     args = ap.parse_args()
     if args.what != ["table"]:
         names = [n for n in BENCHMARKS if n in args.what or "all" in args.what]
         here = machine()
-        print(f"{here['cpu']}; {here['threads']} threads; GPU {here['gpu']}; {here['versions']}; commit {here['commit']}")
+        print(
+            f"{here['cpu']}; {here['threads']} threads; GPU {here['gpu']}; {here['versions']}; commit {here['commit']}"
+        )
         for name in names:
             measure = importlib.import_module(BENCHMARKS[name]).measure
             rows = [summarise({"benchmark": name, **row}, args.repeats) for row in measure(args.repeats)]

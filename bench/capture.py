@@ -12,8 +12,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from biasamp.config import ModelConfig, NeuronsConfig
-from biasamp.models import load_tokenizer
 from biasamp.corpus import read_source
+from biasamp.models import load_tokenizer
 from biasamp.stages.neurons import capture
 
 ARTICLES, MAX_LENGTH, BATCH = 16, 256, 8
@@ -29,16 +29,33 @@ def measure(repeats: int) -> list[dict]:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         with torch.no_grad():
             for s in range(0, len(order), BATCH):
-                enc = tok([texts[i] for i in order[s:s + BATCH]], truncation=True, max_length=MAX_LENGTH,
-                          padding=True, return_tensors="pt")
+                enc = tok(
+                    [texts[i] for i in order[s : s + BATCH]],
+                    truncation=True,
+                    max_length=MAX_LENGTH,
+                    padding=True,
+                    return_tensors="pt",
+                )
                 model(**enc, use_cache=False)
 
     plain()  # warm-up
     t_plain, t_cap = [], []
     for _ in range(repeats):
-        t = time.perf_counter(); plain(); t_plain.append(time.perf_counter() - t)
-        t = time.perf_counter(); rows = capture(model, tok, texts, cfg); t_cap.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        plain()
+        t_plain.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        rows = capture(model, tok, texts, cfg)
+        t_cap.append(time.perf_counter() - t)
     overhead = sorted(t_cap)[len(t_cap) // 2] / sorted(t_plain)[len(t_plain) // 2] - 1
-    return [{"figure": f"neuron capture, GPT-2-small, {ARTICLES} articles to {MAX_LENGTH} tokens", "unit": "s",
-             "ours": "forward pass with capture", "baseline": "plain forward pass", "ours_s": t_cap,
-             "baseline_s": t_plain, "check": f"{len(rows)} neuron rows; overhead {overhead:.0%} (medians)"}]
+    return [
+        {
+            "figure": f"neuron capture, GPT-2-small, {ARTICLES} articles to {MAX_LENGTH} tokens",
+            "unit": "s",
+            "ours": "forward pass with capture",
+            "baseline": "plain forward pass",
+            "ours_s": t_cap,
+            "baseline_s": t_plain,
+            "check": f"{len(rows)} neuron rows; overhead {overhead:.0%} (medians)",
+        }
+    ]

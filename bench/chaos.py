@@ -62,13 +62,25 @@ def _env(sandbox: Path) -> dict[str, str]:
         link.rmdir()
         link.symlink_to(sandbox / "ray")
         (sandbox / "ray-link").write_text(str(link))
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(sandbox / "tmp"), "XDG_CACHE_HOME": str(sandbox / "cache"),
-            "RAY_TMPDIR": (sandbox / "ray-link").read_text(), "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TMPDIR": str(sandbox / "tmp"),
+        "XDG_CACHE_HOME": str(sandbox / "cache"),
+        "RAY_TMPDIR": (sandbox / "ray-link").read_text(),
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def _start(out: Path, sandbox: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "biasamp.cli", "run", *STUDY, "--out", str(out)], cwd=ROOT,
-                            env=_env(sandbox), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "biasamp.cli", "run", *STUDY, "--out", str(out)],
+        cwd=ROOT,
+        env=_env(sandbox),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _reached(point, out: Path, log: Path) -> bool:
@@ -102,8 +114,16 @@ def _name(pid: int) -> str:
 
 def _tables(out: Path) -> dict[str, pd.DataFrame]:
     frames = {}
-    for name in ("corpus", "articles", "scores", "training", "train_metrics", "neurons", "summary.parquet",
-                 "summary_arms.parquet"):
+    for name in (
+        "corpus",
+        "articles",
+        "scores",
+        "training",
+        "train_metrics",
+        "neurons",
+        "summary.parquet",
+        "summary_arms.parquet",
+    ):
         path = out / name
         if path.exists():
             df = pd.read_parquet(path)
@@ -135,17 +155,30 @@ def trial(name: str, point, work: Path, reference: Path) -> dict:
     orphan_names = sorted({_name(pid) for pid in orphans})
     for pid in orphans:
         os.kill(pid, signal.SIGKILL)
-    resume = subprocess.run([sys.executable, "-m", "biasamp.cli", "run", *STUDY, "--out", str(out)], cwd=ROOT,
-                            env=_env(sandbox), capture_output=True, text=True)
+    resume = subprocess.run(
+        [sys.executable, "-m", "biasamp.cli", "run", *STUDY, "--out", str(out)],
+        cwd=ROOT,
+        env=_env(sandbox),
+        capture_output=True,
+        text=True,
+    )
     ref, got = _tables(reference), _tables(out)
     same = resume.returncode == 0 and ref.keys() == got.keys() and _weights(reference).keys() == _weights(out).keys()
     if same:
         same = all(ref[k].equals(got[k]) for k in ref) and _weights(reference) == _weights(out)
     debris = [str(p.relative_to(sandbox)) for d in ("tmp", "cache") for p in (sandbox / d).rglob("*")]
     debris += [str(p.relative_to(out)) for p in out.rglob(".*.tmp")] + [".scratch"] * (out / ".scratch").exists()
-    return {"trial": name, "killed": reached, "at_s": round(killed_at, 1), "identical": same,
-            "orphans": len(orphans), "orphan_names": ",".join(orphan_names), "debris": len(debris),
-            "debris_example": debris[0] if debris else "", "resume_rc": resume.returncode}
+    return {
+        "trial": name,
+        "killed": reached,
+        "at_s": round(killed_at, 1),
+        "identical": same,
+        "orphans": len(orphans),
+        "orphan_names": ",".join(orphan_names),
+        "debris": len(debris),
+        "debris_example": debris[0] if debris else "",
+        "resume_rc": resume.returncode,
+    }
 
 
 def main() -> int:
@@ -161,25 +194,33 @@ def main() -> int:
         reference, sandbox = work / "reference" / "out", work / "reference" / "sandbox"
         sandbox.mkdir(parents=True)
         t0 = time.time()
-        ref = subprocess.run([sys.executable, "-m", "biasamp.cli", "run", *STUDY, "--out", str(reference)], cwd=ROOT,
-                             env=_env(sandbox), capture_output=True, text=True)
+        ref = subprocess.run(
+            [sys.executable, "-m", "biasamp.cli", "run", *STUDY, "--out", str(reference)],
+            cwd=ROOT,
+            env=_env(sandbox),
+            capture_output=True,
+            text=True,
+        )
         duration = time.time() - t0
         if ref.returncode != 0:
             print(ref.stdout[-2000:], ref.stderr[-2000:])
             return 1
         print(f"reference run: {duration:.0f} s")
         rng = random.Random(args.seed)
-        plan = [(n, POINTS[n]) for n in names] + [(f"random_{i}", ("time", round(rng.uniform(0, duration), 1)))
-                                                  for i in range(args.random)]
+        plan = [(n, POINTS[n]) for n in names] + [
+            (f"random_{i}", ("time", round(rng.uniform(0, duration), 1))) for i in range(args.random)
+        ]
         rows = []
         for name, point in plan:
             rows.append(trial(name, point, work, reference))
             print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
         table = pd.DataFrame(rows)
         killed = table[table["killed"]]
-        print(f"\n{int(killed['identical'].sum())}/{len(killed)} identical after a kill and a resume "
-              f"({len(table) - len(killed)} trials ended before their kill point); orphaned Ray processes: "
-              f"{int(table['orphans'].sum())}; trials leaving debris: {int((table['debris'] > 0).sum())}")
+        print(
+            f"\n{int(killed['identical'].sum())}/{len(killed)} identical after a kill and a resume "
+            f"({len(table) - len(killed)} trials ended before their kill point); orphaned Ray processes: "
+            f"{int(table['orphans'].sum())}; trials leaving debris: {int((table['debris'] > 0).sum())}"
+        )
         bad = (~killed["identical"]).any() or table["orphans"].sum() or (table["debris"] > 0).any()
         return 1 if bad else 0
     finally:

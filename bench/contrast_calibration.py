@@ -24,10 +24,23 @@ def scores(rng, seeds, n_art=150, gens=3, seed_sd=0.0):
             shift = rng.normal(scale=seed_sd)
             for g in range(gens):
                 p_right = float(np.clip(0.4 + shift, 0, 1))
-                lab = rng.choice(["left", "center", "right"], size=n_art, p=[(1 - p_right) / 2, (1 - p_right) / 2, p_right])
-                rows.append(pd.DataFrame({"study": "s", "arm": arm, "seed": s, "generation": g,
-                                          "article_id": np.arange(n_art).astype(str), "label": lab,
-                                          "tqi": rng.normal(2 + shift, 0.5, n_art), "ppl": rng.lognormal(3, 1, n_art)}))
+                lab = rng.choice(
+                    ["left", "center", "right"], size=n_art, p=[(1 - p_right) / 2, (1 - p_right) / 2, p_right]
+                )
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "study": "s",
+                            "arm": arm,
+                            "seed": s,
+                            "generation": g,
+                            "article_id": np.arange(n_art).astype(str),
+                            "label": lab,
+                            "tqi": rng.normal(2 + shift, 0.5, n_art),
+                            "ppl": rng.lognormal(3, 1, n_art),
+                        }
+                    )
+                )
     return pd.concat(rows, ignore_index=True)
 
 

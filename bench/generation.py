@@ -12,8 +12,8 @@ import time
 import torch
 
 from biasamp.config import ModelConfig
-from biasamp.models import load_base_model, load_tokenizer
 from biasamp.corpus import read_source
+from biasamp.models import load_base_model, load_tokenizer
 from biasamp.stages.generate import article_prompts, greedy_continuations
 
 PROMPTS, BASELINE_PROMPTS, NEW_TOKENS, BATCH = 64, 8, 64, 32  # the authors' loop runs on the first 8 blocks
@@ -24,9 +24,15 @@ def _authors_loop(model, prompts, pad_id):
     with torch.no_grad():
         for p in prompts:
             ids = torch.tensor([p], device=model.device)
-            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_length=len(p) + NEW_TOKENS,
-                                 min_length=len(p) + NEW_TOKENS, do_sample=False, pad_token_id=pad_id)
-            out.append(gen[0, len(p):].tolist())
+            gen = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_length=len(p) + NEW_TOKENS,
+                min_length=len(p) + NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=pad_id,
+            )
+            out.append(gen[0, len(p) :].tolist())
     return out
 
 
@@ -44,8 +50,10 @@ def measure(repeats: int) -> list[dict]:
     prompts = [p for t, b in zip(arts["title"], arts["text"]) for p in article_prompts(tok, t, b, 64, None)][:PROMPTS]
     first = prompts[:BASELINE_PROMPTS]
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-    ours = {d: lambda dt=dt: greedy_continuations(model, prompts, NEW_TOKENS, BATCH, tok.pad_token_id, None, dtype=dt)
-            for d, dt in dtypes.items()}
+    ours = {
+        d: lambda dt=dt: greedy_continuations(model, prompts, NEW_TOKENS, BATCH, tok.pad_token_id, None, dtype=dt)
+        for d, dt in dtypes.items()
+    }
     greedy_continuations(model, prompts[:2], 2, 2, tok.pad_token_id, None)  # warm-up (one-time allocations)
     base_s, ours_s, outputs = [], {d: [] for d in dtypes}, {}
     for _ in range(repeats):
@@ -59,9 +67,15 @@ def measure(repeats: int) -> list[dict]:
         got = outputs[d][: len(first)]
         same = sum(a == b for a, b in zip(reference, got))
         tokens = sum(x == y for a, b in zip(reference, got) for x, y in zip(a, b)) / sum(map(len, reference))
-        rows.append({"figure": f"generation, SmolLM2-135M, 64-token blocks + {NEW_TOKENS} new tokens, {d}",
-                     "unit": "s per block", "ours": f"batched ({BATCH} blocks, by length), {d}",
-                     "baseline": "one generate call per block, float32 (authors')", "ours_s": ours_s[d],
-                     "baseline_s": base_s,
-                     "check": f"{same}/{len(first)} blocks identical to the authors' loop, {tokens:.0%} of tokens"})
+        rows.append(
+            {
+                "figure": f"generation, SmolLM2-135M, 64-token blocks + {NEW_TOKENS} new tokens, {d}",
+                "unit": "s per block",
+                "ours": f"batched ({BATCH} blocks, by length), {d}",
+                "baseline": "one generate call per block, float32 (authors')",
+                "ours_s": ours_s[d],
+                "baseline_s": base_s,
+                "check": f"{same}/{len(first)} blocks identical to the authors' loop, {tokens:.0%} of tokens",
+            }
+        )
     return rows

@@ -16,9 +16,9 @@ import time
 import torch
 
 from biasamp.config import ModelConfig
+from biasamp.corpus import read_source
 from biasamp.models import load_base_model, load_tokenizer
 from biasamp.stages import generate
-from biasamp.corpus import read_source
 from biasamp.stages.generate import article_prompts, greedy_continuations
 
 
@@ -63,8 +63,10 @@ def main() -> None:
             generate.GenerationConfig = plain_config
         blocks = sum(a == b for a, b in zip(ref, out))
         tokens = sum(x == y for a, b in zip(ref, out) for x, y in zip(a, b)) / sum(map(len, ref))
-        print(f"{name:44s} {s:6.1f} s  {base_s / s:5.2f}x   same as float32: {blocks}/{len(ref)} blocks, "
-              f"{tokens:.0%} of tokens")
+        print(
+            f"{name:44s} {s:6.1f} s  {base_s / s:5.2f}x   same as float32: {blocks}/{len(ref)} blocks, "
+            f"{tokens:.0%} of tokens"
+        )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from biasamp.config import LABELS
-from biasamp.instruments import invariance, leaning
 from biasamp.corpus import read_source
+from biasamp.instruments import invariance, leaning
 
 ABP = Path("../shared/data/article-bias-prediction")
 CHECK_PER_LABEL = 300  # as `biasamp classifier check`
@@ -37,8 +37,11 @@ def main(names: list[str]) -> None:
     check = invariance.unseen_articles(data, set(pool["outlet"]), CHECK_PER_LABEL)
     folds = leaning.outlet_folds(pool)
     texts, y, outlets = leaning.texts_of(pool), pool["source_label"].to_numpy(), pool["outlet"].to_numpy()
-    print(f"pool: {len(pool)} articles of {pool['outlet'].nunique()} outlets, {folds.max() + 1} outlet-grouped folds; "
-          f"check: {len(check)} articles of {check['outlet'].nunique()} held-out outlets", flush=True)
+    print(
+        f"pool: {len(pool)} articles of {pool['outlet'].nunique()} outlets, {folds.max() + 1} outlet-grouped folds; "
+        f"check: {len(check)} articles of {check['outlet'].nunique()} held-out outlets",
+        flush=True,
+    )
     rows = []
     for name in names:
         start = time.time()
@@ -46,18 +49,29 @@ def main(names: list[str]) -> None:
         for k in range(folds.max() + 1):
             tr, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
             oof[te] = leaning.fit([texts[i] for i in tr], y[tr], outlets[tr], *RECIPES[name]).probabilities(
-                [texts[i] for i in te])
+                [texts[i] for i in te]
+            )
         read = invariance.readings(leaning.fit(texts, y, outlets, *RECIPES[name]), check)
         table = invariance.shift_table(read, n_boot=500)
         worst = table.loc[table["shift"].abs().idxmax()]
-        rows.append({"recipe": name, "cv_f1": leaning.article_report(y, oof, folds)["macro_f1"],
-                     "check_f1": invariance.macro_f1(read["intact"], check["source_label"]),
-                     "shift": abs(worst["shift"]), "worst": f"{worst['reading']}, {worst['condition']}"})
+        rows.append(
+            {
+                "recipe": name,
+                "cv_f1": leaning.article_report(y, oof, folds)["macro_f1"],
+                "check_f1": invariance.macro_f1(read["intact"], check["source_label"]),
+                "shift": abs(worst["shift"]),
+                "worst": f"{worst['reading']}, {worst['condition']}",
+            }
+        )
         print(f"{name}: {rows[-1]} [{time.time() - start:.0f} s]", flush=True)
-        print(table.pivot(index="condition", columns="reading", values="shift").loc[list(read)].round(3).to_string(),
-              flush=True)
-    print("\n| recipe | macro-F1, 5 outlet folds | macro-F1, check outlets | largest shift under a degradation | where |"
-          "\n|---|---|---|---|---|")
+        print(
+            table.pivot(index="condition", columns="reading", values="shift").loc[list(read)].round(3).to_string(),
+            flush=True,
+        )
+    print(
+        "\n| recipe | macro-F1, 5 outlet folds | macro-F1, check outlets | largest shift under a degradation | where |"
+        "\n|---|---|---|---|---|"
+    )
     for r in rows:
         print(f"| {r['recipe']} | {r['cv_f1']:.3f} | {r['check_f1']:.3f} | {r['shift']:.3f} | {r['worst']} |")
 

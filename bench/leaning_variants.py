@@ -56,8 +56,10 @@ def embed(texts: list[str]) -> np.ndarray:
     with torch.inference_mode():
         for i, text in enumerate(texts):
             ids = tok(text, add_special_tokens=False)["input_ids"][: window * 8]
-            chunks = [[tok.cls_token_id, *ids[j: j + window - 2], tok.sep_token_id]
-                      for j in range(0, max(len(ids), 1), window - 2)]
+            chunks = [
+                [tok.cls_token_id, *ids[j : j + window - 2], tok.sep_token_id]
+                for j in range(0, max(len(ids), 1), window - 2)
+            ]
             batch = tok.pad({"input_ids": chunks}, return_tensors="pt")
             mask = batch["attention_mask"].unsqueeze(-1).float()
             pooled = (model(**batch).last_hidden_state * mask).sum(1) / mask.sum(1)
@@ -112,13 +114,19 @@ def main(names: list[str]) -> None:
     folds = leaning.outlet_folds(pool)
     texts, y, outlets = leaning.texts_of(pool), pool["source_label"].to_numpy(), pool["outlet"].to_numpy()
     emb = embeddings(pool, texts) if any(VARIANTS[n][0] != "tfidf" for n in names) else None
-    print(f"pool: {len(pool)} articles of {pool['outlet'].nunique()} outlets, {folds.max() + 1} outlet-grouped folds",
-          flush=True)
+    print(
+        f"pool: {len(pool)} articles of {pool['outlet'].nunique()} outlets, {folds.max() + 1} outlet-grouped folds",
+        flush=True,
+    )
     probs = {name: np.zeros((len(pool), len(LABELS))) for name in names}
     for k in range(folds.max() + 1):
         tr, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, dtype=np.float32,
-                              vocabulary=leaning.outlet_shared_vocabulary([texts[i] for i in tr], outlets[tr]))
+        vec = TfidfVectorizer(
+            ngram_range=(1, 2),
+            sublinear_tf=True,
+            dtype=np.float32,
+            vocabulary=leaning.outlet_shared_vocabulary([texts[i] for i in tr], outlets[tr]),
+        )
         x_tr, x_te = vec.fit_transform([texts[i] for i in tr]), vec.transform([texts[i] for i in te])
         f_scores = outlet_f(x_tr, y[tr], outlets[tr]) if any(VARIANTS[n][3] for n in names) else None
         if emb is not None:
@@ -141,14 +149,19 @@ def main(names: list[str]) -> None:
             probs[name][te] = e / e.sum(1, keepdims=True)
         print(f"fold {k + 1}/{folds.max() + 1} done", flush=True)
     bench = leaning.bench_summary(leaning.prevalence_benchmark(pool, folds, probs, repeats=5))
-    print(f"{'variant':26}{'macro-F1':>9}{'F1 left':>8}{'center':>8}{'right':>8}{'pacc MAE':>10}{'covers':>8}"
-          f"{'slope':>7}{'r':>6}{'cc MAE':>8}")
+    print(
+        f"{'variant':26}{'macro-F1':>9}{'F1 left':>8}{'center':>8}{'right':>8}{'pacc MAE':>10}{'covers':>8}"
+        f"{'slope':>7}{'r':>6}{'cc MAE':>8}"
+    )
     for name in names:
         r = leaning.article_report(y, probs[name], folds)
         p = bench[(bench["classifier"] == name) & (bench["method"] == "pacc")].iloc[0]
         cc = bench[(bench["classifier"] == name) & (bench["method"] == "cc")].iloc[0]
-        print(f"{name:26}{r['macro_f1']:9.3f}" + "".join(f"{r['per_class'][lab]['f1']:8.3f}" for lab in LABELS)
-              + f"{p['mae']:10.3f}{p['coverage']:8.1%}{p['slope']:7.2f}{p['r']:6.2f}{cc['mae']:8.3f}")
+        print(
+            f"{name:26}{r['macro_f1']:9.3f}"
+            + "".join(f"{r['per_class'][lab]['f1']:8.3f}" for lab in LABELS)
+            + f"{p['mae']:10.3f}{p['coverage']:8.1%}{p['slope']:7.2f}{p['r']:6.2f}{cc['mae']:8.3f}"
+        )
 
 
 if __name__ == "__main__":

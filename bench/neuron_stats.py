@@ -20,11 +20,12 @@ NEURONS = 9216
 
 
 def data(n_neurons: int, rng):
-    versions = pd.DataFrame([{"study": "b", "arm": f"arm{a}", "seed": 0, "generation": g}
-                             for a in range(6) for g in range(11)])
+    versions = pd.DataFrame(
+        [{"study": "b", "arm": f"arm{a}", "seed": 0, "generation": g} for a in range(6) for g in range(11)]
+    )
     X = rng.normal(size=(66, n_neurons)).astype(np.float64)
     for a in range(6):
-        X[a * 11:(a + 1) * 11] = X[a * 11:(a + 1) * 11].cumsum(axis=0)
+        X[a * 11 : (a + 1) * 11] = X[a * 11 : (a + 1) * 11].cumsum(axis=0)
     y = rng.normal(size=66)
     return design(versions, X, y, "within")
 
@@ -43,9 +44,20 @@ def measure(repeats: int) -> list[dict]:
     Xd, yd, groups = data(NEURONS, np.random.default_rng(0))
     ours_s, base_s = [], []
     for _ in range(repeats):
-        t = time.perf_counter(); ours = fit(Xd, yd, groups, "within", maxlags=1); ours_s.append(time.perf_counter() - t)
-        t = time.perf_counter(); p_ref = statsmodels_loop(Xd, yd, groups); base_s.append(time.perf_counter() - t)
-    return [{"figure": f"neuron regressions, {NEURONS} neurons x 66 versions", "unit": "s",
-             "ours": "vectorised (numpy)", "baseline": "statsmodels loop, one OLS pair per neuron",
-             "ours_s": ours_s, "baseline_s": base_s,
-             "check": f"max |p - p_statsmodels| {np.max(np.abs(ours['p'] - p_ref)):.0e}"}]
+        t = time.perf_counter()
+        ours = fit(Xd, yd, groups, "within", maxlags=1)
+        ours_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        p_ref = statsmodels_loop(Xd, yd, groups)
+        base_s.append(time.perf_counter() - t)
+    return [
+        {
+            "figure": f"neuron regressions, {NEURONS} neurons x 66 versions",
+            "unit": "s",
+            "ours": "vectorised (numpy)",
+            "baseline": "statsmodels loop, one OLS pair per neuron",
+            "ours_s": ours_s,
+            "baseline_s": base_s,
+            "check": f"max |p - p_statsmodels| {np.max(np.abs(ours['p'] - p_ref)):.0e}",
+        }
+    ]

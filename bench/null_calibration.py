@@ -26,8 +26,14 @@ SIZES = [(2, 1, 3), (2, 2, 5), (2, 3, 5), (2, 3, 11), (6, 3, 11)]  # arms x seed
 
 
 def study(arms: int, seeds: int, gens: int, n_neurons: int, rng, effect: float = 0.0):
-    versions = pd.DataFrame([{"study": "n", "arm": f"a{a}", "seed": s, "generation": g}
-                             for a in range(arms) for s in range(seeds) for g in range(gens)])
+    versions = pd.DataFrame(
+        [
+            {"study": "n", "arm": f"a{a}", "seed": s, "generation": g}
+            for a in range(arms)
+            for s in range(seeds)
+            for g in range(gens)
+        ]
+    )
     dx = rng.normal(size=(len(versions), n_neurons))
     dy = rng.normal(size=(len(versions), n_neurons)) + effect * dx if effect else rng.normal(size=(len(versions), 1))
     traj = np.repeat(np.arange(arms * seeds), gens)
@@ -41,15 +47,21 @@ def rates(versions, X, Y, rule: str) -> tuple[float, float]:
     mode = "paper" if rule == "paper" else "within"
     if Y.shape[1] == 1:  # null: one target, every neuron
         Xd, yd, groups = design(versions, X, Y[:, 0], mode)
-        p = (regress(Xd, yd, groups, 1, correction=True)["p"] if rule == "within, before"
-             else fit(Xd, yd, groups, mode, maxlags=1)["p"])
+        p = (
+            regress(Xd, yd, groups, 1, correction=True)["p"]
+            if rule == "within, before"
+            else fit(Xd, yd, groups, mode, maxlags=1)["p"]
+        )
         flagged = p < 0.05 if rule == "paper" else multipletests(p, method="fdr_bh")[0]
         return float(np.mean(p < 0.05)), float(np.mean(flagged))
     hits = []  # planted: target j driven by neuron j
     for j in range(min(Y.shape[1], 200)):
         Xd, yd, groups = design(versions, X[:, [j]], Y[:, j], mode)
-        p = (regress(Xd, yd, groups, 1, correction=True)["p"] if rule == "within, before"
-             else fit(Xd, yd, groups, mode, maxlags=1)["p"])
+        p = (
+            regress(Xd, yd, groups, 1, correction=True)["p"]
+            if rule == "within, before"
+            else fit(Xd, yd, groups, mode, maxlags=1)["p"]
+        )
         hits.append(p[0] < 0.05)
     return float(np.mean(hits)), float("nan")
 
@@ -62,8 +74,10 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     rules = ["within", "within, before", "paper"]
-    print(f"{args.studies} null studies of {args.neurons} neurons per size (independent random walks); "
-          f"power: target steps = 0.5 x neuron steps + N(0, 1)\n")
+    print(
+        f"{args.studies} null studies of {args.neurons} neurons per size (independent random walks); "
+        f"power: target steps = 0.5 x neuron steps + N(0, 1)\n"
+    )
     print("| arms x seeds x gens | differences | rule | p<.05 (null) | flagged (null) | power (planted) |")
     print("|---|---|---|---|---|---|")
     for arms, seeds, gens in SIZES:
@@ -78,10 +92,15 @@ def main() -> None:
             power[r] = rates(v, X, Y, r)[0]
         for r in rules:
             p05, flagged = np.mean(null[r], axis=0)
-            label = {"within": "within (default)", "within, before": "within, before: HAC + normal p",
-                     "paper": "paper (authors'): levels, HAC(1), raw p"}[r]
-            print(f"| {arms} x {seeds} x {gens} | {arms * seeds * (gens - 1)} | {label} | {p05:.3f} | "
-                  f"{flagged:.1%} | {power[r]:.2f} |")
+            label = {
+                "within": "within (default)",
+                "within, before": "within, before: HAC + normal p",
+                "paper": "paper (authors'): levels, HAC(1), raw p",
+            }[r]
+            print(
+                f"| {arms} x {seeds} x {gens} | {arms * seeds * (gens - 1)} | {label} | {p05:.3f} | "
+                f"{flagged:.1%} | {power[r]:.2f} |"
+            )
 
 
 if __name__ == "__main__":

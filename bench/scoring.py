@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from biasamp.config import ModelConfig
-from biasamp.models import load_base_model, load_tokenizer
 from biasamp.corpus import read_source
+from biasamp.models import load_base_model, load_tokenizer
 from biasamp.stages.score import perplexities
 from biasamp.text import training_text
 
@@ -38,6 +38,14 @@ def measure(repeats: int) -> list[dict]:
             ppl[bs] = perplexities(lm, tok, texts, MAX_TOKENS, bs)
             times[bs].append((time.perf_counter() - t) / len(texts))
     diff = float(np.max(np.abs(ppl[BATCH] / ppl[1] - 1)))
-    return [{"figure": f"perplexity, SmolLM2-135M, full articles to {MAX_TOKENS} tokens", "unit": "s per article",
-             "ours": name[ours], "baseline": name[other], "ours_s": times[ours], "baseline_s": times[other],
-             "check": f"max relative difference {diff:.0e}"}]
+    return [
+        {
+            "figure": f"perplexity, SmolLM2-135M, full articles to {MAX_TOKENS} tokens",
+            "unit": "s per article",
+            "ours": name[ours],
+            "baseline": name[other],
+            "ours_s": times[ours],
+            "baseline_s": times[other],
+            "check": f"max relative difference {diff:.0e}",
+        }
+    ]

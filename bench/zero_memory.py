@@ -13,15 +13,42 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Con
 # Architectures as published in each model's config.json on the Hugging Face hub.
 MODELS = {
     "gpt2 (paper)": GPT2Config(),
-    "SmolLM2-135M (quickstart)": LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                              num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                                              tie_word_embeddings=True),
-    "Qwen2.5-0.5B": Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                                num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "Llama-3.2-1B": LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                                num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
-    "Qwen2.5-1.5B": Qwen2Config(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                                num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "SmolLM2-135M (quickstart)": LlamaConfig(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
+    "Qwen2.5-0.5B": Qwen2Config(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "Llama-3.2-1B": LlamaConfig(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+    ),
+    "Qwen2.5-1.5B": Qwen2Config(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -33,7 +60,9 @@ def main():
         params = sum(p.numel() for p in model.parameters())  # tied embeddings counted once
         layers = getattr(config, "num_hidden_layers", None) or config.n_layer
         width = getattr(config, "hidden_size", None) or config.n_embd
-        per_gpu = [estimate_zero2_model_states_mem_needs(params, n, 1, cpu_offload=False)[1] / 2**30 for n in (1, 2, 4, 8)]
+        per_gpu = [
+            estimate_zero2_model_states_mem_needs(params, n, 1, cpu_offload=False)[1] / 2**30 for n in (1, 2, 4, 8)
+        ]
         print(f"{name:28}{params / 1e9:7.2f}B{layers * width:13,}" + "".join(f"{g:8.1f}G" for g in per_gpu))
 
 

@@ -119,8 +119,9 @@ def own_output_dir(out: Path, log=print):
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "?"
-            raise ValueError(f"{out} is in use by another biasamp process (pid {holder}); wait for it, "
-                             "or use another --out") from None
+            raise ValueError(
+                f"{out} is in use by another biasamp process (pid {holder}); wait for it, or use another --out"
+            ) from None
         fh.truncate(0)
         fh.write(str(os.getpid()))
         fh.flush()
@@ -209,7 +210,9 @@ def read_manifest(out: Path) -> dict | None:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
-        raise ValueError(f"{path}: not JSON (damaged? it is the study's record: restore it, or use another --out)") from None
+        raise ValueError(
+            f"{path}: not JSON (damaged? it is the study's record: restore it, or use another --out)"
+        ) from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
         raise ValueError(f"{path}: no 'config' key: not a biasamp manifest")
     return manifest
@@ -229,8 +232,10 @@ def claim_output_dir(cfg: StudyConfig, out: Path, record: bool = True) -> None:
         if old_hash != cfg.science_hash():
             old_flat, new_flat = dict(_flat(old.get("config", {}))), dict(_flat(config))
             changed = sorted(
-                k for k in old_flat.keys() | new_flat.keys()
-                if old_flat.get(k) != new_flat.get(k) and k.split(".")[0] not in HASH_EXCLUDES
+                k
+                for k in old_flat.keys() | new_flat.keys()
+                if old_flat.get(k) != new_flat.get(k)
+                and k.split(".")[0] not in HASH_EXCLUDES
                 and not (k.startswith("corpora.") and k.endswith(".source"))
             )
             raise ValueError(

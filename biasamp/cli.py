@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from biasamp.config import ClassifierConfig, CorpusConfig, ModelConfig, StudyConfig, load_config
+from biasamp.config import ClassifierConfig, CorpusConfig, StudyConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Bias-amplification studies of self-consuming LMs.")
 data_app = typer.Typer(no_args_is_help=True, help="Study corpora.")
 app.add_typer(data_app, name="data")
-classifier_app = typer.Typer(no_args_is_help=True, help="The offline leaning classifier (TF-IDF + logistic regression) and its calibration.")
+classifier_app = typer.Typer(
+    no_args_is_help=True, help="The offline leaning classifier (TF-IDF + logistic regression) and its calibration."
+)
 app.add_typer(classifier_app, name="classifier")
 quality_app = typer.Typer(no_args_is_help=True, help="The offline text-quality proxy (levels 0-3).")
 app.add_typer(quality_app, name="quality")
@@ -67,10 +69,18 @@ def _load(config: Path, overrides: list[str], out: Optional[Path] = None) -> Stu
 def validate(
     config: Path,
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-    show: bool = typer.Option(False, "--show", help="Print the resolved config (defaults filled, arms inherited) as YAML."),
-    out: Optional[Path] = typer.Option(None, help="The output folder it would run into (default: the config's out_dir)."),
-    config_only: bool = typer.Option(False, "--config-only", help="Check the config alone, not the world: for a study "
-                                     "that runs elsewhere (ray_jobs/submit.sh), whose paths and models live there."),
+    show: bool = typer.Option(
+        False, "--show", help="Print the resolved config (defaults filled, arms inherited) as YAML."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, help="The output folder it would run into (default: the config's out_dir)."
+    ),
+    config_only: bool = typer.Option(
+        False,
+        "--config-only",
+        help="Check the config alone, not the world: for a study "
+        "that runs elsewhere (ray_jobs/submit.sh), whose paths and models live there.",
+    ),
 ):
     """Check a study config without running it: the config, and what `run` needs from the world
     (output folder, corpora, model and its limits, instruments, this machine's CPUs/GPUs)."""
@@ -122,13 +132,17 @@ def _closing_lines(cfg: StudyConfig, per_arm) -> None:
     c = cfg.scoring.classifier
     for r in per_arm.sort_values("generation").groupby("arm").tail(1).itertuples():
         # A prevalence whose CI spans most of [0, 1] says nothing: it is not printed (it stays in the table).
-        prev = (f", prevalence ({c.prevalence}) {r.prev_right:.1%} [{r.prev_right_lo:.1%}, {r.prev_right_hi:.1%}]"
-                if np.isfinite(r.prev_right) and r.prev_right_hi - r.prev_right_lo < MAX_PRINTED_CI else "")
-        typer.echo(f"[{r.arm}] G{r.generation}: right (argmax) {r.share_right:.1%} [{r.share_right_lo:.1%}, "
-                   f"{r.share_right_hi:.1%}] (degradation alone: {r.null_share_right:.1%}), lean index "
-                   f"{r.lean_index:+.3f} [{r.lean_index_lo:+.3f}, {r.lean_index_hi:+.3f}] (degradation alone: "
-                   f"{r.null_lean_index:+.3f}){prev}, "
-                   + ", ".join(f"{m} {getattr(r, f'{m}_mean'):.2f}" for m in MEASURES))
+        prev = (
+            f", prevalence ({c.prevalence}) {r.prev_right:.1%} [{r.prev_right_lo:.1%}, {r.prev_right_hi:.1%}]"
+            if np.isfinite(r.prev_right) and r.prev_right_hi - r.prev_right_lo < MAX_PRINTED_CI
+            else ""
+        )
+        typer.echo(
+            f"[{r.arm}] G{r.generation}: right (argmax) {r.share_right:.1%} [{r.share_right_lo:.1%}, "
+            f"{r.share_right_hi:.1%}] (degradation alone: {r.null_share_right:.1%}), lean index "
+            f"{r.lean_index:+.3f} [{r.lean_index_lo:+.3f}, {r.lean_index_hi:+.3f}] (degradation alone: "
+            f"{r.null_lean_index:+.3f}){prev}, " + ", ".join(f"{m} {getattr(r, f'{m}_mean'):.2f}" for m in MEASURES)
+        )
     typer.echo(f"summaries -> {cfg.output_dir / 'summary.parquet'}, {cfg.output_dir / 'summary_arms.parquet'}")
 
 
@@ -155,13 +169,14 @@ def data_prepare(
 ):
     """Draw a stratified study corpus from an AllSides-labelled source."""
 
-    from biasamp.tables import write_parquet
     from biasamp.corpus import read_source, sample_corpus, write_jsonl_gz
+    from biasamp.tables import write_parquet
 
     with user_errors():
         span = tuple(int(y) for y in years.split("-")) if years else None
-        cfg = CorpusConfig(source=source, per_label=_per_label(per_label, center_only), years=span,
-                           max_words=max_words, seed=seed)
+        cfg = CorpusConfig(
+            source=source, per_label=_per_label(per_label, center_only), years=span, max_words=max_words, seed=seed
+        )
         corpus = sample_corpus(read_source(source), cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.name.endswith(".jsonl.gz"):
@@ -186,8 +201,9 @@ def score(
     _closing_lines(cfg, per_arm)
 
 
-def _classifier_config(kind: str, model: str, labels: str | None, max_tokens: int, calibration: str = "",
-                       method: str = "pcc") -> ClassifierConfig:
+def _classifier_config(
+    kind: str, model: str, labels: str | None, max_tokens: int, calibration: str = "", method: str = "pcc"
+) -> ClassifierConfig:
     """The classifier the flags describe; a bad value is named by its flag."""
     from pydantic import ValidationError
 
@@ -195,8 +211,14 @@ def _classifier_config(kind: str, model: str, labels: str | None, max_tokens: in
     if any(len(p) != 2 for p in pairs):
         raise ValueError(f"--labels: expected MODEL_LABEL=left|center|right,..., got '{labels}'")
     try:
-        return ClassifierConfig(kind=kind, name=model, labels=dict(pairs) if pairs else ClassifierConfig().labels,
-                                max_tokens=max_tokens, calibration=calibration, prevalence=method)
+        return ClassifierConfig(
+            kind=kind,
+            name=model,
+            labels=dict(pairs) if pairs else ClassifierConfig().labels,
+            max_tokens=max_tokens,
+            calibration=calibration,
+            prevalence=method,
+        )
     except ValidationError as e:
         err = e.errors()[0]
         key = str(err["loc"][0]) if err["loc"] else "labels"
@@ -206,19 +228,36 @@ def _classifier_config(kind: str, model: str, labels: str | None, max_tokens: in
 
 @app.command()
 def classify(
-    input: Path = typer.Argument(..., help="Articles: JSONL[.gz], JSON, CSV or Parquet with a text column (title, article_id optional)."),
+    input: Path = typer.Argument(
+        ..., help="Articles: JSONL[.gz], JSON, CSV or Parquet with a text column (title, article_id optional)."
+    ),
     out: Path = typer.Option(..., help="Output .parquet: the input's columns + p_left, p_center, p_right, label."),
-    summary: Optional[Path] = typer.Option(None, help="Also write the file's label shares here (JSON): argmax shares and "
-                                                      "the confusion-corrected prevalence with 95% CIs."),
+    summary: Optional[Path] = typer.Option(
+        None,
+        help="Also write the file's label shares here (JSON): argmax shares and "
+        "the confusion-corrected prevalence with 95% CIs.",
+    ),
     kind: str = typer.Option("offline", help="offline: the project's TF-IDF classifier; hf: any sequence classifier."),
-    model: str = typer.Option("", help="Model file (offline) or hub id / local folder (hf); empty: the kind's default "
-                                       "(the shipped model; the authors' RoBERTa)."),
-    labels: Optional[str] = typer.Option(None, help="--kind hf: model label map, e.g. LABEL_0=right,LABEL_1=left,LABEL_2=center "
-                                                    "(default: the authors' classifier's)."),
-    calibration: str = typer.Option("", help="Calibration table for --summary's prevalence (default: the offline "
-                                             "model's own; `biasamp classifier eval --kind hf` makes one)."),
-    method: str = typer.Option("pcc", help="Prevalence method: pcc (mean probabilities), cc (argmax counts), or "
-                                           "the same corrected for the confusion: pacc, acc."),
+    model: str = typer.Option(
+        "",
+        help="Model file (offline) or hub id / local folder (hf); empty: the kind's default "
+        "(the shipped model; the authors' RoBERTa).",
+    ),
+    labels: Optional[str] = typer.Option(
+        None,
+        help="--kind hf: model label map, e.g. LABEL_0=right,LABEL_1=left,LABEL_2=center "
+        "(default: the authors' classifier's).",
+    ),
+    calibration: str = typer.Option(
+        "",
+        help="Calibration table for --summary's prevalence (default: the offline "
+        "model's own; `biasamp classifier eval --kind hf` makes one).",
+    ),
+    method: str = typer.Option(
+        "pcc",
+        help="Prevalence method: pcc (mean probabilities), cc (argmax counts), or "
+        "the same corrected for the confusion: pacc, acc.",
+    ),
     max_tokens: int = typer.Option(500, min=8, help="--kind hf: input length."),
     batch_size: int = typer.Option(16, min=1),
     bootstrap: int = typer.Option(1000, min=10, help="Resamples for the prevalence CIs."),
@@ -232,9 +271,16 @@ def classify(
         result = classify_file(input, out, cfg, summary, batch_size, bootstrap)
     typer.echo(f"{len(result.scores)} articles {result.scores['label'].value_counts().to_dict()} -> {out}")
     if result.shares is not None:
-        typer.echo("prevalence (" + method + "): " + ", ".join(
-            f"{lab} {v['estimate']:.1%} [{v['lo']:.1%}, {v['hi']:.1%}]" for lab, v in result.shares["prevalence"].items())
-            + f" -> {summary}")
+        typer.echo(
+            "prevalence ("
+            + method
+            + "): "
+            + ", ".join(
+                f"{lab} {v['estimate']:.1%} [{v['lo']:.1%}, {v['hi']:.1%}]"
+                for lab, v in result.shares["prevalence"].items()
+            )
+            + f" -> {summary}"
+        )
 
 
 ABP_DIR = Path("../shared/data/article-bias-prediction")
@@ -243,9 +289,14 @@ EXCLUDE_HELP = "Study configs whose corpus articles are kept out (the bundled sl
 
 @classifier_app.command("train")
 def classifier_train(
-    data: Path = typer.Option(ABP_DIR, help="Article-Bias-Prediction folder (or any corpus biasamp reads, with outlets)."),
-    out: Path = typer.Option(Path("biasamp/data/leaning_tfidf.npz"), help="Where the model goes (the shipped one by "
-                             "default); its calibration table goes beside it (NAME.calibration.parquet)."),
+    data: Path = typer.Option(
+        ABP_DIR, help="Article-Bias-Prediction folder (or any corpus biasamp reads, with outlets)."
+    ),
+    out: Path = typer.Option(
+        Path("biasamp/data/leaning_tfidf.npz"),
+        help="Where the model goes (the shipped one by "
+        "default); its calibration table goes beside it (NAME.calibration.parquet).",
+    ),
     exclude_study: list[Path] = typer.Option([Path("configs/paper.yaml")], help=EXCLUDE_HELP),
     seed: int = typer.Option(0, help="Which articles of an outlet over the per-outlet cap are used."),
 ):
@@ -255,72 +306,88 @@ def classifier_train(
     with user_errors():
         model, cal = train(data, study_article_ids(exclude_study), seed, log=typer.echo)
     write_model(model, cal, out)
-    typer.echo(f"model ({len(model.vocabulary)} features) -> {out}; calibration ({len(cal)} outlets x labels) -> "
-               f"{calibration_path(out)}")
+    typer.echo(
+        f"model ({len(model.vocabulary)} features) -> {out}; calibration ({len(cal)} outlets x labels) -> "
+        f"{calibration_path(out)}"
+    )
 
 
 @classifier_app.command("eval")
 def classifier_eval(
     data: Path = typer.Option(ABP_DIR, help="Article-Bias-Prediction folder."),
     exclude_study: list[Path] = typer.Option([Path("configs/paper.yaml")], help=EXCLUDE_HELP),
-    kind: str = typer.Option("offline", help="hf: also score a sequence classifier (--model) as it is, and make its "
-                                             "calibration table (--calibration-out)."),
+    kind: str = typer.Option(
+        "offline",
+        help="hf: also score a sequence classifier (--model) as it is, and make its "
+        "calibration table (--calibration-out).",
+    ),
     model: str = typer.Option("", help="--kind hf: hub id or local folder (default: the authors' RoBERTa)."),
     labels: Optional[str] = typer.Option(None, help="--kind hf: model label map (default: the authors' classifier's)."),
     max_tokens: int = typer.Option(500, min=8, help="--kind hf: input length."),
     calibration_out: Optional[Path] = typer.Option(None, help="--kind hf: write its calibration table here."),
     repeats: int = typer.Option(5, min=1, help="Benchmark corpora per known mix and fold."),
-    out: Optional[Path] = typer.Option(None, help="Also write the full report (JSON) here, and the benchmark rows beside it."),
+    out: Optional[Path] = typer.Option(
+        None, help="Also write the full report (JSON) here, and the benchmark rows beside it."
+    ),
 ):
     """Leave-outlets-out evaluation (every outlet held out once) of the shipped recipe beside a plain
     TF-IDF baseline, fitted in the same run: article macro-F1, and the error of corpus label shares
     on corpora of held-out outlets with known mixes, per prevalence method."""
-    from biasamp.artifacts import write_json
-    from biasamp.instruments import load_classifier
-    from biasamp.instruments.leaning import evaluate, study_article_ids
-    from biasamp.instruments.prevalence import calibration_table
-    from biasamp.tables import write_parquet
+    from biasamp.study import evaluate_classifier
 
     with user_errors():
         if kind not in ("offline", "hf"):
             raise ValueError(f"--kind: '{kind}' is not offline or hf")
-        extra = {}
-        if kind == "hf":
-            cfg = _classifier_config("hf", model, labels, max_tokens)
-            extra[cfg.name] = load_classifier(cfg.kind, cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
-        elif calibration_out is not None:
+        if kind != "hf" and calibration_out is not None:
             raise ValueError("--calibration-out: only with --kind hf (the offline model's comes from classifier train)")
-        report, bench, probs, pool = evaluate(data, study_article_ids(exclude_study), extra, repeats, log=typer.echo)
-    typer.echo(f"{report['pool_articles']} articles of {report['outlets']} outlets, each outlet held out once "
-               f"({report['folds']} folds)")
-    typer.echo(f"{'article level':30}{'macro-F1':>9}" + "".join(f"{'F1 ' + lab:>10}" for lab in ("left", "center", "right")))
-    for name, r in report["articles"].items():
-        typer.echo(f"{name:30}{r['macro_f1']:9.3f}" + "".join(f"{r['per_class'][lab]['f1']:10.3f}"
-                                                           for lab in ("left", "center", "right")))
-    typer.echo(f"{'corpus shares':30}{'method':>7}{'corpora':>8}{'MAE':>7}{'max err':>8}{'95% CI covers':>14}"
-               f"{'CI width':>9}{'slope':>7}{'r':>6}")
-    for r in report["prevalence"]:
-        typer.echo(f"{r['classifier']:30}{r['method']:>7}{r['corpora']:8d}{r['mae']:7.3f}{r['max_error']:8.3f}"
-                   f"{r['coverage']:14.1%}{r['ci_width']:9.3f}{r['slope']:7.2f}{r['r']:6.2f}")
-    if out is not None:
-        write_json(report, out)
-        write_parquet(bench, out.with_suffix(".prevalence.parquet"))
-    if calibration_out is not None:
-        cal = calibration_table(probs[cfg.name], pool["source_label"], pool["outlet"])
-        write_parquet(cal, calibration_out)
+        cfg = _classifier_config("hf", model, labels, max_tokens) if kind == "hf" else None
+        report, cal = evaluate_classifier(data, exclude_study, cfg, repeats, out, calibration_out, log=typer.echo)
+    _evaluation_lines(report)
+    if cal is not None:
         typer.echo(f"calibration of {cfg.name} ({len(cal)} outlets x labels) -> {calibration_out}")
+
+
+def _evaluation_lines(report: dict) -> None:
+    typer.echo(
+        f"{report['pool_articles']} articles of {report['outlets']} outlets, each outlet held out once "
+        f"({report['folds']} folds)"
+    )
+    typer.echo(
+        f"{'article level':30}{'macro-F1':>9}" + "".join(f"{'F1 ' + lab:>10}" for lab in ("left", "center", "right"))
+    )
+    for name, r in report["articles"].items():
+        typer.echo(
+            f"{name:30}{r['macro_f1']:9.3f}"
+            + "".join(f"{r['per_class'][lab]['f1']:10.3f}" for lab in ("left", "center", "right"))
+        )
+    typer.echo(
+        f"{'corpus shares':30}{'method':>7}{'corpora':>8}{'MAE':>7}{'max err':>8}{'95% CI covers':>14}"
+        f"{'CI width':>9}{'slope':>7}{'r':>6}"
+    )
+    for r in report["prevalence"]:
+        typer.echo(
+            f"{r['classifier']:30}{r['method']:>7}{r['corpora']:8d}{r['mae']:7.3f}{r['max_error']:8.3f}"
+            f"{r['coverage']:14.1%}{r['ci_width']:9.3f}{r['slope']:7.2f}{r['r']:6.2f}"
+        )
 
 
 @classifier_app.command("check")
 def classifier_check(
-    kind: str = typer.Option("offline", help="offline: the project's classifier; hf: any sequence classifier; "
-                                             "tiny_random: the tests' stand-in."),
-    model: str = typer.Option("", help="Model file (offline) or hub id / local folder (hf); empty: the kind's default."),
+    kind: str = typer.Option(
+        "offline",
+        help="offline: the project's classifier; hf: any sequence classifier; tiny_random: the tests' stand-in.",
+    ),
+    model: str = typer.Option(
+        "", help="Model file (offline) or hub id / local folder (hf); empty: the kind's default."
+    ),
     labels: Optional[str] = typer.Option(None, help="--kind hf: model label map (default: the authors' classifier's)."),
     max_tokens: int = typer.Option(500, min=8, help="--kind hf: input length."),
-    articles: Optional[Path] = typer.Option(None, help="Labelled articles (any corpus biasamp reads, with "
-                                            "bias/source_label). Default: --data's articles of outlets the shipped "
-                                            "model never saw."),
+    articles: Optional[Path] = typer.Option(
+        None,
+        help="Labelled articles (any corpus biasamp reads, with "
+        "bias/source_label). Default: --data's articles of outlets the shipped "
+        "model never saw.",
+    ),
     data: Path = typer.Option(ABP_DIR, help="Article-Bias-Prediction folder, for the default articles."),
     per_label: int = typer.Option(300, min=10, help="Articles per label at most."),
     seed: int = typer.Option(0, help="Which articles the default draw takes, and the bootstrap."),
@@ -328,7 +395,9 @@ def classifier_check(
     calibration: str = typer.Option("", help="Calibration table for pacc/acc (default: the offline model's own)."),
     bootstrap: int = typer.Option(1000, min=10, help="Paired bootstrap resamples for the shifts' CIs."),
     batch_size: int = typer.Option(16, min=1),
-    out: Optional[Path] = typer.Option(None, help="Also write the table (Markdown) here, and its rows beside it (.parquet)."),
+    out: Optional[Path] = typer.Option(
+        None, help="Also write the table (Markdown) here, and its rows beside it (.parquet)."
+    ),
 ):
     """Does the leaning instrument read text degradation as a leaning? Reads labelled articles intact
     and shortened, looped, shuffled, padded with repeated phrases and with gibberish, and prints the
@@ -344,8 +413,12 @@ def classifier_check(
 @quality_app.command("train")
 def quality_train(
     data: Path = typer.Option(ABP_DIR, help="Article-Bias-Prediction folder (or any corpus biasamp reads)."),
-    out: Path = typer.Option(Path("biasamp/data/quality_proxy.npz"), help="Where the proxy goes (the shipped one by default)."),
-    exclude_study: list[Path] = typer.Option([Path("configs/paper.yaml")], help="Study configs whose corpus articles are not used."),
+    out: Path = typer.Option(
+        Path("biasamp/data/quality_proxy.npz"), help="Where the proxy goes (the shipped one by default)."
+    ),
+    exclude_study: list[Path] = typer.Option(
+        [Path("configs/paper.yaml")], help="Study configs whose corpus articles are not used."
+    ),
     seed: int = typer.Option(0),
 ):
     """Count the word LM and fit the level model on controlled corruptions of real sentences."""
@@ -373,12 +446,17 @@ def quality_eval(
 
     with user_errors():
         result = evaluate(QualityProxy.load(proxy), data, study_article_ids(exclude_study), seed)
-    typer.echo(f"{result['sentences']} held-out sentences; AUC of adjacent levels: "
-               + ", ".join(f"{k}: {v:.3f}" for k, v in result["auc_adjacent"].items()))
-    typer.echo("mean expected level by true level: "
-               + ", ".join(f"{k}: {v:.2f}" for k, v in result["mean_expected_level"].items()))
-    typer.echo("article TQI (200 held-out articles): "
-               + ", ".join(f"{k} {v:.2f}" for k, v in result["article_tqi"].items()))
+    typer.echo(
+        f"{result['sentences']} held-out sentences; AUC of adjacent levels: "
+        + ", ".join(f"{k}: {v:.3f}" for k, v in result["auc_adjacent"].items())
+    )
+    typer.echo(
+        "mean expected level by true level: "
+        + ", ".join(f"{k}: {v:.2f}" for k, v in result["mean_expected_level"].items())
+    )
+    typer.echo(
+        "article TQI (200 held-out articles): " + ", ".join(f"{k} {v:.2f}" for k, v in result["article_tqi"].items())
+    )
     if out is not None:
         write_json(result, out)
 
@@ -390,8 +468,8 @@ def import_paper_cmd(
     bootstrap: int = typer.Option(1000, min=10),
 ):
     """The authors' released per-article numbers as biasamp scores and summary tables."""
-    from biasamp.tables import write_parquet
     from biasamp.stages.summarize import import_paper, write_summaries
+    from biasamp.tables import write_parquet
 
     with user_errors():
         scores, warnings = import_paper(folder)
@@ -408,16 +486,22 @@ def import_paper_cmd(
 
 @app.command()
 def analyze(
-    study_dir: Path = typer.Argument(..., help="A study's output folder, or an `import-paper` folder (contrasts only)."),
+    study_dir: Path = typer.Argument(
+        ..., help="A study's output folder, or an `import-paper` folder (contrasts only)."
+    ),
     summary: Optional[Path] = typer.Option(None, help="Summary table (default: STUDY_DIR/summary.parquet)."),
     targets: str = typer.Option("share_right,tqi_mean", help="Summary columns to explain, comma-separated."),
-    mode: str = typer.Option("within", help="within: first differences inside each trajectory (calibrated); "
-                                            "paper: the authors' pooled levels, as they ran it."),
+    mode: str = typer.Option(
+        "within",
+        help="within: first differences inside each trajectory (calibrated); "
+        "paper: the authors' pooled levels, as they ran it.",
+    ),
     maxlags: int = typer.Option(1, min=0, help="Newey-West lags."),
     alpha: float = typer.Option(0.05, min=0.0, max=1.0, help="Significance level (BH q; raw p in paper mode)."),
     null_draws: int = typer.Option(10, min=0, help="Surrogate-null repetitions for the expected false discoveries."),
-    baseline: Optional[str] = typer.Option(None, help="Arm that contrasts subtract (default: the config's "
-                                                      "analysis.baseline_arm, else its first arm)."),
+    baseline: Optional[str] = typer.Option(
+        None, help="Arm that contrasts subtract (default: the config's analysis.baseline_arm, else its first arm)."
+    ),
     bootstrap: int = typer.Option(1000, min=10, help="Bootstrap resamples for the arm contrasts and trends."),
 ):
     """Neuron tests (per-neuron OLS with a surrogate-null diagnostic) and arm contrasts with CIs."""
@@ -425,41 +509,69 @@ def analyze(
 
     from biasamp.study import analyze_study
 
+    if mode not in ("within", "paper"):
+        raise typer.BadParameter("within or paper", param_hint="--mode")
     with user_errors():
-        result = analyze_study(study_dir, summary, [t.strip() for t in targets.split(",")], mode, maxlags, alpha,
-                               null_draws, baseline, bootstrap, log=typer.echo)
+        result = analyze_study(
+            study_dir,
+            summary,
+            [t.strip() for t in targets.split(",")],
+            mode,
+            maxlags,
+            alpha,
+            null_draws,
+            baseline,
+            bootstrap,
+            log=typer.echo,
+        )
     for w in result.warnings:
         typer.secho(f"warning: {w}", err=True, fg="yellow")
     if result.neuron_counts is not None:
-        typer.echo(f"neuron tests ({mode} mode, {result.neuron_file.name}): significant / neurons, and the count "
-                   f"expected under the null ({null_draws} surrogate draws)")
+        typer.echo(
+            f"neuron tests ({mode} mode, {result.neuron_file.name}): significant / neurons, and the count "
+            f"expected under the null ({null_draws} surrogate draws)"
+        )
         for r in result.neuron_counts.itertuples():
-            expected = "" if pd.isna(r.null_expected_significant) else \
-                f"   null expects {r.null_expected_significant:.1f} (max {int(r.null_max_significant)})"
-            typer.echo(f"  {r.neurons:28} {r.target:14} {r.significant:7d} / {r.of}{expected}"
-                       f"   [{r.n_obs} obs, {r.n_trajectories} trajectories]")
+            expected = (
+                ""
+                if pd.isna(r.null_expected_significant)
+                else f"   null expects {r.null_expected_significant:.1f} (max {int(r.null_max_significant)})"
+            )
+            typer.echo(
+                f"  {r.neurons:28} {r.target:14} {r.significant:7d} / {r.of}{expected}"
+                f"   [{r.n_obs} obs, {r.n_trajectories} trajectories]"
+            )
     if result.contrasts is not None:
         _contrast_lines(result.contrasts, study_dir)
 
 
 def _contrast_lines(contrasts, study_dir: Path) -> None:
     last = contrasts.sort_values(["study", "arm", "target", "generation"]).groupby(["study", "arm", "target"]).tail(1)
-    for r in last[last["target"].isin(["share_right", "lean_index", "lean_index_beyond_null", "tqi_mean"])].itertuples():
+    for r in last[
+        last["target"].isin(["share_right", "lean_index", "lean_index_beyond_null", "tqi_mean"])
+    ].itertuples():
         ci = "" if r.seed_variation_in_ci else "  (one seed: articles only)"
         p = "p<0.0001" if r.p < 1e-4 else f"p={r.p:.2g}"
-        typer.echo(f"  {r.study}: {r.arm} - {r.baseline} at G{r.generation}, {r.target}: {r.estimate:+.3f} "
-                   f"[{r.lo:+.3f}, {r.hi:+.3f}] {p}{ci}")
+        typer.echo(
+            f"  {r.study}: {r.arm} - {r.baseline} at G{r.generation}, {r.target}: {r.estimate:+.3f} "
+            f"[{r.lo:+.3f}, {r.hi:+.3f}] {p}{ci}"
+        )
     typer.echo(f"arm contrasts -> {study_dir / 'arm_contrasts.parquet'}, trends -> {study_dir / 'arm_trends.parquet'}")
 
 
 @app.command()
 def report(
-    study_dirs: list[Path] = typer.Argument(..., help="Study folders (several share the axes), or import-paper folders."),
+    study_dirs: list[Path] = typer.Argument(
+        ..., help="Study folders (several share the axes), or import-paper folders."
+    ),
     out: Path = typer.Option(..., help="Report folder: index.html, each figure as PNG and SVG, wandb_report.json."),
-    paper: Optional[Path] = typer.Option(None, help="An `import-paper` folder: the authors' curves, dashed, on our axes."),
+    paper: Optional[Path] = typer.Option(
+        None, help="An `import-paper` folder: the authors' curves, dashed, on our axes."
+    ),
     simulation: Optional[Path] = typer.Option(None, help="A `biasamp simulate` folder whose figures to include."),
-    wandb: Optional[str] = typer.Option(None, help="ENTITY/PROJECT: also publish a W&B Report (network, API key and "
-                                                   "the wandb-workspaces package)."),
+    wandb: Optional[str] = typer.Option(
+        None, help="ENTITY/PROJECT: also publish a W&B Report (network, API key and the wandb-workspaces package)."
+    ),
 ):
     """Figures and one self-contained HTML page from a study's tables (and a W&B Report spec)."""
     from biasamp.study import report_study
@@ -480,8 +592,9 @@ def simulate(
     seed: int = typer.Option(0),
 ):
     """The paper's appendix: weighted MLE vs plain MLE of Beta fits over generations."""
+    from biasamp.simulate import plot
+    from biasamp.simulate import simulate as run_simulation
     from biasamp.tables import write_parquet
-    from biasamp.simulate import plot, simulate as run_simulation
 
     df = run_simulation(generations=generations, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -489,8 +602,10 @@ def simulate(
     for method in ("wmle", "mle"):
         plot(df, method, out / f"simulation_{method}.png")
     last = df[df["generation"] == generations - 1].set_index("method")["mean"]
-    typer.echo(f"mean after G{generations - 1}: WMLE {last['wmle']:.3f}, MLE {last['mle']:.3f} "
-               f"(pretrained {df['mean'].iloc[0]:.3f}, data 0.500) -> {out}")
+    typer.echo(
+        f"mean after G{generations - 1}: WMLE {last['wmle']:.3f}, MLE {last['mle']:.3f} "
+        f"(pretrained {df['mean'].iloc[0]:.3f}, data 0.500) -> {out}"
+    )
 
 
 def cli() -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from pathlib import Path
 import typing
+from pathlib import Path
 from typing import Literal
 
 import yaml
@@ -60,7 +60,8 @@ class CorpusConfig(_Frozen):
     # "hf:<dataset id or dir>" for a `datasets` dataset, or "bundled" for the slice in biasamp/data.
     source: str = "bundled"
     per_label: dict[Label, typing.Annotated[int, Field(le=10_000_000)]] = Field(
-        default_factory=lambda: {"left": 506, "center": 506, "right": 506})
+        default_factory=lambda: {"left": 506, "center": 506, "right": 506}
+    )
     years: tuple[int, int] | None = None
     max_words: int | None = Field(None, gt=0)
     seed: int = 0
@@ -152,8 +153,10 @@ class Kinded(_Frozen):
         if not isinstance(value, dict):
             return value
         if value["kind"] not in cls.KINDS:
-            raise ValueError(f"Input tag '{value['kind']}' found using 'kind' does not match any of the expected "
-                             f"tags: {', '.join(map(repr, cls.KINDS))}")
+            raise ValueError(
+                f"Input tag '{value['kind']}' found using 'kind' does not match any of the expected "
+                f"tags: {', '.join(map(repr, cls.KINDS))}"
+            )
         return cls.KINDS[value["kind"]].model_validate(value)
 
 
@@ -213,7 +216,10 @@ class ArmConfig(_Frozen):
         if not isinstance(raw, dict):
             return raw
         settings = {k: raw[k] for k in Mix.settings() if k in raw}
-        return {**{k: v for k, v in raw.items() if k not in settings}, "mix": Mix.parse(raw.get("mix", Mix.DEFAULT), settings)}
+        return {
+            **{k: v for k, v in raw.items() if k not in settings},
+            "mix": Mix.parse(raw.get("mix", Mix.DEFAULT), settings),
+        }
 
     _mix_kind = field_validator("mix", mode="before")(lambda cls, v: Mix.validated(v))
 
@@ -263,8 +269,10 @@ class GenerationConfig(_Frozen):
         if not isinstance(raw, dict):
             return raw
         settings = {k: raw[k] for k in GenerationBackend.settings() if k in raw}
-        return {**{k: v for k, v in raw.items() if k not in settings},
-                "backend": GenerationBackend.parse(raw.get("backend", GenerationBackend.DEFAULT), settings)}
+        return {
+            **{k: v for k, v in raw.items() if k not in settings},
+            "backend": GenerationBackend.parse(raw.get("backend", GenerationBackend.DEFAULT), settings),
+        }
 
     _backend_kind = field_validator("backend", mode="before")(lambda cls, v: GenerationBackend.validated(v))
 
@@ -308,7 +316,9 @@ class ClassifierConfig(_Frozen):
     # for tests only (its outputs mean nothing).
     kind: Literal["offline", "hf", "tiny_random"] = "offline"
     name: str = ""  # empty: 'bundled' for offline, the authors' classifier for hf
-    labels: dict[str, Label] = Field(default_factory=lambda: {"LABEL_0": "right", "LABEL_1": "left", "LABEL_2": "center"})
+    labels: dict[str, Label] = Field(
+        default_factory=lambda: {"LABEL_0": "right", "LABEL_1": "left", "LABEL_2": "center"}
+    )
     max_tokens: int = Field(500, ge=8)  # the authors truncate to 500 tokens
     # Corpus label shares corrected for this classifier's confusion (biasamp.instruments.prevalence):
     # the calibration table of out-of-fold outputs; empty: the one beside an offline model, none for
@@ -426,8 +436,12 @@ class StudyConfig(_Frozen):
                 arms[name] = arm
             raw["arms"] = arms
         analysis = raw.get("analysis")  # the baseline arm, resolved here: the manifest stores arms sorted
-        if isinstance(raw.get("arms"), dict) and raw["arms"] and (analysis is None or isinstance(analysis, dict)) \
-                and (analysis or {}).get("baseline_arm") is None:
+        if (
+            isinstance(raw.get("arms"), dict)
+            and raw["arms"]
+            and (analysis is None or isinstance(analysis, dict))
+            and (analysis or {}).get("baseline_arm") is None
+        ):
             raw["analysis"] = {**(analysis or {}), "baseline_arm": next(iter(raw["arms"]))}
         neurons = raw.get("neurons")
         if isinstance(base, dict) and "max_length" in base and (neurons is None or isinstance(neurons, dict)):
@@ -444,12 +458,16 @@ class StudyConfig(_Frozen):
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"arms.{name}: arm names are letters, digits, '_' and '-'")
             if arm.mix.reads_scores and not self.scoring.enabled:
-                raise ValueError(f"arms.{name}.mix: {arm.mix.kind} reads the classifier's scores of D_(g-1); "
-                                 "it needs scoring.enabled: true")
+                raise ValueError(
+                    f"arms.{name}.mix: {arm.mix.kind} reads the classifier's scores of D_(g-1); "
+                    "it needs scoring.enabled: true"
+                )
             if arm.corpus not in self.corpora:
                 raise ValueError(f"arms.{name}.corpus: '{arm.corpus}' is not in corpora ({', '.join(self.corpora)})")
         if self.analysis.baseline_arm not in self.arms:
-            raise ValueError(f"analysis.baseline_arm: '{self.analysis.baseline_arm}' is not an arm ({', '.join(self.arms)})")
+            raise ValueError(
+                f"analysis.baseline_arm: '{self.analysis.baseline_arm}' is not an arm ({', '.join(self.arms)})"
+            )
         if self.neurons.probe is not None and self.neurons.probe not in self.corpora:
             raise ValueError(f"neurons.probe: '{self.neurons.probe}' is not in corpora ({', '.join(self.corpora)})")
         return self
@@ -464,9 +482,9 @@ class StudyConfig(_Frozen):
         return Path(self.out_dir.format(study=self.study))
 
     def science_hash(self) -> str:
-        """Hash of everything that changes what the trajectories write. Seeds, generations,
-        scoring, resources, logging, the output path and the corpora's source paths are left out, so a study can be extended,
-        rescored with another instrument (`biasamp score`) or moved to more workers."""
+        """Hash of everything that changes what the trajectories write. Seeds, generations, scoring,
+        resources, logging, the output path and the corpora's source paths are left out, so a study
+        can be extended, rescored with another instrument (`biasamp score`) or moved to more workers."""
         # Where a corpus is read from is not science (the drawn articles are: on resume a moved
         # source is drawn again and must give the articles the folder holds, see preflight).
         exclude = {key: True for key in HASH_EXCLUDES} | {"corpora": {"__all__": {"source"}}}
@@ -553,8 +571,11 @@ def from_dict(raw: dict, source: str = "<dict>") -> StudyConfig:
             if err["type"] == "extra_forbidden":
                 known = _known_keys(loc[:-1])
                 close = difflib.get_close_matches(loc[-1], known, n=1)
-                msg = (f"not a setting of this {loc[-2]} kind" if loc[-1] in known
-                       else f"unknown key{f' (did you mean {close[0]!r}?)' if close else ''}")
+                msg = (
+                    f"not a setting of this {loc[-2]} kind"
+                    if loc[-1] in known
+                    else f"unknown key{f' (did you mean {close[0]!r}?)' if close else ''}"
+                )
             # a whole-study check already names its key path ("arms.x.corpus: ...")
             msgs.append(f"{key}: {msg}" if key and not msg.startswith(key) else msg)
         raise ConfigError(f"{source}: " + "; ".join(msgs)) from None

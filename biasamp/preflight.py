@@ -37,8 +37,10 @@ def draw_corpora(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
             continue
         cols = ["article_id", "title", "text", "source_label"]
         if not new[cols].reset_index(drop=True).equals(pd.read_parquet(written, columns=cols)):
-            raise ValueError(f"corpora.{name}.source: {corpus.source} gives other articles than {old_source}, "
-                             f"which this study in {out} was drawn from; use another --out")
+            raise ValueError(
+                f"corpora.{name}.source: {corpus.source} gives other articles than {old_source}, "
+                f"which this study in {out} was drawn from; use another --out"
+            )
     return drawn
 
 
@@ -50,7 +52,11 @@ def _available(load, name: str, key: str):
     try:
         return load(name)
     except (OSError, ValueError) as e:
-        offline = " (HF_HUB_OFFLINE=1: only local folders and the Hugging Face cache)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        offline = (
+            " (HF_HUB_OFFLINE=1: only local folders and the Hugging Face cache)"
+            if os.environ.get("HF_HUB_OFFLINE") == "1"
+            else ""
+        )
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{key}: '{name}' is not available{offline}: {first}") from None
 
@@ -63,7 +69,9 @@ def model_positions(cfg: StudyConfig) -> int:
 
     m = cfg.model
     if m.tokenizer is not None or m.kind != "gguf":
-        _available(lambda _: load_tokenizer(m), m.tokenizer or m.name, "model.tokenizer" if m.tokenizer else "model.name")
+        _available(
+            lambda _: load_tokenizer(m), m.tokenizer or m.name, "model.tokenizer" if m.tokenizer else "model.name"
+        )
     if m.kind == "tiny_gpt2":
         return m.tiny.n_positions
     if m.kind == "gguf":
@@ -86,8 +94,10 @@ def check_lengths(cfg: StudyConfig, positions: int) -> None:
             raise ValueError(f"{key}: {n} tokens, but the model has {positions} positions")
     g = cfg.generation
     if g.block_tokens + g.new_tokens > positions:
-        raise ValueError(f"generation: a prompt of up to block_tokens={g.block_tokens} tokens plus new_tokens="
-                         f"{g.new_tokens} needs {g.block_tokens + g.new_tokens} positions, the model has {positions}")
+        raise ValueError(
+            f"generation: a prompt of up to block_tokens={g.block_tokens} tokens plus new_tokens="
+            f"{g.new_tokens} needs {g.block_tokens + g.new_tokens} positions, the model has {positions}"
+        )
 
 
 def check_instruments(cfg: StudyConfig) -> None:
@@ -96,13 +106,17 @@ def check_instruments(cfg: StudyConfig) -> None:
 
     from biasamp.instruments import leaning, quality
 
-    for key, inst, file_of in (("classifier", cfg.scoring.classifier, leaning.model_file),
-                               ("quality", cfg.scoring.quality, quality.proxy_file)):
+    for key, inst, file_of in (
+        ("classifier", cfg.scoring.classifier, leaning.model_file),
+        ("quality", cfg.scoring.quality, quality.proxy_file),
+    ):
         name = inst.name
         if inst.kind == "offline" and not file_of(name).is_file():
             if name.count("/") == 1 and not name.startswith((".", "/", "~")) and not name.endswith(".npz"):
-                raise ValueError(f"scoring.{key}.name: '{name}' looks like a hub id; kind offline takes "
-                                 f"'bundled' or a file made by `biasamp {key} train` (or set kind: hf)")
+                raise ValueError(
+                    f"scoring.{key}.name: '{name}' looks like a hub id; kind offline takes "
+                    f"'bundled' or a file made by `biasamp {key} train` (or set kind: hf)"
+                )
             raise ValueError(f"scoring.{key}.name: {name}: no such file")
         if inst.kind == "hf":
             _available(AutoConfig.from_pretrained, name, f"scoring.{key}.name")
@@ -145,8 +159,10 @@ def check_resources(cfg: StudyConfig, have: dict) -> None:
         need = sum(b.get(unit, 0) for b in bundles) + workers.get(unit, 0)
         if need > have.get(unit, 0):
             extra = " (with its vLLM engines / DeepSpeed workers)" if len(bundles) > 1 or workers else ""
-            raise ValueError(f"resources.{key}: a trajectory{extra} asks for {need:g} {unit}, this machine has "
-                             f"{have.get(unit, 0):g}; e.g. --set resources.{key}={have.get(unit, 0):g}")
+            raise ValueError(
+                f"resources.{key}: a trajectory{extra} asks for {need:g} {unit}, this machine has "
+                f"{have.get(unit, 0):g}; e.g. --set resources.{key}={have.get(unit, 0):g}"
+            )
 
 
 def trajectory_bundles(cfg: StudyConfig) -> list[dict]:
@@ -154,7 +170,9 @@ def trajectory_bundles(cfg: StudyConfig) -> list[dict]:
     neuron capture, scoring, HF generation), plus one bundle per vLLM engine. DeepSpeed workers are
     gang-scheduled by Ray Train in a placement group of their own, sized by train.deepspeed."""
     res, gen = cfg.resources, cfg.generation
-    bundles = [{"CPU": res.cpus_per_trajectory, **({"GPU": res.gpus_per_trajectory} if res.gpus_per_trajectory else {})}]
+    bundles = [
+        {"CPU": res.cpus_per_trajectory, **({"GPU": res.gpus_per_trajectory} if res.gpus_per_trajectory else {})}
+    ]
     if gen.backend.kind == "vllm":
         gpus = gen.backend.gpus_per_engine
         bundles += [{"CPU": 1, **({"GPU": gpus} if gpus else {})}] * gen.backend.engines
@@ -166,5 +184,7 @@ def deepspeed_workers(cfg: StudyConfig, gpus: bool) -> dict:
     groups = [a.train.deepspeed for a in cfg.arms.values() if a.train.backend == "deepspeed"]
     if not groups:
         return {}
-    return {"CPU": max(d.workers * d.cpus_per_worker for d in groups),
-            "GPU": max(d.workers for d in groups) if gpus else 0}
+    return {
+        "CPU": max(d.workers * d.cpus_per_worker for d in groups),
+        "GPU": max(d.workers for d in groups) if gpus else 0,
+    }

@@ -33,8 +33,14 @@ def fit_beta(x: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, f
     return float(a), float(b)
 
 
-def simulate(generations: int = 10, n_pretrain: int = 100_000, n_data: int = 10_000,
-             pretrain=(3.0, 2.0), data=(2.0, 2.0), seed: int = 0) -> pd.DataFrame:
+def simulate(
+    generations: int = 10,
+    n_pretrain: int = 100_000,
+    n_data: int = 10_000,
+    pretrain=(3.0, 2.0),
+    data=(2.0, 2.0),
+    seed: int = 0,
+) -> pd.DataFrame:
     """Rows (method, generation, alpha, beta, mean); generation -1 is the pretrained fit."""
     rng = np.random.default_rng(seed)
     a0, b0 = fit_beta(rng.beta(*pretrain, size=n_pretrain))
@@ -61,13 +67,20 @@ def plot(df: pd.DataFrame, method: str, path, data=(2.0, 2.0)) -> None:
     grid = np.linspace(0.001, 0.999, 300)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     pre = df[(df["method"] == method) & (df["generation"] == -1)].iloc[0]
-    ax.plot(grid, stats.beta.pdf(grid, pre["alpha"], pre["beta"]), "k-", lw=2, label="pretrained fit (Beta(3,2) sample)")
+    ax.plot(
+        grid, stats.beta.pdf(grid, pre["alpha"], pre["beta"]), "k-", lw=2, label="pretrained fit (Beta(3,2) sample)"
+    )
     ax.plot(grid, stats.beta.pdf(grid, *data), "r--", lw=2, label=f"data: Beta{data}")
     part = df[(df["method"] == method) & (df["generation"] >= 0)]
     cmap = plt.get_cmap("viridis", len(part))
     for i, (_, r) in enumerate(part.iterrows()):
-        ax.plot(grid, stats.beta.pdf(grid, r["alpha"], r["beta"]), color=cmap(i), lw=1.2,
-                label=f"G{r['generation']}: mean {r['mean']:.3f}" if i in (0, len(part) - 1) else None)
+        ax.plot(
+            grid,
+            stats.beta.pdf(grid, r["alpha"], r["beta"]),
+            color=cmap(i),
+            lw=1.2,
+            label=f"G{r['generation']}: mean {r['mean']:.3f}" if i in (0, len(part) - 1) else None,
+        )
     ax.set_title({"wmle": "Weighted MLE (weights from the previous model)", "mle": "Plain MLE"}[method])
     ax.set_xlabel("value")
     ax.set_ylabel("density")

@@ -26,6 +26,7 @@ from biasamp.tables import TABLES, file_metadata, write_parquet
 
 # --- run -------------------------------------------------------------------------------------------
 
+
 def check_before_run(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
     """Everything `run` checks before it writes anything or starts Ray (`biasamp validate` runs the
     same): preflight.check_study, and for a private local Ray this machine's CPUs and GPUs. Returns
@@ -47,8 +48,12 @@ def prepare_study(cfg: StudyConfig, log=print) -> list[tuple[str, int]]:
     for name, corpus in drawn.items():
         path = TABLES["corpus"].write(corpus, out, corpus=name)
         log(f"corpus '{name}': {len(corpus)} articles -> {path}")
-    return [(arm, seed) for arm in cfg.arms for seed in cfg.seeds
-            if artifacts.completed_generations(out, arm, seed) < cfg.generations]
+    return [
+        (arm, seed)
+        for arm in cfg.arms
+        for seed in cfg.seeds
+        if artifacts.completed_generations(out, arm, seed) < cfg.generations
+    ]
 
 
 @dataclass
@@ -71,14 +76,18 @@ def run_study(cfg: StudyConfig, execute: Executor, log=print) -> RunResult:
         pending = prepare_study(cfg, log)
         total = len(cfg.arms) * len(cfg.seeds)
         if not pending:
-            log(f"nothing to do: all {total} trajectories of '{cfg.study}' have G0..G{cfg.generations - 1} "
-                f"in {cfg.output_dir}")
+            log(
+                f"nothing to do: all {total} trajectories of '{cfg.study}' have G0..G{cfg.generations - 1} "
+                f"in {cfg.output_dir}"
+            )
             done = all((cfg.output_dir / f).exists() for f in ("summary.parquet", "summary_arms.parquet"))
             # a run killed after its last trajectory: finish the study-level stage
             per_arm = summarize_study(cfg, log) if cfg.scoring.enabled and not done else None
             return RunResult(total, 0, 0, None, per_arm)
-        log(f"study '{cfg.study}': {len(pending)} of {total} trajectories to run, "
-            f"{cfg.resources.cpus_per_trajectory:g} CPU / {cfg.resources.gpus_per_trajectory:g} GPU each")
+        log(
+            f"study '{cfg.study}': {len(pending)} of {total} trajectories to run, "
+            f"{cfg.resources.cpus_per_trajectory:g} CPU / {cfg.resources.gpus_per_trajectory:g} GPU each"
+        )
         ran = execute(cfg, pending, log)
         split = time_by_stage(cfg.output_dir)
         log(split)
@@ -90,11 +99,17 @@ def time_by_stage(out) -> str:
     """Where the study's time went: each stage's total over every generation written (train_metrics'
     train/capture/generate/score_seconds), its share, and its median per generation."""
     per_generation = TABLES["train_metrics"].read(out).drop_duplicates(["arm", "seed", "generation"])
-    seconds = {c.removesuffix("_seconds"): per_generation[c] for c in TABLES["train_metrics"].columns
-               if c.endswith("_seconds") and c in per_generation}  # a study begun before they were recorded
+    seconds = {
+        c.removesuffix("_seconds"): per_generation[c]
+        for c in TABLES["train_metrics"].columns
+        if c.endswith("_seconds") and c in per_generation
+    }  # a study begun before they were recorded
     total = sum(s.sum() for s in seconds.values())
-    parts = [f"{stage} {s.sum():.0f} s ({s.sum() / total:.0%}, median {s.median():.1f} s)"
-             for stage, s in seconds.items() if s.notna().any()]
+    parts = [
+        f"{stage} {s.sum():.0f} s ({s.sum() / total:.0%}, median {s.median():.1f} s)"
+        for stage, s in seconds.items()
+        if s.notna().any()
+    ]
     return f"time by stage over {len(per_generation)} generations: {', '.join(parts)}"
 
 
@@ -107,13 +122,15 @@ def summarize_study(cfg: StudyConfig, log=print) -> pd.DataFrame:
 
     out = cfg.output_dir
     c = cfg.scoring.classifier
-    per_seed, per_arm = write_summaries(out, TABLES["scores"].read(out), cfg.scoring.bootstrap,
-                                        load_calibration(c), c.prevalence)
+    per_seed, per_arm = write_summaries(
+        out, TABLES["scores"].read(out), cfg.scoring.bootstrap, load_calibration(c), c.prevalence
+    )
     log_study_tables(cfg, "summary", {"summary_arms": per_arm, "summary": per_seed}, log)
     return per_arm
 
 
 # --- score: a study's scores again -----------------------------------------------------------------
+
 
 def study_config(study_dir: Path, overrides: list[str] = (), changes: dict | None = None) -> StudyConfig:
     """The config a study folder's manifest records, with `--set` overrides and `changes` (dotted
@@ -138,8 +155,12 @@ def rescore_study(cfg: StudyConfig, log=print) -> pd.DataFrame:
     out = cfg.output_dir
     with artifacts.own_output_dir(out, log):
         artifacts.claim_output_dir(cfg, out, record=False)  # the same trajectories are required
-        versions = [(arm, seed, g) for arm in cfg.arms for seed in cfg.seeds
-                    for g in range(artifacts.completed_generations(out, arm, seed))]
+        versions = [
+            (arm, seed, g)
+            for arm in cfg.arms
+            for seed in cfg.seeds
+            for g in range(artifacts.completed_generations(out, arm, seed))
+        ]
         carried = _carried_perplexities(cfg, versions)
         inst = load_instruments(cfg.scoring, cfg.model)
         for arm, seed, g in versions:
@@ -152,7 +173,9 @@ def rescore_study(cfg: StudyConfig, log=print) -> pd.DataFrame:
                 else:
                     model, tok = load_checkpoint(artifacts.checkpoint_dir(out, arm, seed, g))
                     scores = score_articles(inst, articles, real, own=(model.eval(), tok))
-            TABLES["scores"].write(scores, out, metadata={SETTINGS_KEY: inst.settings}, arm=arm, seed=seed, generation=g)
+            TABLES["scores"].write(
+                scores, out, metadata={SETTINGS_KEY: inst.settings}, arm=arm, seed=seed, generation=g
+            )
             note = " (own perplexity carried over: checkpoint not kept)" if (arm, seed, g) in carried else ""
             log(f"[{arm}/seed{seed}] G{g}: scored {len(scores)} articles{note}")
         artifacts.claim_output_dir(cfg, out)  # the manifest now says how every score was made
@@ -169,14 +192,17 @@ def _carried_perplexities(cfg: StudyConfig, versions) -> dict:
             old = TABLES["scores"].file(out, arm=arm, seed=seed, generation=g)
             made = json.loads(file_metadata(old, SETTINGS_KEY) or "{}") if old.exists() else {}
             if made.get("perplexity_max_tokens") != cfg.scoring.perplexity_max_tokens:
-                raise ValueError(f"{out}: checkpoints/{arm}/seed{seed}/gen{g} is not kept (keep_checkpoints: "
-                                 f"{cfg.keep_checkpoints}) and no perplexities with perplexity_max_tokens="
-                                 f"{cfg.scoring.perplexity_max_tokens} were scored from it: cannot rescore")
+                raise ValueError(
+                    f"{out}: checkpoints/{arm}/seed{seed}/gen{g} is not kept (keep_checkpoints: "
+                    f"{cfg.keep_checkpoints}) and no perplexities with perplexity_max_tokens="
+                    f"{cfg.scoring.perplexity_max_tokens} were scored from it: cannot rescore"
+                )
             carried[arm, seed, g] = pd.read_parquet(old, columns=["article_id", "ppl"])
     return carried
 
 
 # --- analyze ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class AnalyzeResult:
@@ -187,9 +213,18 @@ class AnalyzeResult:
     trends: pd.DataFrame | None = None
 
 
-def analyze_study(study_dir: Path, summary: Path | None = None, targets: list[str] = ("share_right", "tqi_mean"),
-                  mode: str = "within", maxlags: int = 1, alpha: float = 0.05, null_draws: int = 10,
-                  baseline: str | None = None, bootstrap: int = 1000, log=print) -> AnalyzeResult:
+def analyze_study(
+    study_dir: Path,
+    summary: Path | None = None,
+    targets: list[str] = ("share_right", "tqi_mean"),
+    mode: str = "within",
+    maxlags: int = 1,
+    alpha: float = 0.05,
+    null_draws: int = 10,
+    baseline: str | None = None,
+    bootstrap: int = 1000,
+    log=print,
+) -> AnalyzeResult:
     """Neuron tests (per-neuron OLS with a surrogate-null diagnostic) and arm contrasts with CIs, of
     a study folder or an `import-paper` folder (contrasts only); written beside the study's tables."""
     from biasamp.stages.analyze import arm_contrasts, neuron_counts, neuron_tests
@@ -210,12 +245,21 @@ def analyze_study(study_dir: Path, summary: Path | None = None, targets: list[st
         if has_neurons:
             if not summary.exists():
                 raise FileNotFoundError(f"{summary} not found (neuron tests need the per-generation summary)")
-            tests, report = neuron_tests(pd.read_parquet(study_dir / "neurons"), pd.read_parquet(summary),
-                                         list(targets), mode, maxlags, alpha, null_draws)
+            tests, report = neuron_tests(
+                pd.read_parquet(study_dir / "neurons"),
+                pd.read_parquet(summary),
+                list(targets),
+                mode,
+                maxlags,
+                alpha,
+                null_draws,
+            )
         if scores is not None:
             result.contrasts, result.trends = arm_contrasts(pd.read_parquet(scores), baseline, bootstrap)
         if has_neurons:
-            result.neuron_file = study_dir / ("neuron_tests.parquet" if mode == "within" else f"neuron_tests_{mode}.parquet")
+            result.neuron_file = study_dir / (
+                "neuron_tests.parquet" if mode == "within" else f"neuron_tests_{mode}.parquet"
+            )
             write_parquet(tests, result.neuron_file)  # checked against TABLES["neuron_tests"] by neuron_tests
             # One summary file, one section per mode: a paper-mode run never hides the within-mode one.
             info_path = study_dir / "neuron_tests_summary.json"
@@ -229,13 +273,17 @@ def analyze_study(study_dir: Path, summary: Path | None = None, targets: list[st
         if cfg is not None:  # the study's W&B group gets the tables too
             from biasamp.tracking import log_study_tables
 
-            log_study_tables(cfg, f"analyze-{mode}", {"neuron_counts": result.neuron_counts,
-                                                      "arm_contrasts": result.contrasts,
-                                                      "arm_trends": result.trends}, log)
+            log_study_tables(
+                cfg,
+                f"analyze-{mode}",
+                {"neuron_counts": result.neuron_counts, "arm_contrasts": result.contrasts, "arm_trends": result.trends},
+                log,
+            )
     return result
 
 
 # --- report ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class ReportResult:
@@ -245,13 +293,14 @@ class ReportResult:
     warning: str | None = None  # why it was not published
 
 
-def report_study(folders: list[Path], out: Path, paper: Path | None = None, simulation: Path | None = None,
-                 wandb: str | None = None) -> ReportResult:
+def report_study(
+    folders: list[Path], out: Path, paper: Path | None = None, simulation: Path | None = None, wandb: str | None = None
+) -> ReportResult:
     """Figures and one self-contained HTML page from study tables, the W&B Report spec, and with
     `wandb` (ENTITY/PROJECT) the published Report."""
     from biasamp.stages.report import build, publish
 
-    entity, project = (wandb.split("/", 1) if wandb and "/" in wandb else (None, wandb))
+    entity, project = wandb.split("/", 1) if wandb and "/" in wandb else (None, wandb)
     page = build(folders, out, paper, simulation, entity, project)
     result = ReportResult(page, out / "wandb_report.json")
     if wandb:
@@ -264,14 +313,21 @@ def report_study(folders: list[Path], out: Path, paper: Path | None = None, simu
 
 # --- classify --------------------------------------------------------------------------------------
 
+
 @dataclass
 class ClassifyResult:
     scores: pd.DataFrame  # the input's columns + p_left, p_center, p_right, label
     shares: dict | None  # with a summary: argmax shares and prevalence with CIs
 
 
-def classify_file(input: Path, out: Path, cfg: ClassifierConfig, summary: Path | None = None,
-                  batch_size: int = 16, bootstrap: int = 1000) -> ClassifyResult:
+def classify_file(
+    input: Path,
+    out: Path,
+    cfg: ClassifierConfig,
+    summary: Path | None = None,
+    batch_size: int = 16,
+    bootstrap: int = 1000,
+) -> ClassifyResult:
     """Political leaning of any article file; with `summary`, the file's label shares corrected for
     the classifier's confusion (written as JSON)."""
     from biasamp.corpus import read_table
@@ -288,8 +344,10 @@ def classify_file(input: Path, out: Path, cfg: ClassifierConfig, summary: Path |
     clf = load_classifier(cfg.kind, cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
     cal = load_calibration(cfg) if summary is not None else None
     if summary is not None and cal is None and cfg.prevalence not in UNCORRECTED:
-        raise ValueError("--summary with --kind hf needs --calibration (biasamp classifier eval --kind hf "
-                         "--calibration-out FILE makes one) or --method cc")
+        raise ValueError(
+            "--summary with --kind hf needs --calibration (biasamp classifier eval --kind hf "
+            "--calibration-out FILE makes one) or --method cc"
+        )
     titles = df["title"].fillna("").astype(str) if "title" in df.columns else None
     texts = df["text"].fillna("").astype(str)
     # With a title, the article is read as the study models write it; without, as plain text.
@@ -302,15 +360,59 @@ def classify_file(input: Path, out: Path, cfg: ClassifierConfig, summary: Path |
     write_parquet(result, out)
     if summary is None:
         return ClassifyResult(result, None)
-    row = summarize(result.assign(study="", arm="", seed=0, generation=0, ppl=float("nan"), ppl_ref=float("nan")),
-                    bootstrap, calibration=cal, method=cfg.prevalence)[0].iloc[0]
+    row = summarize(
+        result.assign(study="", arm="", seed=0, generation=0, ppl=float("nan"), ppl_ref=float("nan")),
+        bootstrap,
+        calibration=cal,
+        method=cfg.prevalence,
+    )[0].iloc[0]
     labs = ("left", "center", "right")
-    shares = {"n": len(result), "method": cfg.prevalence,
-              "argmax_share": {lab: float(row[f"share_{lab}"]) for lab in labs},
-              "prevalence": {lab: {"estimate": float(row[f"prev_{lab}"]), "lo": float(row[f"prev_{lab}_lo"]),
-                                   "hi": float(row[f"prev_{lab}_hi"])} for lab in labs}}
+    shares = {
+        "n": len(result),
+        "method": cfg.prevalence,
+        "argmax_share": {lab: float(row[f"share_{lab}"]) for lab in labs},
+        "prevalence": {
+            lab: {
+                "estimate": float(row[f"prev_{lab}"]),
+                "lo": float(row[f"prev_{lab}_lo"]),
+                "hi": float(row[f"prev_{lab}_hi"]),
+            }
+            for lab in labs
+        },
+    }
     artifacts.write_json(shares, summary)
     return ClassifyResult(result, shares)
+
+
+def evaluate_classifier(
+    data: Path,
+    exclude_study: list[Path],
+    hub: ClassifierConfig | None,
+    repeats: int,
+    out: Path | None = None,
+    calibration_out: Path | None = None,
+    log=print,
+) -> tuple[dict, pd.DataFrame | None]:
+    """Leave-outlets-out evaluation of the shipped recipe beside a plain TF-IDF baseline fitted in
+    the same run (and of the `hub` classifier as it is, whose calibration table goes to
+    `calibration_out`); returns the report, also written to `out` with the benchmark rows beside it,
+    and the calibration table."""
+    from biasamp.instruments import load_classifier
+    from biasamp.instruments.leaning import evaluate, study_article_ids
+    from biasamp.instruments.prevalence import calibration_table
+
+    extra = {}
+    if hub is not None:
+        extra[hub.name] = load_classifier(hub.kind, hub.name, hub.labels, hub.max_tokens, ModelConfig(), "classifier")
+    report, bench, probs, pool = evaluate(data, study_article_ids(exclude_study), extra, repeats, log=log)
+    if out is not None:
+        artifacts.write_json(report, out)
+        write_parquet(bench, out.with_suffix(".prevalence.parquet"))
+    cal = None
+    if calibration_out is not None:
+        cal = calibration_table(probs[hub.name], pool["source_label"], pool["outlet"])
+        write_parquet(cal, calibration_out)
+    return report, cal
 
 
 @dataclass
@@ -319,8 +421,16 @@ class CheckResult:
     text: str  # the Markdown table
 
 
-def check_classifier(cfg: ClassifierConfig, articles: Path | None, data: Path, per_label: int, seed: int,
-                     bootstrap: int, batch_size: int, out: Path | None = None) -> CheckResult:
+def check_classifier(
+    cfg: ClassifierConfig,
+    articles: Path | None,
+    data: Path,
+    per_label: int,
+    seed: int,
+    bootstrap: int,
+    batch_size: int,
+    out: Path | None = None,
+) -> CheckResult:
     """Does the leaning instrument read text degradation as a leaning? (biasamp.instruments.invariance)"""
     from biasamp.corpus import read_source
     from biasamp.instruments import invariance, load_classifier
@@ -346,8 +456,9 @@ def check_classifier(cfg: ClassifierConfig, articles: Path | None, data: Path, p
     probs = invariance.readings(clf, pool, batch_size)
     table = invariance.shift_table(probs, method, cal, bootstrap, seed)
     counts = pool["source_label"].value_counts().to_dict()
-    text = invariance.render(table, invariance.macro_f1(probs["intact"], pool["source_label"]), counts,
-                             f"{cfg.kind}:{cfg.name}")
+    text = invariance.render(
+        table, invariance.macro_f1(probs["intact"], pool["source_label"]), counts, f"{cfg.kind}:{cfg.name}"
+    )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")

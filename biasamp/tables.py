@@ -8,17 +8,15 @@ writes it atomically; `read` reads every file of a table at once. docs/loop.md's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import os
 import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pandas.api import types
-
 
 ADDRESS = "study:str arm:str seed:int generation:int"
 _READINGS = ("share_left", "share_center", "share_right", "lean_index")
@@ -37,10 +35,18 @@ _MEASURE_SPECS = {
     "measure_means": lambda m: _ci(f"{m}_mean"),
     "measure_rhos": lambda m: _ci(*(f"{m}_rho_{lab}" for lab in ("left", "center", "right"))),
 }
-_STATS = (_ci(*_READINGS, "prev_left", "prev_center", "prev_right") + " {measure_means} "
-          + _ci(*(f"null_{r}" for r in _READINGS)) + " {measure_rhos}")
-_CHECK = {"str": types.is_string_dtype, "int": types.is_integer_dtype, "bool": types.is_bool_dtype,
-          "float": lambda s: types.is_float_dtype(s) or types.is_integer_dtype(s)}
+_STATS = (
+    _ci(*_READINGS, "prev_left", "prev_center", "prev_right")
+    + " {measure_means} "
+    + _ci(*(f"null_{r}" for r in _READINGS))
+    + " {measure_rhos}"
+)
+_CHECK = {
+    "str": types.is_string_dtype,
+    "int": types.is_integer_dtype,
+    "bool": types.is_bool_dtype,
+    "float": lambda s: types.is_float_dtype(s) or types.is_integer_dtype(s),
+}
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,9 @@ class Table:
                 raise ValueError(f"table {self.name}: column {col} is {df[col].dtype}, declared {kind}")
         return df
 
-    def write(self, df: pd.DataFrame, out: Path, row_group_size: int | None = None, metadata: dict | None = None,
-              **address) -> Path:
+    def write(
+        self, df: pd.DataFrame, out: Path, row_group_size: int | None = None, metadata: dict | None = None, **address
+    ) -> Path:
         """Checked and written atomically; `metadata` (str -> str) goes into the Parquet footer."""
         path = self.file(out, **address)
         write_parquet(self.check(df), path, row_group_size=row_group_size, metadata=metadata)
@@ -128,48 +135,98 @@ def _umask() -> int:
 
 
 _VERSION = "{arm}__seed{seed}__gen{generation}.parquet"
-TABLES = {t.name: t for t in [
-    Table("corpus", "corpus/{corpus}.parquet", "article_id:str title:str text:str source_label:str outlet:str date:str",
-          ("article_id",), "the real articles each corpus drew (file named by corpus)"),
-    Table("training", "training/" + _VERSION, f"{ADDRESS} article_id:str source:str", (),
-          "one row per training example of G_g: source is real or the generation that wrote it (G0, G1, ...)"),
-    Table("train_metrics", "train_metrics/" + _VERSION,
-          f"{ADDRESS} step:int loss:float train_loss:float train_articles:int train_tokens:float train_seconds:float "
-          "capture_seconds:float generate_seconds:float score_seconds:float epochs:float batch_size:int lr:float weight_decay:float max_length:int init:str backend:str",
-          ("study", "arm", "seed", "generation", "step"),
-          "G_g's fine-tuning: loss per optimizer step, then per generation: mean loss, articles, tokens, "
-          "wall seconds of each stage (train, capture, generate, score), the resolved hyper-parameters"),
-    Table("articles", "articles/" + _VERSION,
-          f"{ADDRESS} article_id:str title:str text:str source_label:str n_tokens:int",
-          ("study", "arm", "seed", "generation", "article_id"), "D_g, what G_g wrote; written last: marks G_g done"),
-    Table("neurons", "neurons/" + _VERSION, f"{ADDRESS} layer:int neuron:int kind:str stat:str value:float",
-          ("study", "arm", "seed", "generation", "layer", "neuron", "kind", "stat"),
-          "G_g's neuron summaries, one row group per layer"),
-    Table("scores", "scores/" + _VERSION,
-          f"{ADDRESS} article_id:str p_left:float p_center:float p_right:float label:str {{measures}} ppl:float "
-          "ppl_ref:float null_p_left:float null_p_center:float null_p_right:float",
-          ("study", "arm", "seed", "generation", "article_id"),
-          "per-article leaning, measures (tqi: quality), perplexity of D_g; null_p_*: the leaning of the same article's real "
-          "text cut and looped to the length and repetition of what G_g wrote (the degradation null)"),
-    Table("summary", "summary.parquet", f"{ADDRESS} n_articles:int {_STATS} ppl_mean:float ppl_ref_mean:float",
-          ("study", "arm", "seed", "generation"), "per version: argmax label shares, lean index (mean p_right - p_left), prevalence (prev_*), each measure's mean (tqi_mean), "
-          "the same readings under the degradation null (null_*), all with 95% bootstrap CIs; tqi_rho_*: each measure vs p_*"),
-    Table("summary_arms", "summary_arms.parquet",
-          f"study:str arm:str generation:int n_seeds:int n_articles:int {_STATS} ppl_mean:float ppl_ref_mean:float",
-          ("study", "arm", "generation"), "the same across seeds (two-stage bootstrap)"),
-    Table("neuron_tests", "neuron_tests.parquet",
-          "target:str kind:str stat:str layer:int neuron:int beta:float se:float t:float p:float q:float r:float "
-          "n_obs:int n_trajectories:int significant:bool", ("target", "kind", "stat", "layer", "neuron"),
-          "`biasamp analyze`; `--mode paper` writes neuron_tests_paper.parquet"),
-    Table("arm_contrasts", "arm_contrasts.parquet",
-          "study:str arm:str baseline:str generation:int target:str estimate:float lo:float hi:float se:float "
-          "p:float arm_value:float baseline_value:float n_seeds:int n_seeds_baseline:int seed_variation_in_ci:bool",
-          ("study", "arm", "generation", "target"), "`biasamp analyze`: each arm minus the baseline arm"),
-    Table("arm_trends", "arm_trends.parquet",
-          "study:str arm:str target:str estimate:float lo:float hi:float se:float p:float first_generation:int "
-          "last_generation:int n_generations:int n_seeds:int seed_variation_in_ci:bool",
-          ("study", "arm", "target"), "`biasamp analyze`: each arm's slope per generation"),
-]}
+TABLES = {
+    t.name: t
+    for t in [
+        Table(
+            "corpus",
+            "corpus/{corpus}.parquet",
+            "article_id:str title:str text:str source_label:str outlet:str date:str",
+            ("article_id",),
+            "the real articles each corpus drew (file named by corpus)",
+        ),
+        Table(
+            "training",
+            "training/" + _VERSION,
+            f"{ADDRESS} article_id:str source:str",
+            (),
+            "one row per training example of G_g: source is real or the generation that wrote it (G0, G1, ...)",
+        ),
+        Table(
+            "train_metrics",
+            "train_metrics/" + _VERSION,
+            f"{ADDRESS} step:int loss:float train_loss:float train_articles:int train_tokens:float train_seconds:float "
+            "capture_seconds:float generate_seconds:float score_seconds:float epochs:float batch_size:int lr:float "
+            "weight_decay:float max_length:int init:str backend:str",
+            ("study", "arm", "seed", "generation", "step"),
+            "G_g's fine-tuning: loss per optimizer step, then per generation: mean loss, articles, tokens, "
+            "wall seconds of each stage (train, capture, generate, score), the resolved hyper-parameters",
+        ),
+        Table(
+            "articles",
+            "articles/" + _VERSION,
+            f"{ADDRESS} article_id:str title:str text:str source_label:str n_tokens:int",
+            ("study", "arm", "seed", "generation", "article_id"),
+            "D_g, what G_g wrote; written last: marks G_g done",
+        ),
+        Table(
+            "neurons",
+            "neurons/" + _VERSION,
+            f"{ADDRESS} layer:int neuron:int kind:str stat:str value:float",
+            ("study", "arm", "seed", "generation", "layer", "neuron", "kind", "stat"),
+            "G_g's neuron summaries, one row group per layer",
+        ),
+        Table(
+            "scores",
+            "scores/" + _VERSION,
+            f"{ADDRESS} article_id:str p_left:float p_center:float p_right:float label:str {{measures}} ppl:float "
+            "ppl_ref:float null_p_left:float null_p_center:float null_p_right:float",
+            ("study", "arm", "seed", "generation", "article_id"),
+            "per-article leaning, measures (tqi: quality), perplexity of D_g; null_p_*: the leaning of the same "
+            "article's real text cut and looped to the length and repetition of what G_g wrote (the degradation null)",
+        ),
+        Table(
+            "summary",
+            "summary.parquet",
+            f"{ADDRESS} n_articles:int {_STATS} ppl_mean:float ppl_ref_mean:float",
+            ("study", "arm", "seed", "generation"),
+            "per version: argmax label shares, lean index (mean p_right - p_left), prevalence (prev_*), each "
+            "measure's mean (tqi_mean), the same readings under the degradation null (null_*), all with 95% "
+            "bootstrap CIs; tqi_rho_*: each measure vs p_*",
+        ),
+        Table(
+            "summary_arms",
+            "summary_arms.parquet",
+            f"study:str arm:str generation:int n_seeds:int n_articles:int {_STATS} ppl_mean:float ppl_ref_mean:float",
+            ("study", "arm", "generation"),
+            "the same across seeds (two-stage bootstrap)",
+        ),
+        Table(
+            "neuron_tests",
+            "neuron_tests.parquet",
+            "target:str kind:str stat:str layer:int neuron:int beta:float se:float t:float p:float q:float r:float "
+            "n_obs:int n_trajectories:int significant:bool",
+            ("target", "kind", "stat", "layer", "neuron"),
+            "`biasamp analyze`; `--mode paper` writes neuron_tests_paper.parquet",
+        ),
+        Table(
+            "arm_contrasts",
+            "arm_contrasts.parquet",
+            "study:str arm:str baseline:str generation:int target:str estimate:float lo:float hi:float se:float "
+            "p:float arm_value:float baseline_value:float n_seeds:int n_seeds_baseline:int seed_variation_in_ci:bool",
+            ("study", "arm", "generation", "target"),
+            "`biasamp analyze`: each arm minus the baseline arm",
+        ),
+        Table(
+            "arm_trends",
+            "arm_trends.parquet",
+            "study:str arm:str target:str estimate:float lo:float hi:float se:float p:float first_generation:int "
+            "last_generation:int n_generations:int n_seeds:int seed_variation_in_ci:bool",
+            ("study", "arm", "target"),
+            "`biasamp analyze`: each arm's slope per generation",
+        ),
+    ]
+}
 
 
 def listing() -> str:

@@ -34,7 +34,7 @@ def without_repeats(text: str, n: int = REPEAT_NGRAM) -> str:
     once, a repeated phrase once more than it is new."""
     words, seen, kept = text.split(), set(), []
     for i, word in enumerate(words):
-        gram = tuple(words[i:i + n])
+        gram = tuple(words[i : i + n])
         if len(gram) == n and gram in seen:
             continue
         seen.add(gram)
@@ -47,7 +47,7 @@ def windows(text: str, size: int) -> list[str]:
     words = text.split()
     if size <= 0 or len(words) <= size:
         return [" ".join(words)]
-    chunks = [words[i:i + size] for i in range(0, len(words), size)]
+    chunks = [words[i : i + size] for i in range(0, len(words), size)]
     if len(chunks[-1]) < size // 2:
         tail = chunks.pop()
         chunks[-1] = chunks[-1] + tail

@@ -21,9 +21,15 @@ SAMPLE_ARTICLES = 8  # generated articles per generation shown in W&B, with thei
 def _init(cfg: StudyConfig, run_id: str, name: str, job_type: str, tags: list[str], extra: dict, log=print):
     def init(mode: str):
         return wandb.init(
-            project=cfg.wandb.project, entity=cfg.wandb.entity, mode=mode, group=cfg.study,
-            name=name, job_type=job_type, tags=tags,
-            id=f"{cfg.study}-{cfg.science_hash()}-{run_id}".replace(".", "_"), resume="allow",
+            project=cfg.wandb.project,
+            entity=cfg.wandb.entity,
+            mode=mode,
+            group=cfg.study,
+            name=name,
+            job_type=job_type,
+            tags=tags,
+            id=f"{cfg.study}-{cfg.science_hash()}-{run_id}".replace(".", "_"),
+            resume="allow",
             dir=str(Path(cfg.output_dir).resolve()),
             config={**cfg.model_dump(mode="json"), **extra},
             settings=wandb.Settings(silent=True),
@@ -35,8 +41,10 @@ def _init(cfg: StudyConfig, run_id: str, name: str, job_type: str, tags: list[st
         return init("online")
     except wandb.Error as e:  # no network, a bad key, a server down: the study goes on, W&B offline
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        log(f"warning: W&B online failed for run {name} ({first}); logging offline under "
-            f"{Path(cfg.output_dir) / 'wandb'}: `wandb sync` uploads it later")
+        log(
+            f"warning: W&B online failed for run {name} ({first}); logging offline under "
+            f"{Path(cfg.output_dir) / 'wandb'}: `wandb sync` uploads it later"
+        )
         wandb.teardown()  # the failed run's id stays taken in W&B's service until it restarts
         return init("offline")
 
@@ -45,22 +53,33 @@ def trajectory_run(cfg: StudyConfig, arm: str, seed: int, log=print):
     """The (arm, seed) run, or None when W&B is disabled."""
     if cfg.wandb.mode == "disabled":
         return None
-    run = _init(cfg, f"{arm}-seed{seed}", f"{arm}/seed{seed}", arm, [arm, f"seed{seed}", cfg.study],
-                {"arm": arm, "seed": seed}, log)
+    run = _init(
+        cfg,
+        f"{arm}-seed{seed}",
+        f"{arm}/seed{seed}",
+        arm,
+        [arm, f"seed{seed}", cfg.study],
+        {"arm": arm, "seed": seed},
+        log,
+    )
     run.define_metric("generation")
     run.define_metric("*", step_metric="generation")
     return run
 
 
-def log_generation(run, g: int, metrics: dict, articles: pd.DataFrame, scores: pd.DataFrame | None,
-                   loss_curve: list[float] | None) -> None:
+def log_generation(
+    run, g: int, metrics: dict, articles: pd.DataFrame, scores: pd.DataFrame | None, loss_curve: list[float] | None
+) -> None:
     """Generation g's metrics (with their CIs), a table of sample articles with their scores, and
     the loss per optimizer step, at step g."""
     row = {"generation": g, **metrics}
     sample = articles.head(SAMPLE_ARTICLES)[["article_id", "title", "text", "source_label", "n_tokens"]]
     if scores is not None:
-        sample = sample.merge(scores[["article_id", "label", "p_left", "p_center", "p_right", *MEASURES, "ppl"]],
-                              on="article_id", how="left")
+        sample = sample.merge(
+            scores[["article_id", "label", "p_left", "p_center", "p_right", *MEASURES, "ppl"]],
+            on="article_id",
+            how="left",
+        )
     row["articles"] = wandb.Table(dataframe=sample.assign(text=sample["text"].str.slice(0, 1000)))
     if loss_curve:
         curve = wandb.Table(data=[[i + 1, v] for i, v in enumerate(loss_curve)], columns=["step", "loss"])
@@ -79,9 +98,11 @@ def log_study_tables(cfg: StudyConfig, job_type: str, tables: dict[str, pd.DataF
 
 def log_artifacts(run, cfg: StudyConfig, arm: str, seed: int, g: int, checkpoint: Path, files: list[Path]) -> None:
     """Generation g's checkpoint folder and tables as one artifact (wandb.artifacts: true only)."""
-    art = wandb.Artifact(f"{cfg.study}-{arm}-seed{seed}-gen{g}", type="generation",
-                         metadata={"study": cfg.study, "arm": arm, "seed": seed, "generation": g,
-                                   "science_hash": cfg.science_hash()})
+    art = wandb.Artifact(
+        f"{cfg.study}-{arm}-seed{seed}-gen{g}",
+        type="generation",
+        metadata={"study": cfg.study, "arm": arm, "seed": seed, "generation": g, "science_hash": cfg.science_hash()},
+    )
     art.add_dir(str(checkpoint), name="checkpoint")
     for f in files:
         if f.exists():

@@ -17,7 +17,11 @@ def tiny_study(tmp_path, **over) -> dict:
         "study": "t",
         "generations": 2,
         "seeds": [0],
-        "model": {"kind": "tiny_gpt2", "tokenizer": "gpt2-bpe", "tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 256}},
+        "model": {
+            "kind": "tiny_gpt2",
+            "tokenizer": "gpt2-bpe",
+            "tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 256},
+        },
         "corpora": {"main": {"source": "bundled", "per_label": {"left": 2, "center": 2, "right": 2}}},
         "train": {"epochs": 1, "batch_size": 3, "lr": 1e-3, "max_length": 96},
         "arms": {"synthetic": {"mix": "replace"}},
@@ -48,9 +52,18 @@ def local_classifier(tmp_path_factory):
 
     tok = load_tokenizer(ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe"))
     torch.manual_seed(1)
-    model = GPT2ForSequenceClassification(GPT2Config(
-        vocab_size=len(tok), n_layer=1, n_embd=16, n_head=2, num_labels=3, pad_token_id=tok.pad_token_id,
-        initializer_range=0.5, id2label={0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}))
+    model = GPT2ForSequenceClassification(
+        GPT2Config(
+            vocab_size=len(tok),
+            n_layer=1,
+            n_embd=16,
+            n_head=2,
+            num_labels=3,
+            pad_token_id=tok.pad_token_id,
+            initializer_range=0.5,
+            id2label={0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"},
+        )
+    )
     d = tmp_path_factory.mktemp("clf")
     model.save_pretrained(d)
     tok.save_pretrained(d)

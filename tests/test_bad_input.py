@@ -26,11 +26,26 @@ CASES = [
     # the config file
     ("config missing", {}, ["validate", "{tmp}/nope.yaml"], "nope.yaml: no such file"),
     ("config is a folder", {"conf/x": ""}, ["validate", "{tmp}/conf"], "conf: a folder, not a config file"),
-    ("config is binary", {"c.yaml": b"\xff\xfe\x00\x81study"}, ["validate", "{tmp}/c.yaml"], "c.yaml: not a UTF-8 text file"),
+    (
+        "config is binary",
+        {"c.yaml": b"\xff\xfe\x00\x81study"},
+        ["validate", "{tmp}/c.yaml"],
+        "c.yaml: not a UTF-8 text file",
+    ),
     ("config not YAML", {"c.yaml": "study: [smoke"}, ["validate", "{tmp}/c.yaml"], "c.yaml: not valid YAML"),
     ("config empty", {"c.yaml": ""}, ["validate", "{tmp}/c.yaml"], "c.yaml: the top level must be a mapping"),
-    ("config is a list", {"c.yaml": "- study\n- smoke\n"}, ["validate", "{tmp}/c.yaml"], "the top level must be a mapping"),
-    ("config list + --set", {"c.yaml": "- a\n"}, ["validate", "{tmp}/c.yaml", "--set", "train.lr=1"], "the top level must be a mapping"),
+    (
+        "config is a list",
+        {"c.yaml": "- study\n- smoke\n"},
+        ["validate", "{tmp}/c.yaml"],
+        "the top level must be a mapping",
+    ),
+    (
+        "config list + --set",
+        {"c.yaml": "- a\n"},
+        ["validate", "{tmp}/c.yaml", "--set", "train.lr=1"],
+        "the top level must be a mapping",
+    ),
     ("--set without =", {}, ["validate", SMOKE, "--set", "train.lr"], "--set train.lr: expected KEY.PATH=VALUE"),
     ("--set value not YAML", {}, ["validate", SMOKE, "--set", "train.lr=[1"], "the value is not valid YAML"),
     ("--set through a scalar", {}, ["validate", SMOKE, "--set", "study.x=1"], "'study' is not a mapping"),
@@ -44,52 +59,170 @@ CASES = [
     ("no arms", {}, ["validate", SMOKE, "--set", "arms={}"], "arms: at least one arm is needed"),
     ("arm is a number", {}, _run("arms.synthetic=3"), "arms.synthetic: Input should be a valid dictionary"),
     ("unknown mix", {}, _run("arms.synthetic.mix=blend"), "arms.synthetic.mix: Input tag 'blend' found"),
-    ("real_fraction > 1", {}, _run("arms.preservation.mix.real_fraction=1.5"), "real_fraction: Input should be less than or equal to 1"),
+    (
+        "real_fraction > 1",
+        {},
+        _run("arms.preservation.mix.real_fraction=1.5"),
+        "real_fraction: Input should be less than or equal to 1",
+    ),
     ("setting of another mix", {}, _run("arms.synthetic.mix.real_fraction=0.5"), "not a setting of this mix kind"),
     ("negative lr", {}, _run("train.lr=-1"), "train.lr: Input should be greater than 0"),
     ("absurd epochs", {}, _run("train.epochs=1e9"), "train.epochs: Input should be less than or equal to"),
     ("arm corpus unknown", {}, _run("arms.synthetic.corpus=other"), "arms.synthetic.corpus: 'other' is not in corpora"),
     # model limits
-    ("max_length beyond positions", {}, _run("train.max_length=512"), "train.max_length: 512 tokens, but the model has 256 positions"),
-    ("probe beyond positions", {}, _run("neurons.max_length=1024"), "neurons.max_length: 1024 tokens, but the model has 256 positions"),
+    (
+        "max_length beyond positions",
+        {},
+        _run("train.max_length=512"),
+        "train.max_length: 512 tokens, but the model has 256 positions",
+    ),
+    (
+        "probe beyond positions",
+        {},
+        _run("neurons.max_length=1024"),
+        "neurons.max_length: 1024 tokens, but the model has 256 positions",
+    ),
     ("generation beyond positions", {}, _run("generation.new_tokens=250"), "generation: a prompt of up to"),
     # corpora
     ("corpus missing", {}, _run("corpora.main.source={tmp}/no-such.jsonl"), "no-such.jsonl: no such file or folder"),
     ("corpus format unknown", {"corpus": "x"}, [*_run(), CORPUS], "corpus: unknown format"),
-    ("corpus without text", {"c.csv": "title,label\na,left\n"}, _run("corpora.main.source={tmp}/c.csv"), "c.csv: no text column"),
-    ("corpus line not JSON", {"c.jsonl": '{"text": "a", "label": "left"}\n{oops\n'}, _run("corpora.main.source={tmp}/c.jsonl"), "c.jsonl: line 2 is not JSON"),
-    ("corpus bad label", {"c.csv": "text,label\na,up\n"}, _run("corpora.main.source={tmp}/c.csv"), "c.csv: label 'up' is not left/center/right"),
-    ("corpus too small", {}, _run("corpora.main.per_label.left=100000"), "corpora.main.per_label.left: asks 100000 articles"),
-    ("corpus folder empty", {"empty/x.txt": ""}, _run("corpora.main.source={tmp}/empty"), "empty: no articles.jsonl.gz or *.json files"),
+    (
+        "corpus without text",
+        {"c.csv": "title,label\na,left\n"},
+        _run("corpora.main.source={tmp}/c.csv"),
+        "c.csv: no text column",
+    ),
+    (
+        "corpus line not JSON",
+        {"c.jsonl": '{"text": "a", "label": "left"}\n{oops\n'},
+        _run("corpora.main.source={tmp}/c.jsonl"),
+        "c.jsonl: line 2 is not JSON",
+    ),
+    (
+        "corpus bad label",
+        {"c.csv": "text,label\na,up\n"},
+        _run("corpora.main.source={tmp}/c.csv"),
+        "c.csv: label 'up' is not left/center/right",
+    ),
+    (
+        "corpus too small",
+        {},
+        _run("corpora.main.per_label.left=100000"),
+        "corpora.main.per_label.left: asks 100000 articles",
+    ),
+    (
+        "corpus folder empty",
+        {"empty/x.txt": ""},
+        _run("corpora.main.source={tmp}/empty"),
+        "empty: no articles.jsonl.gz or *.json files",
+    ),
     # models and instruments
-    ("hub model not cached", {}, _run("model.kind=hf", "model.name=nobody/no-such-model", "model.tokenizer=null"), "model.name: 'nobody/no-such-model' is not available"),
-    ("model folder missing", {}, _run("model.kind=hf", "model.name={tmp}/no-model", "model.tokenizer=null"), "model.name:"),
-    ("gguf without file", {"m/x": ""}, _run("model.kind=gguf", "model.name={tmp}/m", "model.tokenizer=null"), "model.gguf_file: needed"),
+    (
+        "hub model not cached",
+        {},
+        _run("model.kind=hf", "model.name=nobody/no-such-model", "model.tokenizer=null"),
+        "model.name: 'nobody/no-such-model' is not available",
+    ),
+    (
+        "model folder missing",
+        {},
+        _run("model.kind=hf", "model.name={tmp}/no-model", "model.tokenizer=null"),
+        "model.name:",
+    ),
+    (
+        "gguf without file",
+        {"m/x": ""},
+        _run("model.kind=gguf", "model.name={tmp}/m", "model.tokenizer=null"),
+        "model.gguf_file: needed",
+    ),
     ("tokenizer missing", {}, _run("model.tokenizer={tmp}/no-tok"), "model.tokenizer: '{tmp}/no-tok' is not available"),
-    ("offline kind with hub id", {}, _run("scoring.classifier.kind=offline", "scoring.classifier.name=wu981526092/bias_classifier_roberta"),
-     "scoring.classifier.name: 'wu981526092/bias_classifier_roberta' looks like a hub id"),
-    ("offline classifier missing", {}, _run("scoring.classifier.kind=offline", "scoring.classifier.name={tmp}/clf.npz"), "scoring.classifier.name: {tmp}/clf.npz: no such file"),
-    ("hub classifier not cached", {}, _run("scoring.classifier.kind=hf", "scoring.classifier.name=nobody/no-clf"), "scoring.classifier.name: 'nobody/no-clf' is not available"),
-    ("quality proxy missing", {}, _run("scoring.quality.kind=offline", "scoring.quality.name={tmp}/q.npz"), "scoring.quality.name: {tmp}/q.npz: no such file"),
-    ("calibration missing", {}, _run("scoring.classifier.kind=offline", "scoring.classifier.calibration={tmp}/cal.parquet"), "scoring.classifier.calibration: {tmp}/cal.parquet: no such file"),
+    (
+        "offline kind with hub id",
+        {},
+        _run("scoring.classifier.kind=offline", "scoring.classifier.name=wu981526092/bias_classifier_roberta"),
+        "scoring.classifier.name: 'wu981526092/bias_classifier_roberta' looks like a hub id",
+    ),
+    (
+        "offline classifier missing",
+        {},
+        _run("scoring.classifier.kind=offline", "scoring.classifier.name={tmp}/clf.npz"),
+        "scoring.classifier.name: {tmp}/clf.npz: no such file",
+    ),
+    (
+        "hub classifier not cached",
+        {},
+        _run("scoring.classifier.kind=hf", "scoring.classifier.name=nobody/no-clf"),
+        "scoring.classifier.name: 'nobody/no-clf' is not available",
+    ),
+    (
+        "quality proxy missing",
+        {},
+        _run("scoring.quality.kind=offline", "scoring.quality.name={tmp}/q.npz"),
+        "scoring.quality.name: {tmp}/q.npz: no such file",
+    ),
+    (
+        "calibration missing",
+        {},
+        _run("scoring.classifier.kind=offline", "scoring.classifier.calibration={tmp}/cal.parquet"),
+        "scoring.classifier.calibration: {tmp}/cal.parquet: no such file",
+    ),
     # resources, before Ray
-    ("too many CPUs", {}, _run("resources.cpus_per_trajectory=4096"), "resources.cpus_per_trajectory: a trajectory asks for 4096 CPU"),
-    ("GPUs on a CPU machine", {}, _run("resources.gpus_per_trajectory=1"), "resources.gpus_per_trajectory: a trajectory asks for 1 GPU"),
+    (
+        "too many CPUs",
+        {},
+        _run("resources.cpus_per_trajectory=4096"),
+        "resources.cpus_per_trajectory: a trajectory asks for 4096 CPU",
+    ),
+    (
+        "GPUs on a CPU machine",
+        {},
+        _run("resources.gpus_per_trajectory=1"),
+        "resources.gpus_per_trajectory: a trajectory asks for 1 GPU",
+    ),
     # output folders
     ("--out is a file", {"out": "x"}, _run(), "{tmp}/out: a file, not a folder"),
     ("--out below a file", {"f": "x"}, ["run", SMOKE, "--out", "{tmp}/f/out"], "{tmp}/f: a file, not a folder"),
     ("--out not writable", {}, ["run", SMOKE, "--out", "/sys/biasamp-out"], "/sys: cannot write here"),
-    ("--out holds another study", {"out/manifest.json": json.dumps({"study": "smoke", "science_hash": "0" * 16, "config": {}})},
-     _run(), "differs in"),
+    (
+        "--out holds another study",
+        {"out/manifest.json": json.dumps({"study": "smoke", "science_hash": "0" * 16, "config": {}})},
+        _run(),
+        "differs in",
+    ),
     ("--out manifest not JSON", {"out/manifest.json": "{oops"}, _run(), "{tmp}/out/manifest.json: not JSON"),
-    ("score: manifest not JSON", {"out/manifest.json": "{oops"}, ["score", "{tmp}/out"], "{tmp}/out/manifest.json: not JSON"),
-    ("score: manifest without config", {"out/manifest.json": "{}"}, ["score", "{tmp}/out"], "{tmp}/out/manifest.json: no 'config' key"),
+    (
+        "score: manifest not JSON",
+        {"out/manifest.json": "{oops"},
+        ["score", "{tmp}/out"],
+        "{tmp}/out/manifest.json: not JSON",
+    ),
+    (
+        "score: manifest without config",
+        {"out/manifest.json": "{}"},
+        ["score", "{tmp}/out"],
+        "{tmp}/out/manifest.json: no 'config' key",
+    ),
     ("score: not a study", {"out/x": ""}, ["score", "{tmp}/out"], "manifest.json not found: not a study folder"),
     ("analyze: no folder", {}, ["analyze", "{tmp}/nothing"], "{tmp}/nothing: no such folder"),
     ("analyze: nothing to analyze", {"out/x": ""}, ["analyze", "{tmp}/out"], "has neither neurons/ nor scores"),
-    ("report: no study", {}, ["report", "{tmp}/nothing", "--out", "{tmp}/rep"], "{tmp}/nothing: no summary_arms.parquet"),
-    ("classify: no file", {}, ["classify", "{tmp}/a.csv", "--out", "{tmp}/o.parquet"], "a.csv: No such file or directory"),
-    ("classify: no text column", {"a.csv": "title\nx\n"}, ["classify", "{tmp}/a.csv", "--out", "{tmp}/o.parquet"], "a.csv: no 'text' column"),
+    (
+        "report: no study",
+        {},
+        ["report", "{tmp}/nothing", "--out", "{tmp}/rep"],
+        "{tmp}/nothing: no summary_arms.parquet",
+    ),
+    (
+        "classify: no file",
+        {},
+        ["classify", "{tmp}/a.csv", "--out", "{tmp}/o.parquet"],
+        "a.csv: No such file or directory",
+    ),
+    (
+        "classify: no text column",
+        {"a.csv": "title\nx\n"},
+        ["classify", "{tmp}/a.csv", "--out", "{tmp}/o.parquet"],
+        "a.csv: no 'text' column",
+    ),
     ("import-paper: no folder", {}, ["import-paper", "{tmp}/nothing", "--out", "{tmp}/p"], "{tmp}/nothing"),
     # flags
     ("unknown flag", {}, ["run", SMOKE, "--bogus"], "No such option: --bogus"),
@@ -102,8 +235,11 @@ def _tree(folder: Path) -> dict[str, str]:
     """Every file under a folder with the hash of its bytes."""
     if not folder.is_dir():
         return {}
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("files,args,says", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -116,8 +252,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, files, args, says):
     systmp.mkdir()
     before = _tree(tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(systmp), "RAY_TMPDIR": "/tmp", "COLUMNS": "200"}
-    res = subprocess.run([sys.executable, "-m", "biasamp.cli", *(a.replace("{tmp}", str(tmp_path)) for a in args)],
-                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "biasamp.cli", *(a.replace("{tmp}", str(tmp_path)) for a in args)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2, res.stdout + res.stderr
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr

@@ -21,8 +21,13 @@ def test_readme_performance_table_is_generated_from_the_results_table():
 
 
 def test_stats_benchmark_prints_ours_baseline_and_speedup():
-    res = subprocess.run([sys.executable, "-m", "bench", "stats", "--repeats", "1", "--no-record"], cwd=ROOT,
-                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    res = subprocess.run(
+        [sys.executable, "-m", "bench", "stats", "--repeats", "1", "--no-record"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     ours = next(line for line in lines if line.strip().startswith("ours")).split()

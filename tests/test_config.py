@@ -42,7 +42,10 @@ def _write(tmp_path, d) -> Path:
         (lambda d: d["train"].update(epochs="many"), "train.epochs: Input should be a valid number"),
         (lambda d: d.update(generations=0), "generations: Input should be greater than or equal to 1"),
         (lambda d: d["arms"]["synthetic"].update(mix="shuffle"), "arms.synthetic.mix: Input tag 'shuffle'"),
-        (lambda d: d["arms"]["synthetic"].update(real_fraction=0.3), "arms.synthetic.mix.real_fraction: not a setting of this mix kind"),
+        (
+            lambda d: d["arms"]["synthetic"].update(real_fraction=0.3),
+            "arms.synthetic.mix.real_fraction: not a setting of this mix kind",
+        ),
         (lambda d: d["arms"]["synthetic"].update(corpus="nope"), "arms.synthetic.corpus: 'nope' is not in corpora"),
         (lambda d: d["corpora"]["main"].update(per_label={"left": 0}), "per_label needs at least one label"),
         (lambda d: d["corpora"]["main"].update(per_label={"far_left": 3}), "corpora.main.per_label.far_left"),
@@ -128,8 +131,9 @@ def test_arms_inherit_train_deeply_through_every_entry_point(tmp_path, study_dic
         "model_validate": StudyConfig.model_validate(d),
         "--set": load_config(path, ["arms.zero3.train.deepspeed.zero_stage=3"]),
     }
-    entry_points["manifest"] = from_dict(json.loads(json.dumps(entry_points["load_config"].model_dump(mode="json"),
-                                                               sort_keys=True)))
+    entry_points["manifest"] = from_dict(
+        json.loads(json.dumps(entry_points["load_config"].model_dump(mode="json"), sort_keys=True))
+    )
     for name, cfg in entry_points.items():
         ds = cfg.arms["zero3"].train.deepspeed
         assert (ds.workers, ds.zero_stage) == (4, 3), name
@@ -138,16 +142,27 @@ def test_arms_inherit_train_deeply_through_every_entry_point(tmp_path, study_dic
     shown = CliRunner().invoke(app, ["validate", str(path), "--show"])
     assert shown.exit_code == 0, shown.output
     resolved = yaml.safe_load(shown.output.split("\n" + str(path))[0])
-    assert resolved["arms"]["zero3"]["train"]["deepspeed"] == {"workers": 4, "zero_stage": 3, "precision": "fp32",
-                                                               "micro_batch": 1, "cpus_per_worker": 1.0}
+    assert resolved["arms"]["zero3"]["train"]["deepspeed"] == {
+        "workers": 4,
+        "zero_stage": 3,
+        "precision": "fp32",
+        "micro_batch": 1,
+        "cpus_per_worker": 1.0,
+    }
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("train.epoch=3", "train.epoch: unknown key (did you mean 'epochs'?)"),
-    ("trian={}", "trian: unknown key (did you mean 'train'?)"),
-    ("scoring.classifer.kind=hf", "scoring.classifer: unknown key (did you mean 'classifier'?)"),
-    ("arms.synthetic.train.deepspeed.worker=3", "arms.synthetic.train.deepspeed.worker: unknown key (did you mean 'workers'?)"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.epoch=3", "train.epoch: unknown key (did you mean 'epochs'?)"),
+        ("trian={}", "trian: unknown key (did you mean 'train'?)"),
+        ("scoring.classifer.kind=hf", "scoring.classifer: unknown key (did you mean 'classifier'?)"),
+        (
+            "arms.synthetic.train.deepspeed.worker=3",
+            "arms.synthetic.train.deepspeed.worker: unknown key (did you mean 'workers'?)",
+        ),
+    ],
+)
 def test_a_typo_is_reported_once_with_a_suggestion(tmp_path, study_dict, override, expected):
     d = study_dict()
     d["arms"]["other"] = {}
@@ -178,7 +193,10 @@ def test_a_manifest_written_before_settings_moved_under_their_kind_still_loads(s
     """Old manifests are flat and carry every default: mix: replace + real_fraction: 0.1, backend: hf +
     engines: 1. Defaults for another kind are dropped; a deliberate value still fails, in one line."""
     d = study_dict(generation={"backend": "hf", "engines": 1, "gpus_per_engine": 1.0})
-    d["arms"] = {"synthetic": {"mix": "replace", "real_fraction": 0.1}, "pres": {"mix": "preserve", "real_fraction": 0.3}}
+    d["arms"] = {
+        "synthetic": {"mix": "replace", "real_fraction": 0.1},
+        "pres": {"mix": "preserve", "real_fraction": 0.3},
+    }
     cfg = from_dict(d)
     assert cfg.arms["synthetic"].mix.kind == "replace" and cfg.arms["pres"].mix.real_fraction == 0.3
     assert cfg.generation.backend.kind == "hf"

@@ -1,7 +1,7 @@
-import numpy as np
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -19,8 +19,16 @@ def _articles(n_per_label=10, years=(2010, 2020)):
     for label in ("left", "center", "right"):
         for i in range(n_per_label):
             year = years[0] + i % (years[1] - years[0] + 1)
-            rows.append({"ID": f"{label}{i}", "title": f"T {label} {i}", "content_original": f"body {label} {i} " * (i + 1),
-                         "bias_text": label, "source": "outlet", "date": f"{year}-05-01"})
+            rows.append(
+                {
+                    "ID": f"{label}{i}",
+                    "title": f"T {label} {i}",
+                    "content_original": f"body {label} {i} " * (i + 1),
+                    "bias_text": label,
+                    "source": "outlet",
+                    "date": f"{year}-05-01",
+                }
+            )
     return rows
 
 
@@ -40,8 +48,13 @@ def test_layouts_read_the_same(tmp_path):
     for r in rows:
         (folder / f"{r['ID']}.json").write_text(json.dumps(r))
     # The Webis-Bias-Flipper-18 layout: text/title/label columns.
-    pd.DataFrame({"title": [r["title"] for r in rows], "text": [r["content_original"] for r in rows],
-                  "label": [r["bias_text"] for r in rows]}).to_csv(tmp_path / "webis.csv", index=False)
+    pd.DataFrame(
+        {
+            "title": [r["title"] for r in rows],
+            "text": [r["content_original"] for r in rows],
+            "label": [r["bias_text"] for r in rows],
+        }
+    ).to_csv(tmp_path / "webis.csv", index=False)
     import datasets
 
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hfds"))
@@ -50,8 +63,9 @@ def test_layouts_read_the_same(tmp_path):
     c = read_source(str(tmp_path / "webis.csv"))
     d = read_source(f"hf:{tmp_path / 'hfds'}")
     for other in (b, d):
-        pd.testing.assert_frame_equal(a.sort_values("article_id").reset_index(drop=True),
-                                      other.sort_values("article_id").reset_index(drop=True))
+        pd.testing.assert_frame_equal(
+            a.sort_values("article_id").reset_index(drop=True), other.sort_values("article_id").reset_index(drop=True)
+        )
     assert list(c["text"]) == list(a["text"]) and list(c["source_label"]) == list(a["source_label"])
 
 
@@ -89,8 +103,21 @@ def read_source_rows(tmp_path, rows):
 @pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/data")
 def test_prepare_cli_on_the_shared_corpus_center_only(tmp_path):
     out = tmp_path / "center.parquet"
-    res = CliRunner().invoke(app, ["data", "prepare", str(SHARED), "--out", str(out), "--per-label", "30",
-                                   "--center-only", "--years", "2012-2018"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "prepare",
+            str(SHARED),
+            "--out",
+            str(out),
+            "--per-label",
+            "30",
+            "--center-only",
+            "--years",
+            "2012-2018",
+        ],
+    )
     assert res.exit_code == 0, res.output
     df = pd.read_parquet(out)
     assert len(df) == 30 and set(df["source_label"]) == {"center"}
@@ -98,17 +125,20 @@ def test_prepare_cli_on_the_shared_corpus_center_only(tmp_path):
 
 
 def test_prepare_cli_error_is_one_line(tmp_path):
-    res = CliRunner().invoke(app, ["data", "prepare", "bundled", "--out", str(tmp_path / "x.parquet"),
-                                   "--per-label", "1000"])
+    res = CliRunner().invoke(
+        app, ["data", "prepare", "bundled", "--out", str(tmp_path / "x.parquet"), "--per-label", "1000"]
+    )
     assert res.exit_code == 2 and "per_label.left: asks 1000 articles, only 60 remain" in res.output
     assert not (tmp_path / "x.parquet").exists()
 
 
 # --- each arm's training mix -------------------------------------------------------------
 
+
 def _gens(n_real=20, n_gens=3):
-    real = pd.DataFrame({"article_id": [f"a{i}" for i in range(n_real)], "title": "t", "text": "real",
-                         "source_label": "left"})
+    real = pd.DataFrame(
+        {"article_id": [f"a{i}" for i in range(n_real)], "title": "t", "text": "real", "source_label": "left"}
+    )
     syn = [real.assign(text=f"D{g}", generation=g) for g in range(n_gens)]
     return real, syn
 
@@ -151,8 +181,14 @@ def _skewed(n=300, right=0.8, seed=0):
     """A real corpus with equal label shares, and a D_{g-1} the classifier calls `right`-heavy."""
     rng = np.random.default_rng(seed)
     labels = np.array(["left", "center", "right"])
-    real = pd.DataFrame({"article_id": [f"a{i}" for i in range(n)], "title": "t", "text": "real",
-                         "source_label": np.repeat(labels, n // 3)})
+    real = pd.DataFrame(
+        {
+            "article_id": [f"a{i}" for i in range(n)],
+            "title": "t",
+            "text": "real",
+            "source_label": np.repeat(labels, n // 3),
+        }
+    )
     syn = real.assign(text="D0", generation=0)
     drawn = rng.choice(labels, n, p=[(1 - right) / 2, (1 - right) / 2, right])
     scores = pd.DataFrame({"article_id": syn["article_id"], "label": drawn})
@@ -183,8 +219,15 @@ def test_preserve_balanced_draws_the_real_articles_that_counter_the_drift():
     assert len(kept) == 60 and (ts["source"] == "G0").sum() == 300
     assert (kept["source_label"] == "right").sum() == 0  # D_0 already has too many right articles
     plain = training_set(ArmConfig(mix="preserve", real_fraction=0.2), 1, real, syn, 0)
-    mixed = lambda t: pd.concat([t.loc[t.source == "G0"].merge(scores, on="article_id")["label"],
-                                 t.loc[t.source == "real"].merge(real, on="article_id")["source_label"]])
+
+    def mixed(t):
+        return pd.concat(
+            [
+                t.loc[t.source == "G0"].merge(scores, on="article_id")["label"],
+                t.loc[t.source == "real"].merge(real, on="article_id")["source_label"],
+            ]
+        )
+
     assert mixed(ts).value_counts(normalize=True)["right"] < mixed(plain).value_counts(normalize=True)["right"] - 0.05
 
 

@@ -7,12 +7,11 @@ import os
 import pytest
 import torch
 
+from biasamp.backends import deepspeed_train  # noqa: F401 (registers the deepspeed trainer)
 from biasamp.config import ModelConfig, TrainConfig
 from biasamp.corpus import read_source
 from biasamp.models import load_base_model, load_tokenizer, save_checkpoint
-from biasamp.stages.train import fine_tune
-from biasamp.backends import deepspeed_train  # noqa: F401 (registers the deepspeed trainer)
-from biasamp.stages.train import TRAINERS
+from biasamp.stages.train import TRAINERS, fine_tune
 
 TINY = ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe")
 LOSS_TOLERANCE = 0.02  # nats per step; the difference is each worker averaging over its own tokens
@@ -35,8 +34,14 @@ def test_deepspeed_zero2_two_workers_matches_plain(ray_local, tmp_path):
     tok = load_tokenizer(TINY)
     curves, weights = {}, {}
     for backend in ("plain", "deepspeed"):
-        cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-3, max_length=64, backend=backend,
-                          deepspeed={"workers": 2, "zero_stage": 2, "micro_batch": 1, "cpus_per_worker": 0.5})
+        cfg = TrainConfig(
+            epochs=3,
+            batch_size=4,
+            lr=1e-3,
+            max_length=64,
+            backend=backend,
+            deepspeed={"workers": 2, "zero_stage": 2, "micro_batch": 1, "cpus_per_worker": 0.5},
+        )
         model = load_base_model(TINY, len(tok), seed=0)
         metrics = TRAINERS[backend](model, tok, articles, cfg, seed=0, workdir=tmp_path / "work")
         curves[backend] = metrics["loss_curve"]
@@ -45,8 +50,10 @@ def test_deepspeed_zero2_two_workers_matches_plain(ray_local, tmp_path):
     assert len(plain) == len(ds) == 12  # 16 articles / batch 4 x 3 epochs: same effective batch
     gaps = [abs(a - b) for a, b in zip(plain, ds)]
     weight_gap = (weights["plain"] - weights["deepspeed"]).abs().max().item()
-    print(f"plain vs DeepSpeed ZeRO-2 x 2 workers: loss {plain[0]:.3f} -> {plain[-1]:.3f}, "
-          f"max per-step gap {max(gaps):.4f} nats, max weight gap {weight_gap:.4f}")
+    print(
+        f"plain vs DeepSpeed ZeRO-2 x 2 workers: loss {plain[0]:.3f} -> {plain[-1]:.3f}, "
+        f"max per-step gap {max(gaps):.4f} nats, max weight gap {weight_gap:.4f}"
+    )
     assert max(gaps) < LOSS_TOLERANCE, f"plain {plain}\ndeepspeed {ds}"
     assert plain[-1] < plain[0] - 0.3  # it learned, so agreement is not two flat lines
     assert weight_gap < 0.05
@@ -63,8 +70,11 @@ def test_vllm_greedy_matches_hf(ray_local, tmp_path):
     from biasamp.stages.generate import article_prompts, greedy_continuations
 
     tok = load_tokenizer(TINY)
-    model = load_base_model(ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe",
-                                        tiny={"n_layer": 2, "n_embd": 128, "n_head": 2}), len(tok), seed=0)
+    model = load_base_model(
+        ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe", tiny={"n_layer": 2, "n_embd": 128, "n_head": 2}),
+        len(tok),
+        seed=0,
+    )
     articles = read_source("bundled").head(24)
     fine_tune(model, tok, articles, TrainConfig(epochs=2, batch_size=4, lr=2e-3, max_length=128), seed=0)
     save_checkpoint(model, tok, tmp_path / "ckpt")

@@ -3,11 +3,11 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from biasamp.stages import generate
 from biasamp.config import GenerationConfig, ModelConfig
 from biasamp.corpus import read_source
-from biasamp.stages.generate import article_prompts, greedy_continuations, write_articles
 from biasamp.models import load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
+from biasamp.stages import generate
+from biasamp.stages.generate import article_prompts, greedy_continuations, write_articles
 
 TINY = ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe")
 
@@ -52,8 +52,13 @@ def test_block_protocol_hand_checked(tok, monkeypatch):
 def _one_call_per_block(model, tok, prompt, new_tokens):
     """The authors' call: one prompt, greedy, max_length = len(prompt) + new tokens, cut at EOS."""
     ids = torch.tensor([prompt])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_length=len(prompt) + new_tokens,
-                         do_sample=False, pad_token_id=tok.eos_token_id)[0, len(prompt):].tolist()
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_length=len(prompt) + new_tokens,
+        do_sample=False,
+        pad_token_id=tok.eos_token_id,
+    )[0, len(prompt) :].tolist()
     return out[: out.index(tok.eos_token_id)] if tok.eos_token_id in out else out
 
 
@@ -65,8 +70,15 @@ def test_batched_equals_one_call_per_block(tok, trained):
     assert len({tuple(r) for r in reference}) == len(reference)  # every prompt continues differently
     assert sum(len(set(r)) for r in reference) > 10 * len(reference)
     seen = []
-    batched = greedy_continuations(trained, prompts, 24, batch_size=8, pad_id=tok.pad_token_id,
-                                   eos_id=tok.eos_token_id, progress=lambda done, total: seen.append((done, total)))
+    batched = greedy_continuations(
+        trained,
+        prompts,
+        24,
+        batch_size=8,
+        pad_id=tok.pad_token_id,
+        eos_id=tok.eos_token_id,
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert batched == reference
     assert seen[-1] == (len(prompts), len(prompts)) and len(seen) == -(-len(prompts) // 8)
 
@@ -105,7 +117,9 @@ def test_checkpoint_round_trip_and_hub_path_on_a_local_dir(tok, trained, tmp_pat
     model3 = load_base_model(local, len(tok3))
     assert tok3.encode("Hello world, the Senate") == [15496, 995, 11, 262, 3845]
     p = [tok.encode("The Senate voted")]
-    assert greedy_continuations(model3.eval(), p, 6, 1, tok.pad_token_id, None) == greedy_continuations(trained, p, 6, 1, tok.pad_token_id, None)
+    assert greedy_continuations(model3.eval(), p, 6, 1, tok.pad_token_id, None) == greedy_continuations(
+        trained, p, 6, 1, tok.pad_token_id, None
+    )
 
 
 @pytest.mark.slow

@@ -8,15 +8,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from biasamp.instruments import leaning, prevalence
 from biasamp.cli import app
 from biasamp.config import LABELS, ClassifierConfig, ModelConfig, QualityConfig, ScoringConfig
 from biasamp.corpus import read_source
-from biasamp.instruments.quality import QualityProxy, corrupted_sentences
-from biasamp.tables import TABLES
-from biasamp.instruments import load_classifier
+from biasamp.instruments import leaning, load_classifier, prevalence
+from biasamp.instruments.quality import QualityProxy, corrupted_sentences, quality_index
 from biasamp.stages.score import load_instruments, score_articles
-from biasamp.instruments.quality import quality_index
+from biasamp.tables import TABLES
 
 TINY = ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe", tiny={"n_layer": 1, "n_embd": 32, "n_head": 2})
 
@@ -32,8 +30,10 @@ def _abp_folder(root, n_outlets_valid=3):
     does not apply), with a media split whose validation outlets are partly seen in train."""
     df = read_source("bundled")
     outlets = [f"outlet{i % 12}" for i in range(len(df))]
-    rows = [{"ID": f"t{a}", "title": t, "content_original": x, "source": o, "bias_text": lab, "date": "2016-01-01"}
-            for a, t, x, o, lab in zip(df.article_id, df.title, df.text, outlets, df.source_label)]
+    rows = [
+        {"ID": f"t{a}", "title": t, "content_original": x, "source": o, "bias_text": lab, "date": "2016-01-01"}
+        for a, t, x, o, lab in zip(df.article_id, df.title, df.text, outlets, df.source_label)
+    ]
     (root / "splits" / "media").mkdir(parents=True)
     with gzip.open(root / "articles.jsonl.gz", "wt") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
@@ -64,8 +64,19 @@ def test_quality_proxy_separates_levels_and_flags_loops():
 def test_quality_train_command_writes_a_loadable_proxy(tmp_path):
     _abp_folder(tmp_path / "abp")
     out = tmp_path / "proxy.npz"
-    r = CliRunner().invoke(app, ["quality", "train", "--data", str(tmp_path / "abp"), "--out", str(out),
-                                 "--exclude-study", "configs/quickstart.yaml"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "quality",
+            "train",
+            "--data",
+            str(tmp_path / "abp"),
+            "--out",
+            str(out),
+            "--exclude-study",
+            "configs/quickstart.yaml",
+        ],
+    )
     assert r.exit_code == 0, r.output
     proxy = QualityProxy.load(str(out))
     assert proxy.probabilities(["The vote was held on Tuesday."]).shape == (1, 4)
@@ -90,6 +101,7 @@ def test_offline_instruments_fill_the_scores_table():
 
 # --- the offline leaning classifier -----------------------------------------------------------
 
+
 def _articles(n_outlets=12, per_outlet=15, seed=0):
     """Articles whose label shows in shared words, plus a word only their outlet uses."""
     rng = np.random.default_rng(seed)
@@ -99,8 +111,15 @@ def _articles(n_outlets=12, per_outlet=15, seed=0):
         lab = LABELS[o % 3]
         for a in range(per_outlet):
             body = " ".join(rng.choice(("the vote on the bill " + words[lab] + " said officials").split(), 40))
-            rows.append({"article_id": f"o{o}a{a}", "title": f"story {a}", "text": f"{body} outletword{o}",
-                         "source_label": lab, "outlet": f"outlet{o}"})
+            rows.append(
+                {
+                    "article_id": f"o{o}a{a}",
+                    "title": f"story {a}",
+                    "text": f"{body} outletword{o}",
+                    "source_label": lab,
+                    "outlet": f"outlet{o}",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -115,7 +134,9 @@ def test_leaning_model_learns_shared_words_and_survives_save_and_load(tmp_path):
     np.testing.assert_allclose(probs.sum(1), 1.0)
     assert list(np.asarray(LABELS)[probs.argmax(1)]) == ["left", "right"]
     model.save(tmp_path / "m.npz")
-    np.testing.assert_allclose(leaning.LeaningModel.load(str(tmp_path / "m.npz")).probabilities(texts), probs, rtol=1e-6)
+    np.testing.assert_allclose(
+        leaning.LeaningModel.load(str(tmp_path / "m.npz")).probabilities(texts), probs, rtol=1e-6
+    )
     clf = load_classifier("offline", str(tmp_path / "m.npz"), {}, 0, TINY, "classifier")
     np.testing.assert_allclose(clf.probabilities(texts), probs, rtol=1e-6)
     (tmp_path / "bad.npz").write_bytes(b"not a model")
@@ -133,6 +154,7 @@ def test_shipped_model_and_calibration_load():
 
 
 # --- the prevalence estimate ------------------------------------------------------------------
+
 
 def _calibration(m, outlets_per_label=40, per_outlet=50, jitter=0.0, seed=0):
     """A calibration table from a known confusion M (columns: true label): each outlet's articles
@@ -207,10 +229,15 @@ def test_prevalence_intervals_cover_when_the_corpus_comes_from_unseen_outlets():
     covered, covered_without = [], []
     for rep in range(100):
         outlets = _outlets(M, 0.02, rng)
-        cal = prevalence.calibration_table(np.vstack([_outputs(outlets[i], SIZES, rng) for i in range(3)]),
-                                           np.repeat(LABELS, SIZES.sum()), np.repeat(np.arange(3 * len(SIZES)), np.tile(SIZES, 3)))
+        cal = prevalence.calibration_table(
+            np.vstack([_outputs(outlets[i], SIZES, rng) for i in range(3)]),
+            np.repeat(LABELS, SIZES.sum()),
+            np.repeat(np.arange(3 * len(SIZES)), np.tile(SIZES, 3)),
+        )
         counts, unseen = rng.multinomial(300, rng.dirichlet([2, 2, 2])), _outlets(M, 0.02, rng)
-        probs = np.vstack([_outputs(unseen[i], rng.multinomial(c, SIZES / SIZES.sum()), rng) for i, c in enumerate(counts)])
+        probs = np.vstack(
+            [_outputs(unseen[i], rng.multinomial(c, SIZES / SIZES.sum()), rng) for i, c in enumerate(counts)]
+        )
         true, v = counts / 300, prevalence.article_values(probs, "pacc")
         draws = v[rng.integers(0, 300, (300, 300))].mean(1)
         est, lo, hi = prevalence.estimate(v.mean(0), draws, cal, "pacc", rng, 300)
@@ -223,7 +250,9 @@ def test_prevalence_intervals_cover_when_the_corpus_comes_from_unseen_outlets():
 
 
 def test_prevalence_is_empty_without_a_calibration_and_read_checks_the_table(tmp_path):
-    est, lo, hi = prevalence.estimate(np.full(3, 1 / 3), np.full((10, 3), 1 / 3), None, "pacc", np.random.default_rng(0), 10)
+    est, lo, hi = prevalence.estimate(
+        np.full(3, 1 / 3), np.full((10, 3), 1 / 3), None, "pacc", np.random.default_rng(0), 10
+    )
     assert np.isnan(est).all() and np.isnan(lo).all()
     with pytest.raises(FileNotFoundError, match="scoring.classifier.calibration: no calibration table"):
         prevalence.read_calibration(tmp_path / "none.parquet")
@@ -236,7 +265,9 @@ def test_classify_summary_file(tmp_path):
     src = tmp_path / "arts.jsonl"
     read_source("bundled").head(30).to_json(src, orient="records", lines=True)
     out, summary = tmp_path / "out.parquet", tmp_path / "s.json"
-    r = CliRunner().invoke(app, ["classify", str(src), "--out", str(out), "--summary", str(summary), "--bootstrap", "50"])
+    r = CliRunner().invoke(
+        app, ["classify", str(src), "--out", str(out), "--summary", str(summary), "--bootstrap", "50"]
+    )
     assert r.exit_code == 0, r.output
     s = json.loads(summary.read_text())
     assert s["n"] == 30 and s["method"] == "pcc"
@@ -252,8 +283,19 @@ def test_classify_summary_file(tmp_path):
 def test_classifier_train_and_eval_commands(tmp_path, local_classifier):
     rows = _abp_folder(tmp_path / "abp")
     model_file, report = tmp_path / "m.npz", tmp_path / "report.json"
-    r = CliRunner().invoke(app, ["classifier", "train", "--data", str(tmp_path / "abp"), "--out", str(model_file),
-                                 "--exclude-study", "configs/quickstart.yaml"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "classifier",
+            "train",
+            "--data",
+            str(tmp_path / "abp"),
+            "--out",
+            str(model_file),
+            "--exclude-study",
+            "configs/quickstart.yaml",
+        ],
+    )
     assert r.exit_code == 0, r.output
     cal = prevalence.read_calibration(leaning.calibration_path(model_file))
     held = set(map(str, leaning.LeaningModel.load(str(model_file)).outlets)) ^ {f"outlet{i}" for i in range(12)}
@@ -261,9 +303,27 @@ def test_classifier_train_and_eval_commands(tmp_path, local_classifier):
     assert cal["n"].sum() == sum(r["source"] not in held for r in rows) and cal["outlet"].nunique() == 12 - len(held)
     np.testing.assert_allclose(cal[prevalence.POST].sum(axis=1), cal["n"], rtol=1e-6)
     cal_hf = tmp_path / "hf_cal.parquet"
-    r = CliRunner().invoke(app, ["classifier", "eval", "--data", str(tmp_path / "abp"), "--exclude-study",
-                                 "configs/quickstart.yaml", "--out", str(report), "--repeats", "1",
-                                 "--kind", "hf", "--model", str(local_classifier), "--calibration-out", str(cal_hf)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "classifier",
+            "eval",
+            "--data",
+            str(tmp_path / "abp"),
+            "--exclude-study",
+            "configs/quickstart.yaml",
+            "--out",
+            str(report),
+            "--repeats",
+            "1",
+            "--kind",
+            "hf",
+            "--model",
+            str(local_classifier),
+            "--calibration-out",
+            str(cal_hf),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "shipped" in r.output and "tfidf_baseline" in r.output and "pacc" in r.output
     result = json.loads(report.read_text())
@@ -278,5 +338,7 @@ def test_classifier_train_and_eval_commands(tmp_path, local_classifier):
 
 
 def test_classifier_eval_names_a_missing_folder(tmp_path):
-    r = CliRunner().invoke(app, ["classifier", "eval", "--data", str(tmp_path / "nope"), "--exclude-study", "configs/quickstart.yaml"])
+    r = CliRunner().invoke(
+        app, ["classifier", "eval", "--data", str(tmp_path / "nope"), "--exclude-study", "configs/quickstart.yaml"]
+    )
     assert r.exit_code == 2 and "nope" in r.output

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from biasamp.cli import app
 from biasamp.config import LABELS, ClassifierConfig, ModelConfig, QualityConfig, ScoringConfig
+from biasamp.corpus import read_source
 from biasamp.instruments import invariance
 from biasamp.instruments.degrade import DEGRADATIONS, degrade, degrade_to_profile, profile
 from biasamp.stages.analyze import arm_contrasts
-from biasamp.corpus import read_source
 from biasamp.stages.score import load_instruments, score_articles
 from biasamp.stages.summarize import summarize
 from biasamp.text import sentences
@@ -91,8 +91,12 @@ def _generations(real: pd.DataFrame, planted_leaning: bool) -> list[pd.DataFrame
 @pytest.fixture(scope="module")
 def instruments():
     # the leaning instrument is replaced per test; quality and perplexity as cheap as the stage allows
-    cfg = ScoringConfig(classifier=ClassifierConfig(kind="tiny_random"), quality=QualityConfig(kind="offline"),
-                        perplexity_max_tokens=8, bootstrap=200)
+    cfg = ScoringConfig(
+        classifier=ClassifierConfig(kind="tiny_random"),
+        quality=QualityConfig(kind="offline"),
+        perplexity_max_tokens=8,
+        bootstrap=200,
+    )
     return load_instruments(cfg, TINY)
 
 
@@ -116,7 +120,9 @@ def test_the_degradation_null_catches_a_confounded_instrument_and_keeps_a_real_l
         assert drift > 0.5 and abs(drift - null_drift) < 0.1, (drift, null_drift)
         for g in range(3):  # the null reads what the measured reads, generation by generation
             s = summary.loc[g]
-            assert s["null_share_right_lo"] <= s["share_right_hi"] and s["share_right_lo"] <= s["null_share_right_hi"], s
+            assert (
+                s["null_share_right_lo"] <= s["share_right_hi"] and s["share_right_lo"] <= s["null_share_right_hi"]
+            ), s
         # beyond the null: a tenth of the drift at most (article by article the null is close, not equal)
         assert abs(beyond["estimate"]) < 0.1 * measured["estimate"], (beyond["estimate"], measured["estimate"])
     else:
@@ -128,9 +134,21 @@ def test_summaries_report_the_association_of_quality_with_leaning():
     rng = np.random.default_rng(0)
     tqi = rng.uniform(0, 3, 400)
     right = np.clip(0.8 - 0.2 * tqi + rng.normal(0, 0.05, 400), 0, 1)  # planted: low quality reads right
-    scores = pd.DataFrame({"study": "s", "arm": "a", "seed": 0, "generation": 0, "article_id": map(str, range(400)),
-                           "p_left": (1 - right) / 2, "p_center": (1 - right) / 2, "p_right": right, "tqi": tqi,
-                           "ppl": 1.0, "ppl_ref": 1.0})
+    scores = pd.DataFrame(
+        {
+            "study": "s",
+            "arm": "a",
+            "seed": 0,
+            "generation": 0,
+            "article_id": map(str, range(400)),
+            "p_left": (1 - right) / 2,
+            "p_center": (1 - right) / 2,
+            "p_right": right,
+            "tqi": tqi,
+            "ppl": 1.0,
+            "ppl_ref": 1.0,
+        }
+    )
     scores["label"] = np.array(LABELS)[scores[["p_left", "p_center", "p_right"]].to_numpy().argmax(1)]
     row = summarize(scores, 50)[0].iloc[0]
     assert row["tqi_rho_right_hi"] < -0.8 and row["tqi_rho_left_lo"] > 0.8
@@ -151,8 +169,15 @@ def test_check_passes_an_invariant_instrument_and_fails_a_confounded_one():
     for reads, passes in ((lambda t: 0.3, True), (_short_reads_right, False)):
         table = invariance.shift_table(invariance.readings(_Reads(reads), articles), n_boot=100)
         assert set(table["condition"]) == {"intact", *DEGRADATIONS}
-        assert set(table["reading"]) == {"share_left", "share_center", "share_right", "lean_index",
-                                         "prev_left", "prev_center", "prev_right"}
+        assert set(table["reading"]) == {
+            "share_left",
+            "share_center",
+            "share_right",
+            "lean_index",
+            "prev_left",
+            "prev_center",
+            "prev_right",
+        }
         assert table["within_tolerance"].all() == passes
         if not passes:
             bad = table[(table["condition"] == "first sentence x8") & (table["reading"] == "share_right")].iloc[0]

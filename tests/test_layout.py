@@ -35,7 +35,7 @@ def test_no_import_cycles():
         state[m] = "open"
         for d in sorted(edges[m]):
             if state.get(d) == "open":
-                cycle.append(path[path.index(d):] + [d] if d in path else path + [d])
+                cycle.append(path[path.index(d) :] + [d] if d in path else path + [d])
             elif d not in state:
                 visit(d, path + [d])
         state[m] = "done"
@@ -54,8 +54,18 @@ def test_only_backends_import_ray_deepspeed_and_vllm():
 
 # Lowest first. A module may import its own layer and the layers before it, never a later one.
 LAYERS = [
-    ("foundation", ("biasamp.config", "biasamp.tables", "biasamp.text", "biasamp.artifacts", "biasamp.corpus",
-                    "biasamp.models", "biasamp.tracking")),
+    (
+        "foundation",
+        (
+            "biasamp.config",
+            "biasamp.tables",
+            "biasamp.text",
+            "biasamp.artifacts",
+            "biasamp.corpus",
+            "biasamp.models",
+            "biasamp.tracking",
+        ),
+    ),
     ("instruments", ("biasamp.instruments",)),
     ("stages", ("biasamp.stages", "biasamp.simulate")),  # the pure pipeline; backends are registered into it
     ("application", ("biasamp.study", "biasamp.preflight")),

@@ -3,13 +3,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from biasamp.tables import TABLES
 from biasamp.config import ModelConfig, NeuronsConfig, from_dict
 from biasamp.corpus import read_source
 from biasamp.models import load_base_model, load_tokenizer
 from biasamp.stages.neurons import capture, layer_modules
-from biasamp.study import prepare_study
 from biasamp.stages.trajectory import run_trajectory
+from biasamp.study import prepare_study
+from biasamp.tables import TABLES
 
 TINY = ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe", tiny={"n_layer": 2, "n_embd": 32, "n_head": 2})
 
@@ -33,7 +33,7 @@ def _reference_means(model, tok, texts, module, max_length):
 
 def test_streamed_masked_means_equal_the_plain_mean(gpt2):
     model, tok = gpt2
-    texts = list(read_source("bundled")["text"].iloc[:7].str[: 400]) + ["Short one."]
+    texts = list(read_source("bundled")["text"].iloc[:7].str[:400]) + ["Short one."]
     cfg = NeuronsConfig(max_length=48, batch_size=3)
     rows = capture(model, tok, texts, cfg)
     ffn, blocks = layer_modules(model, cfg)
@@ -58,12 +58,24 @@ def test_weight_summaries_gpt2_conv1d(gpt2):
 
 def test_llama_family_found_and_named_patterns(gpt2):
     _, tok = gpt2
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=24, intermediate_size=40,
-                                         num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1)).eval()
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=24,
+            intermediate_size=40,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).eval()
     rows = capture(llama, tok, ["The Senate voted.", "A longer sentence about the economy and jobs."], NeuronsConfig())
     counts = rows.groupby(["kind", "stat"]).size().to_dict()
-    assert counts == {("activation", "mean"): 72, ("block_activation", "mean"): 72,
-                      ("weight", "l2"): 72, ("weight", "mean"): 72}  # down_proj has no bias
+    assert counts == {
+        ("activation", "mean"): 72,
+        ("block_activation", "mean"): 72,
+        ("weight", "l2"): 72,
+        ("weight", "mean"): 72,
+    }  # down_proj has no bias
     named = NeuronsConfig(ffn_module="model.layers.{layer}.mlp.down_proj", block_module="model.layers.{layer}")
     ffn, blocks = layer_modules(llama, named)
     assert ffn[2] is llama.model.layers[2].mlp.down_proj and len(blocks) == 3

@@ -48,8 +48,9 @@ def test_a_toy_instrument_and_a_toy_mix_flow_to_the_summaries_and_the_report(toy
     g0 = scores[scores["generation"] == 0]
     training = TABLES["training"].read(out, generation=1)
     assert sorted(training["article_id"]) == sorted(g0.nlargest(3, "p_right")["article_id"])  # the toy mix chose
-    settings = json.loads(tables.file_metadata(TABLES["scores"].file(out, arm="toy", seed=0, generation=0),
-                                               "biasamp.scoring"))
+    settings = json.loads(
+        tables.file_metadata(TABLES["scores"].file(out, arm="toy", seed=0, generation=0), "biasamp.scoring")
+    )
     assert settings["toy_e"] == {"kind": "toy"}
 
     per_arm = summarize_study(cfg, log=lambda m: None)
@@ -72,5 +73,19 @@ def test_without_the_toy_e_tables_are_as_before():
     assert "toy_e" not in TABLES["scores"].columns
     # the columns (and order) the scores table had when tqi was written into its declaration
     assert list(TABLES["scores"].columns) == [
-        "study", "arm", "seed", "generation", "article_id", "p_left", "p_center", "p_right", "label", "tqi", "ppl",
-        "ppl_ref", "null_p_left", "null_p_center", "null_p_right"]
+        "study",
+        "arm",
+        "seed",
+        "generation",
+        "article_id",
+        "p_left",
+        "p_center",
+        "p_right",
+        "label",
+        "tqi",
+        "ppl",
+        "ppl_ref",
+        "null_p_left",
+        "null_p_center",
+        "null_p_right",
+    ]

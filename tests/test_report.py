@@ -28,36 +28,107 @@ def _study(out: Path, gens=4, seeds=(0, 1)) -> Path:
             for lab, v in zip(LABELS, rng.dirichlet([3, 3, 3])):
                 r.update({f"share_{lab}": v, f"share_{lab}_lo": v - 0.05, f"share_{lab}_hi": v + 0.05})
                 r.update({f"prev_{lab}": v, f"prev_{lab}_lo": v - 0.08, f"prev_{lab}_hi": v + 0.08})
-                r.update({f"null_share_{lab}": v * 0.9, f"null_share_{lab}_lo": v * 0.9 - 0.05,
-                          f"null_share_{lab}_hi": v * 0.9 + 0.05})
-                r.update({f"tqi_rho_{lab}": -0.05 * g, f"tqi_rho_{lab}_lo": -0.05 * g - 0.1, f"tqi_rho_{lab}_hi": -0.05 * g + 0.1})
+                r.update(
+                    {
+                        f"null_share_{lab}": v * 0.9,
+                        f"null_share_{lab}_lo": v * 0.9 - 0.05,
+                        f"null_share_{lab}_hi": v * 0.9 + 0.05,
+                    }
+                )
+                r.update(
+                    {
+                        f"tqi_rho_{lab}": -0.05 * g,
+                        f"tqi_rho_{lab}_lo": -0.05 * g - 0.1,
+                        f"tqi_rho_{lab}_hi": -0.05 * g + 0.1,
+                    }
+                )
             for col, v in (("lean_index", 0.02 * g), ("null_lean_index", 0.01 * g)):
                 r.update({col: v, f"{col}_lo": v - 0.03, f"{col}_hi": v + 0.03})
-            r.update(tqi_mean=2.0 - 0.1 * g, tqi_mean_lo=1.9 - 0.1 * g, tqi_mean_hi=2.1 - 0.1 * g,
-                     ppl_mean=30.0 + g, ppl_ref_mean=40.0 + g)
+            r.update(
+                tqi_mean=2.0 - 0.1 * g,
+                tqi_mean_lo=1.9 - 0.1 * g,
+                tqi_mean_hi=2.1 - 0.1 * g,
+                ppl_mean=30.0 + g,
+                ppl_ref_mean=40.0 + g,
+            )
             rows.append(r)
     TABLES["summary_arms"].write(pd.DataFrame(rows), out)
     for arm in ARMS:
         for s in seeds:
             for g in range(gens):
                 steps = pd.DataFrame({"step": range(1, 6), "loss": np.linspace(3, 2, 5) - 0.1 * g})
-                steps = steps.assign(study="s", arm=arm, seed=s, generation=g, train_loss=2.5 - 0.1 * g,
-                                     train_articles=100, train_tokens=1e4, train_seconds=1.0, capture_seconds=0.5,
-                                     generate_seconds=2.0, score_seconds=1.0, epochs=1.0,
-                                     batch_size=8, lr=5e-5, weight_decay=0.01, max_length=512, init="previous",
-                                     backend="plain")
+                steps = steps.assign(
+                    study="s",
+                    arm=arm,
+                    seed=s,
+                    generation=g,
+                    train_loss=2.5 - 0.1 * g,
+                    train_articles=100,
+                    train_tokens=1e4,
+                    train_seconds=1.0,
+                    capture_seconds=0.5,
+                    generate_seconds=2.0,
+                    score_seconds=1.0,
+                    epochs=1.0,
+                    batch_size=8,
+                    lr=5e-5,
+                    weight_decay=0.01,
+                    max_length=512,
+                    init="previous",
+                    backend="plain",
+                )
                 TABLES["train_metrics"].write(steps, out, arm=arm, seed=s, generation=g)
-    contrasts = [{"study": "s", "arm": arm, "baseline": "synthetic", "generation": g, "target": t, "estimate": 0.01 * g,
-                  "lo": -0.02, "hi": 0.02 + 0.01 * g, "se": 0.01, "p": 0.5, "arm_value": 0.3, "baseline_value": 0.3,
-                  "n_seeds": 2, "n_seeds_baseline": 2, "seed_variation_in_ci": True}
-                 for arm in ARMS[1:] for g in range(gens) for t in ("share_right", "tqi_mean", "ppl_mean")]
+    contrasts = [
+        {
+            "study": "s",
+            "arm": arm,
+            "baseline": "synthetic",
+            "generation": g,
+            "target": t,
+            "estimate": 0.01 * g,
+            "lo": -0.02,
+            "hi": 0.02 + 0.01 * g,
+            "se": 0.01,
+            "p": 0.5,
+            "arm_value": 0.3,
+            "baseline_value": 0.3,
+            "n_seeds": 2,
+            "n_seeds_baseline": 2,
+            "seed_variation_in_ci": True,
+        }
+        for arm in ARMS[1:]
+        for g in range(gens)
+        for t in ("share_right", "tqi_mean", "ppl_mean")
+    ]
     TABLES["arm_contrasts"].write(pd.DataFrame(contrasts), out)
-    tests = pd.DataFrame([{"target": t, "kind": "weight", "stat": "l2", "layer": layer, "neuron": n, "beta": 0.1,
-                           "se": 0.1, "t": 1.0, "p": 0.3, "q": 0.9, "r": 0.1, "n_obs": 12, "n_trajectories": 6,
-                           "significant": bool(n < layer + 1)}
-                          for t in ("share_right", "tqi_mean") for layer in range(3) for n in range(8)])
+    tests = pd.DataFrame(
+        [
+            {
+                "target": t,
+                "kind": "weight",
+                "stat": "l2",
+                "layer": layer,
+                "neuron": n,
+                "beta": 0.1,
+                "se": 0.1,
+                "t": 1.0,
+                "p": 0.3,
+                "q": 0.9,
+                "r": 0.1,
+                "n_obs": 12,
+                "n_trajectories": 6,
+                "significant": bool(n < layer + 1),
+            }
+            for t in ("share_right", "tqi_mean")
+            for layer in range(3)
+            for n in range(8)
+        ]
+    )
     TABLES["neuron_tests"].write(tests, out)
-    null = {t: {"significant": 6, "null_expected_significant": 0.4, "null_max_significant": 2} for t in ("share_right", "tqi_mean")}
+    null = {
+        t: {"significant": 6, "null_expected_significant": 0.4, "null_max_significant": 2}
+        for t in ("share_right", "tqi_mean")
+    }
     (out / "neuron_tests_summary.json").write_text(json.dumps({"within": {"weight/l2": {"null": null}}}))
     return out
 
@@ -66,8 +137,9 @@ def test_report_draws_every_figure_naming_every_arm(tmp_path):
     res = CliRunner().invoke(app, ["report", str(_study(tmp_path / "study")), "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     page = (tmp_path / "r" / "index.html").read_text()
-    figures = [f for f in ("leaning_shares", "quality", "quality_vs_leaning", "training_loss", "arm_contrasts",
-                           "neurons")]
+    figures = [
+        f for f in ("leaning_shares", "quality", "quality_vs_leaning", "training_loss", "arm_contrasts", "neurons")
+    ]
     for f in figures:
         assert f'src="{f}.png"' in page and (tmp_path / "r" / f"{f}.svg").exists()
     leaning_svg = (tmp_path / "r" / "leaning_shares.svg").read_text()
@@ -90,9 +162,13 @@ def test_report_errors_are_one_line(tmp_path):
 @pytest.mark.skipif(not PAPER.exists(), reason="../shared/data/paper-results not present")
 def test_report_puts_the_authors_curves_on_our_axes(tmp_path):
     imported = tmp_path / "paper"
-    assert CliRunner().invoke(app, ["import-paper", str(PAPER), "--out", str(imported), "--bootstrap", "20"]).exit_code == 0
-    res = CliRunner().invoke(app, ["report", str(_study(tmp_path / "study")), "--out", str(tmp_path / "r"),
-                                   "--paper", str(imported)])
+    assert (
+        CliRunner().invoke(app, ["import-paper", str(PAPER), "--out", str(imported), "--bootstrap", "20"]).exit_code
+        == 0
+    )
+    res = CliRunner().invoke(
+        app, ["report", str(_study(tmp_path / "study")), "--out", str(tmp_path / "r"), "--paper", str(imported)]
+    )
     assert res.exit_code == 0, res.output
     svg = (tmp_path / "r" / "leaning_shares.svg").read_text()
     assert "authors: synthetic" in svg and "authors: preservation" in svg
@@ -109,20 +185,30 @@ def test_the_page_shows_every_figure_in_a_real_browser(tmp_path):
     CliRunner().invoke(app, ["report", str(_study(tmp_path / "study")), "--out", str(tmp_path / "r")])
     page = tmp_path / "r" / "index.html"
     probe = tmp_path / "r" / "probe.html"  # the same page, reporting each image's natural size once loaded
-    probe.write_text(page.read_text().replace("</body>", """<script>
+    probe.write_text(
+        page.read_text().replace(
+            "</body>",
+            """<script>
 window.addEventListener('load', () => document.body.setAttribute('data-images',
   JSON.stringify([...document.images].map(i => [i.getAttribute('src'), i.naturalWidth, i.naturalHeight]))));
-</script></body>"""))
+</script></body>""",
+        )
+    )
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=10000"]
-    dom = subprocess.run([_browser(), *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        [_browser(), *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
+    )
     marker = 'data-images="'
     assert marker in dom.stdout, dom.stderr[-2000:]
     raw = dom.stdout.split(marker, 1)[1].split('"', 1)[0].replace("&quot;", '"')
     images = json.loads(raw)
     assert len(images) >= 5 and all(w > 0 and h > 0 for _, w, h in images), images
     shot = tmp_path / "shot.png"
-    subprocess.run([_browser(), *flags, f"--screenshot={shot}", "--window-size=1300,1600", page.as_uri()],
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [_browser(), *flags, f"--screenshot={shot}", "--window-size=1300,1600", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     import matplotlib.image
 
     pixels = matplotlib.image.imread(shot)

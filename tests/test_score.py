@@ -6,17 +6,19 @@ import pytest
 import torch
 
 from biasamp.config import ClassifierConfig, ModelConfig
-from biasamp.models import load_base_model, load_tokenizer
-from biasamp.tables import TABLES
 from biasamp.instruments import load_classifier
 from biasamp.instruments.hf import class_probabilities, leaning
-from biasamp.stages.score import perplexities
 from biasamp.instruments.quality import quality_index
-from biasamp.text import sentences
+from biasamp.models import load_base_model, load_tokenizer
+from biasamp.stages.score import perplexities
 from biasamp.stages.summarize import import_paper, summarize
+from biasamp.tables import TABLES
+from biasamp.text import sentences
 
 TINY = ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe")
-PAPER = Path(__file__).parents[1].parent / "shared" / "data" / "paper-results" / "Bias_Performance_and_Generation_Quality"
+PAPER = (
+    Path(__file__).parents[1].parent / "shared" / "data" / "paper-results" / "Bias_Performance_and_Generation_Quality"
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +78,25 @@ def _scores(n=400, seeds=(0, 1, 2), p_right=0.6, seed=0):
     for s in seeds:
         labels = rng.choice(["left", "center", "right"], size=n, p=[(1 - p_right) / 2, (1 - p_right) / 2, p_right])
         probs = {f"p_{lab}": np.where(labels == lab, 0.5, 0.25) for lab in ("left", "center", "right")}  # argmax: label
-        rows.append(pd.DataFrame({"study": "x", "arm": "a", "seed": s, "generation": 0, "article_id": np.arange(n).astype(str),
-                                  **probs, "label": labels, "tqi": rng.normal(2.5, 0.3, size=n), "ppl": 10.0,
-                                  "ppl_ref": 20.0, "null_p_left": np.nan, "null_p_center": np.nan, "null_p_right": np.nan}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "study": "x",
+                    "arm": "a",
+                    "seed": s,
+                    "generation": 0,
+                    "article_id": np.arange(n).astype(str),
+                    **probs,
+                    "label": labels,
+                    "tqi": rng.normal(2.5, 0.3, size=n),
+                    "ppl": 10.0,
+                    "ppl_ref": 20.0,
+                    "null_p_left": np.nan,
+                    "null_p_center": np.nan,
+                    "null_p_right": np.nan,
+                }
+            )
+        )
     return pd.concat(rows, ignore_index=True)[list(TABLES["scores"].columns)]
 
 
@@ -104,7 +122,7 @@ def test_import_paper_reproduces_argmax_shares_from_the_csvs():
     pd.testing.assert_frame_equal(import_paper(PAPER.parent)[0], scores)  # the folder that holds it works too
     per_seed, _ = summarize(scores, n_boot=20)
     raw = pd.read_csv(PAPER / "Synthetic_Bias_Performance.csv")
-    direct = (raw[["Left_Score", "Center_Score", "Right_Score"]].to_numpy().argmax(axis=1) == 2)
+    direct = raw[["Left_Score", "Center_Score", "Right_Score"]].to_numpy().argmax(axis=1) == 2
     by_gen = pd.Series(direct).groupby(raw["Generation"]).mean()
     syn = per_seed[(per_seed["study"] == "paper") & (per_seed["arm"] == "synthetic")].set_index("generation")
     for file_gen, share in by_gen.items():
@@ -123,9 +141,13 @@ def test_classify_cli_on_a_csv(local_classifier, tmp_path):
     from biasamp.cli import app
 
     src = tmp_path / "arts.csv"
-    pd.DataFrame({"article_id": ["a", "b"], "title": ["T1", "T2"], "text": ["Taxes fell.", "Unions rose."]}).to_csv(src, index=False)
+    pd.DataFrame({"article_id": ["a", "b"], "title": ["T1", "T2"], "text": ["Taxes fell.", "Unions rose."]}).to_csv(
+        src, index=False
+    )
     out = tmp_path / "out.parquet"
-    res = CliRunner().invoke(app, ["classify", str(src), "--out", str(out), "--kind", "hf", "--model", str(local_classifier)])
+    res = CliRunner().invoke(
+        app, ["classify", str(src), "--out", str(out), "--kind", "hf", "--model", str(local_classifier)]
+    )
     assert res.exit_code == 0, res.output
     df = pd.read_parquet(out)
     # the input's own columns are kept
@@ -133,7 +155,9 @@ def test_classify_cli_on_a_csv(local_classifier, tmp_path):
     assert list(df["article_id"]) == ["a", "b"]
     np.testing.assert_allclose(df[["p_left", "p_center", "p_right"]].sum(axis=1), 1.0)
     pd.DataFrame({"body": ["x"]}).to_csv(src, index=False)
-    bad = CliRunner().invoke(app, ["classify", str(src), "--out", str(out), "--kind", "hf", "--model", str(local_classifier)])
+    bad = CliRunner().invoke(
+        app, ["classify", str(src), "--out", str(out), "--kind", "hf", "--model", str(local_classifier)]
+    )
     assert bad.exit_code == 2 and "no 'text' column" in bad.output
     flags = CliRunner().invoke(app, ["classify", str(src), "--out", str(out), "--kind", "hf", "--labels", "LABEL_0"])
     assert flags.exit_code == 2 and flags.output.startswith("error: --labels:")

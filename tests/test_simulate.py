@@ -21,10 +21,10 @@ def test_wmle_drifts_to_the_pretraining_mean_mle_stays():
     w = df[df["method"] == "wmle"].set_index("generation")["mean"]
     m = df[df["method"] == "mle"].set_index("generation")["mean"]
     assert abs(pre - 0.6) < 0.01
-    assert abs(w[9] - pre) < 0.01 and w[9] > w[0]          # drifts to ~0.6 ...
+    assert abs(w[9] - pre) < 0.01 and w[9] > w[0]  # drifts to ~0.6 ...
     wa = df[df["method"] == "wmle"].set_index("generation")["alpha"]
-    assert wa[9] > 20 * wa[0]                              # ... and collapses onto it
-    assert (m[m.index >= 0] - 0.5).abs().max() < 0.03      # plain MLE stays at Beta(2,2)
+    assert wa[9] > 20 * wa[0]  # ... and collapses onto it
+    assert (m[m.index >= 0] - 0.5).abs().max() < 0.03  # plain MLE stays at Beta(2,2)
     pd.testing.assert_frame_equal(df, simulate(generations=10, n_pretrain=20_000, n_data=5_000, seed=1))
 
 

@@ -2,7 +2,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
-
 from scipy import stats as sps
 
 from biasamp.config import LABELS
@@ -10,8 +9,9 @@ from biasamp.stages.analyze import arm_contrasts, design, fit, neuron_tests, reg
 
 
 def _versions(arms=("a", "b"), seeds=(0, 1), gens=6):
-    return pd.DataFrame([{"study": "s", "arm": a, "seed": s, "generation": g}
-                         for a in arms for s in seeds for g in range(gens)])
+    return pd.DataFrame(
+        [{"study": "s", "arm": a, "seed": s, "generation": g} for a in arms for s in seeds for g in range(gens)]
+    )
 
 
 @pytest.mark.parametrize("mode", ["within", "paper"])
@@ -65,7 +65,7 @@ def _planted(n_neurons=600, n_effect=3, seed=0):
         X[traj == t] = steps[traj == t].cumsum(axis=0)  # random walks per trajectory
     noise = rng.normal(scale=0.3, size=(len(versions), 2))
     dright = X[:, :n_effect].sum(axis=1)
-    dtqi = -X[:, n_effect:2 * n_effect].sum(axis=1)
+    dtqi = -X[:, n_effect : 2 * n_effect].sum(axis=1)
     summary = versions.assign(share_right=dright + noise[:, 0], tqi_mean=dtqi + noise[:, 1])
     long = versions.loc[versions.index.repeat(n_neurons)].reset_index(drop=True)
     long["layer"] = np.tile(np.arange(n_neurons) // 100, len(versions))
@@ -117,8 +117,22 @@ def test_analyze_cli_writes_tests_and_summary(tmp_path):
     res = CliRunner().invoke(app, ["analyze", str(tmp_path), "--null-draws", "2"])
     assert res.exit_code == 0, res.output
     tests = pd.read_parquet(tmp_path / "neuron_tests.parquet")
-    assert list(tests.columns) == ["target", "kind", "stat", "layer", "neuron", "beta", "se", "t", "p", "q", "r",
-                                   "n_obs", "n_trajectories", "significant"]
+    assert list(tests.columns) == [
+        "target",
+        "kind",
+        "stat",
+        "layer",
+        "neuron",
+        "beta",
+        "se",
+        "t",
+        "p",
+        "q",
+        "r",
+        "n_obs",
+        "n_trajectories",
+        "significant",
+    ]
     assert len(tests) == 2 * 200
     paper = CliRunner().invoke(app, ["analyze", str(tmp_path), "--mode", "paper", "--null-draws", "2"])
     assert paper.exit_code == 0, paper.output
@@ -209,10 +223,22 @@ def _scores(rng, arms, seeds, n_art=120, gens=3, effect=None, seed_sd=0.0):
                 lab = rng.choice(["left", "center", "right"], size=n_art, p=[(1 - pr) / 2, (1 - pr) / 2, pr])
                 # the degradation null: the arm's starting mix, drawn afresh (no drift of its own)
                 null = rng.choice(LABELS, size=n_art, p=[0.3 - shift / 2, 0.3 - shift / 2, 0.4 + shift])
-                rows.append(pd.DataFrame({"study": "s", "arm": arm, "seed": s, "generation": g,
-                                          "article_id": np.arange(n_art).astype(str), "label": lab,
-                                          **_probs("p", lab), **_probs("null_p", null),
-                                          "tqi": rng.normal(2.0, 0.5, n_art), "ppl": rng.lognormal(3, 1, n_art)}))
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "study": "s",
+                            "arm": arm,
+                            "seed": s,
+                            "generation": g,
+                            "article_id": np.arange(n_art).astype(str),
+                            "label": lab,
+                            **_probs("p", lab),
+                            **_probs("null_p", null),
+                            "tqi": rng.normal(2.0, 0.5, n_art),
+                            "ppl": rng.lognormal(3, 1, n_art),
+                        }
+                    )
+                )
     return pd.concat(rows, ignore_index=True)
 
 
@@ -256,12 +282,21 @@ def test_contrasts_on_the_authors_numbers(tmp_path):
 
     from biasamp.stages.summarize import import_paper
 
-    folder = Path(__file__).parents[1] / ".." / "shared" / "data" / "paper-results" / "Bias_Performance_and_Generation_Quality"
+    folder = (
+        Path(__file__).parents[1]
+        / ".."
+        / "shared"
+        / "data"
+        / "paper-results"
+        / "Bias_Performance_and_Generation_Quality"
+    )
     if not folder.exists():
         pytest.skip("../shared/data/paper-results not present")
     scores, _ = import_paper(folder)
     c, t = arm_contrasts(scores, "synthetic", n_boot=200)
-    row = c[(c.study == "paper") & (c.arm == "preservation") & (c.generation == 10) & (c.target == "share_right")].iloc[0]
+    row = c[(c.study == "paper") & (c.arm == "preservation") & (c.generation == 10) & (c.target == "share_right")].iloc[
+        0
+    ]
     g10 = scores[(scores.study == "paper") & (scores.generation == 10)]
     share = g10.groupby("arm")["label"].apply(lambda s: (s == "right").mean())
     assert row["estimate"] == pytest.approx(share["preservation"] - share["synthetic"])

@@ -3,27 +3,30 @@
 import os
 import re
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TWO_ARMS
 
 from biasamp import artifacts
-from biasamp.stages import generate
-from biasamp.stages import trajectory
-from biasamp.tables import TABLES
-from conftest import TWO_ARMS
 from biasamp.config import QualityConfig, from_dict, load_config
-from biasamp.study import prepare_study
+from biasamp.stages import generate, trajectory
 from biasamp.stages.trajectory import run_trajectory
+from biasamp.study import prepare_study
+from biasamp.tables import TABLES
 
 ROOT = Path(__file__).parents[1]
 
 
 def _articles(out):
-    return pd.read_parquet(out / "articles").sort_values(["arm", "seed", "generation", "article_id"]).reset_index(drop=True)
+    return (
+        pd.read_parquet(out / "articles")
+        .sort_values(["arm", "seed", "generation", "article_id"])
+        .reset_index(drop=True)
+    )
 
 
 def test_trajectory_tables_and_checkpoints(study_dict):
@@ -32,7 +35,9 @@ def test_trajectory_tables_and_checkpoints(study_dict):
     assert run_trajectory(cfg, "acc", 0, log=lambda m: None) == 2
     out = cfg.output_dir
     df = _articles(out)
-    assert list(pd.read_parquet(TABLES["articles"].file(out, arm="acc", seed=0, generation=1)).columns) == list(TABLES["articles"].columns)
+    assert list(pd.read_parquet(TABLES["articles"].file(out, arm="acc", seed=0, generation=1)).columns) == list(
+        TABLES["articles"].columns
+    )
     assert df.groupby("generation").size().to_dict() == {0: 6, 1: 6}
     assert set(df["source_label"]) == {"left", "center", "right"} and (df["study"] == "t").all()
     assert (df["n_tokens"] > 0).all() and (df["n_tokens"] <= 16).all()  # title + 1 block, 8 new tokens each
@@ -125,7 +130,9 @@ def test_score_command_rescores_a_finished_study(study_dict):
     (out / "scores" / "synthetic__seed1__gen1.parquet").unlink()
     res = _cli("score", str(out), "--set", "scoring.bootstrap=20")
     assert res.returncode == 0, res.stdout + res.stderr
-    pd.testing.assert_frame_equal(_sorted(out / "scores"), before.sort_values(["arm", "seed", "generation", "article_id"]).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        _sorted(out / "scores"), before.sort_values(["arm", "seed", "generation", "article_id"]).reset_index(drop=True)
+    )
     assert len(pd.read_parquet(out / "summary.parquet")) == 2
     bad = _cli("score", str(out), "--set", "scoring.classifier.labels={}")
     assert bad.returncode == 2 and "scoring.classifier" in bad.stderr
@@ -156,16 +163,24 @@ def test_scores_made_with_other_settings_never_mix(study_dict):
     assert prepare_study(longer, log=lambda m: None) == [("synthetic", 0)]  # now the resume may go on
     # a scores file from elsewhere (other settings) is refused by the summaries, with the way out
     f = out / "scores" / "synthetic__seed0__gen1.parquet"
-    write_parquet(pd.read_parquet(out / "scores" / "synthetic__seed0__gen0.parquet").assign(generation=1), f,
-                  metadata={SETTINGS_KEY: made})
+    write_parquet(
+        pd.read_parquet(out / "scores" / "synthetic__seed0__gen0.parquet").assign(generation=1),
+        f,
+        metadata={SETTINGS_KEY: made},
+    )
     assert file_metadata(f, SETTINGS_KEY) == made
     with pytest.raises(ValueError, match=r"scores: made with different scoring settings.*biasamp score"):
         write_summaries(out, pd.read_parquet(out / "scores"), 20)
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "biasamp.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=None if env is None else {**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "biasamp.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=None if env is None else {**os.environ, **env},
+    )
 
 
 def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path, monkeypatch):
@@ -183,7 +198,10 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path, monk
         assert res.returncode == 0, res.stdout + res.stderr
         assert "finished (8/8 trajectories)" in res.stdout
         assert "Ray at 127.0.0.1:" in res.stdout  # the private Ray listens on loopback only
-        assert list(systmp.iterdir()) == [] and not list(cache.rglob("*")), (list(systmp.iterdir()), list(cache.rglob("*")))
+        assert list(systmp.iterdir()) == [] and not list(cache.rglob("*")), (
+            list(systmp.iterdir()),
+            list(cache.rglob("*")),
+        )
         assert not list(out.rglob(".*.tmp")) and not (out / artifacts.SCRATCH).exists()
     a, b = _articles(outs[0]), _articles(outs[1])
     assert len(a) == len(cfg.arms) * len(cfg.seeds) * cfg.generations * 12
@@ -213,8 +231,11 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path, monk
     # Each generation's wall time per stage, and the run's split of them at the end.
     for stage in ("train", "capture", "generate", "score"):
         assert (metrics[f"{stage}_seconds"] > 0).all(), stage
-    assert re.search(r"time by stage over 24 generations: train \d+ s \(\d+%, median [\d.]+ s\), capture .*"
-                     r"generate .*score ", res.stdout), res.stdout
+    assert re.search(
+        r"time by stage over 24 generations: train \d+ s \(\d+%, median [\d.]+ s\), capture .*"
+        r"generate .*score ",
+        res.stdout,
+    ), res.stdout
     # Every table written is what biasamp.tables declares.
     for table in TABLES.values():
         if table.where(outs[0]).exists():
@@ -223,8 +244,16 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path, monk
             table.check(frame)
     assert list(pd.read_parquet(outs[0] / "scores").columns) == list(TABLES["scores"].columns)
     summary = pd.read_parquet(outs[0] / "summary.parquet")
-    assert len(summary) == 4 * 2 * 3 and {"share_right", "share_right_lo", "share_right_hi", "tqi_mean",
-                                          "tqi_mean_lo", "tqi_mean_hi", "ppl_mean", "ppl_ref_mean"} <= set(summary.columns)
+    assert len(summary) == 4 * 2 * 3 and {
+        "share_right",
+        "share_right_lo",
+        "share_right_hi",
+        "tqi_mean",
+        "tqi_mean_lo",
+        "tqi_mean_hi",
+        "ppl_mean",
+        "ppl_ref_mean",
+    } <= set(summary.columns)
     assert (pd.read_parquet(outs[0] / "summary_arms.parquet")["n_seeds"] == 2).all()
     # The statistics stage on the smoke study's own neurons and summary.
     res = _cli("analyze", str(outs[0]))
@@ -250,9 +279,11 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path, monk
     (outs[0] / "summary_arms.parquet").unlink()  # as if killed after the last trajectory, ...
     monkeypatch.setenv("TMPDIR", str(systmp))  # the scratch folder the CLI uses (OUT's path is long: in TMPDIR)
     monkeypatch.setattr(tempfile, "tempdir", None)
-    debris = [outs[0] / "articles" / ".synthetic__seed0__gen2.parquet.a1b2c3.tmp",  # ... mid-write,
-              outs[0] / "checkpoints" / "synthetic" / "seed0" / ".gen2.tmp" / "model.safetensors",
-              artifacts.scratch_dir(outs[0]) / "tmpdir" / "tmpab12cd" / "articles.table.json"]  # ... with W&B media
+    debris = [
+        outs[0] / "articles" / ".synthetic__seed0__gen2.parquet.a1b2c3.tmp",  # ... mid-write,
+        outs[0] / "checkpoints" / "synthetic" / "seed0" / ".gen2.tmp" / "model.safetensors",
+        artifacts.scratch_dir(outs[0]) / "tmpdir" / "tmpab12cd" / "articles.table.json",
+    ]  # ... with W&B media
     assert debris[-1].is_relative_to(systmp)  # OUT's path here is too long for W&B's sockets: scratch in TMPDIR
     for f in debris:
         f.parent.mkdir(parents=True, exist_ok=True)
@@ -293,9 +324,24 @@ def test_generation_progress_is_logged_at_most_once_a_minute(monkeypatch):
 def test_study_with_deepspeed_training_queues_trajectories_around_their_workers(tmp_path):
     """The smoke study with train.backend deepspeed (2 CPU workers, ZeRO-2), each trajectory a Ray
     task launching a Ray Train run: on 2 CPUs one trajectory at a time, no deadlock, same tables."""
-    res = _cli("run", "configs/smoke.yaml", "--out", str(tmp_path / "ds"), "--set", "seeds=[0]", "--set", TWO_ARMS,
-               "--set", "generations=1", "--set", "wandb.mode=disabled", "--set", "train.backend=deepspeed",
-               "--set", "train.deepspeed={workers: 2, micro_batch: 1, cpus_per_worker: 0.5, zero_stage: 2}")
+    res = _cli(
+        "run",
+        "configs/smoke.yaml",
+        "--out",
+        str(tmp_path / "ds"),
+        "--set",
+        "seeds=[0]",
+        "--set",
+        TWO_ARMS,
+        "--set",
+        "generations=1",
+        "--set",
+        "wandb.mode=disabled",
+        "--set",
+        "train.backend=deepspeed",
+        "--set",
+        "train.deepspeed={workers: 2, micro_batch: 1, cpus_per_worker: 0.5, zero_stage: 2}",
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "at most 1 trajectories at once" in res.stdout
     assert "finished (2/2 trajectories)" in res.stdout
@@ -391,7 +437,9 @@ def test_keep_last_checkpoint_resumes_and_extends_to_the_same_result(study_dict,
     pd.testing.assert_frame_equal(_articles(every.output_dir), _articles(last.output_dir))
     # Rescoring (here: other quality instrument) carries each lost model's perplexities over ...
     before = pd.read_parquet(last.output_dir / "scores")
-    other = longer.model_copy(update={"scoring": longer.scoring.model_copy(update={"quality": QualityConfig(kind="offline")})})
+    other = longer.model_copy(
+        update={"scoring": longer.scoring.model_copy(update={"quality": QualityConfig(kind="offline")})}
+    )
     rescore_study(other, log=lambda m: None)
     after = pd.read_parquet(last.output_dir / "scores")
     pd.testing.assert_series_equal(after["ppl"], before["ppl"])

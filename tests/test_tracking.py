@@ -6,9 +6,9 @@ is checked is what biasamp asks of it.)"""
 from types import SimpleNamespace
 
 from biasamp import artifacts, tracking
-from biasamp.study import prepare_study
 from biasamp.config import from_dict
 from biasamp.stages.trajectory import run_trajectory
+from biasamp.study import prepare_study
 
 
 class _Run:
@@ -45,8 +45,13 @@ class _Table:
 
 
 def _fake_wandb(runs):
-    return SimpleNamespace(init=lambda **kw: runs.append(_Run(**kw)) or runs[-1], Settings=lambda **kw: kw,
-                           Table=_Table, Artifact=_Artifact, plot=SimpleNamespace(line=lambda table, x, y, title=None: ("line", x, y)))
+    return SimpleNamespace(
+        init=lambda **kw: runs.append(_Run(**kw)) or runs[-1],
+        Settings=lambda **kw: kw,
+        Table=_Table,
+        Artifact=_Artifact,
+        plot=SimpleNamespace(line=lambda table, x, y, title=None: ("line", x, y)),
+    )
 
 
 def test_an_extended_study_appends_generation_g_at_step_g_to_the_same_run(study_dict, monkeypatch):
@@ -82,8 +87,12 @@ def test_artifacts_when_asked(study_dict, monkeypatch):
     run_trajectory(cfg, "synthetic", 0, log=lambda m: None)
     (art,) = runs[0].artifacts
     assert art.name == "t-synthetic-seed0-gen0"
-    assert art.files == ["checkpoint", "articles/synthetic__seed0__gen0.parquet", "scores/synthetic__seed0__gen0.parquet",
-                         "training/synthetic__seed0__gen0.parquet"]
+    assert art.files == [
+        "checkpoint",
+        "articles/synthetic__seed0__gen0.parquet",
+        "scores/synthetic__seed0__gen0.parquet",
+        "training/synthetic__seed0__gen0.parquet",
+    ]
 
 
 def test_disabled_wandb_makes_no_run(study_dict, monkeypatch):

@@ -18,5 +18,12 @@ def share_of_e(reader, texts: list[str], batch_size: int) -> np.ndarray:
     return reader.probabilities(texts, batch_size) @ np.asarray(reader.labels)
 
 
-TOY = register_measure(Measure("toy_e", "share of e (toy)", lambda scoring, model: EReader(), share_of_e,
-                               settings=lambda scoring: {"kind": "toy"}))
+TOY = register_measure(
+    Measure(
+        "toy_e",
+        "share of e (toy)",
+        lambda scoring, model: EReader(),
+        share_of_e,
+        settings=lambda scoring: {"kind": "toy"},
+    )
+)

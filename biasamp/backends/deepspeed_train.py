@@ -26,8 +26,13 @@ from biasamp.stages.train import make_trainer, register_trainer, tokenized, trai
 from biasamp.text import training_text
 
 # One per environment: DeepSpeed recompiles (under a file lock) for another interpreter or torch.
-EXTENSIONS_CACHE = (Path.home() / ".cache" / "biasamp" / "torch_extensions"
-                    / f"torch{torch.__version__}-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]}")
+EXTENSIONS_CACHE = (
+    Path.home()
+    / ".cache"
+    / "biasamp"
+    / "torch_extensions"
+    / f"torch{torch.__version__}-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]}"
+)
 
 
 def deepspeed_config(cfg: TrainConfig) -> dict:
@@ -65,8 +70,17 @@ def _worker(config: dict) -> None:
     ds = tokenized(tokenizer, config["texts"], cfg.max_length)
     d = cfg.deepspeed
     accumulation = cfg.batch_size // (d.workers * d.micro_batch)
-    trainer = make_trainer(model, tokenizer, ds, cfg, config["seed"], str(init.parent / "trainer"),
-                           deepspeed=deepspeed_config(cfg), micro_batch=d.micro_batch, accumulation=accumulation)
+    trainer = make_trainer(
+        model,
+        tokenizer,
+        ds,
+        cfg,
+        config["seed"],
+        str(init.parent / "trainer"),
+        deepspeed=deepspeed_config(cfg),
+        micro_batch=d.micro_batch,
+        accumulation=accumulation,
+    )
     result = trainer.train()
     metrics = train_metrics(trainer, result, ds, cfg)
     trainer.save_model(config["out"])  # every rank takes part (ZeRO-3 gathers); rank 0 writes
@@ -96,13 +110,22 @@ def fine_tune_deepspeed(model, tokenizer, articles, cfg: TrainConfig, seed: int,
     gpu = torch.cuda.is_available()
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"train": cfg.model_dump(), "init": str(init), "out": str(out), "seed": seed,
-                           "texts": texts, "gpu": gpu},
-        scaling_config=ScalingConfig(num_workers=cfg.deepspeed.workers, use_gpu=gpu,
-                                     resources_per_worker={"CPU": cfg.deepspeed.cpus_per_worker}),
+        train_loop_config={
+            "train": cfg.model_dump(),
+            "init": str(init),
+            "out": str(out),
+            "seed": seed,
+            "texts": texts,
+            "gpu": gpu,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.deepspeed.workers, use_gpu=gpu, resources_per_worker={"CPU": cfg.deepspeed.cpus_per_worker}
+        ),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         # A failed worker restarts the whole group from the generation's starting weights.
-        run_config=RunConfig(name="train", storage_path=str(workdir / "ray"), failure_config=FailureConfig(max_failures=2)),
+        run_config=RunConfig(
+            name="train", storage_path=str(workdir / "ray"), failure_config=FailureConfig(max_failures=2)
+        ),
     )
     trainer.fit()
     trained = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)

@@ -102,8 +102,9 @@ def execute(cfg: StudyConfig, pending: list[tuple[str, int]], log=print) -> int:
                 # Bundle 0 holds the trajectory itself; vLLM engines take the others (vllm_engines).
                 # A trajectory whose group does not fit yet waits: trajectories queue when the cluster is full.
                 strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
-                ref = task.options(num_cpus=res.cpus_per_trajectory, num_gpus=res.gpus_per_trajectory,
-                                   scheduling_strategy=strategy).remote(cfg, arm, seed, res.cpus_per_trajectory, progress)
+                ref = task.options(
+                    num_cpus=res.cpus_per_trajectory, num_gpus=res.gpus_per_trajectory, scheduling_strategy=strategy
+                ).remote(cfg, arm, seed, res.cpus_per_trajectory, progress)
                 groups[ref] = pg
                 names[ref] = f"{arm}__seed{seed}"
                 remaining.append(ref)
@@ -117,8 +118,9 @@ def execute(cfg: StudyConfig, pending: list[tuple[str, int]], log=print) -> int:
                 except ray.exceptions.RayTaskError as e:  # the worker's traceback is in its log file
                     if isinstance(e.cause, (ValueError, OSError)):
                         log_file = cfg.output_dir / "logs" / f"{names[ref]}.log"
-                        raise ValueError(f"{names[ref]}: {str(e.cause).strip().splitlines()[0]} "
-                                         f"(traceback in {log_file})") from None
+                        raise ValueError(
+                            f"{names[ref]}: {str(e.cause).strip().splitlines()[0]} (traceback in {log_file})"
+                        ) from None
                     raise
                 ran += n
                 done = len(pending) - len(queued) - len(remaining)

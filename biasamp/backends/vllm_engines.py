@@ -22,9 +22,15 @@ class VLLMEngine:
 
         gpu = torch.cuda.is_available()
         # On vLLM's CPU backend gpu_memory_utilization is the share of host RAM reserved for the KV cache.
-        self.llm = LLM(model=checkpoint, tokenizer=checkpoint, dtype="auto" if gpu else "float32",
-                       max_model_len=max_model_len, enforce_eager=True, seed=0,
-                       gpu_memory_utilization=0.85 if gpu else 0.15)
+        self.llm = LLM(
+            model=checkpoint,
+            tokenizer=checkpoint,
+            dtype="auto" if gpu else "float32",
+            max_model_len=max_model_len,
+            enforce_eager=True,
+            seed=0,
+            gpu_memory_utilization=0.85 if gpu else 0.15,
+        )
 
     def continuations(self, prompts: list[list[int]], new_tokens: int, eos_id: int | None) -> list[list[int]]:
         from vllm import SamplingParams
@@ -41,8 +47,14 @@ class VLLMEngine:
         return result
 
 
-def vllm_continuations(checkpoint: Path, prompts: list[list[int]], new_tokens: int, eos_id: int | None,
-                       engines: int, gpus_per_engine: float) -> list[list[int]]:
+def vllm_continuations(
+    checkpoint: Path,
+    prompts: list[list[int]],
+    new_tokens: int,
+    eos_id: int | None,
+    engines: int,
+    gpus_per_engine: float,
+) -> list[list[int]]:
     """Greedy continuations from `engines` data-parallel vLLM engines, each a Ray actor holding
     `gpus_per_engine` GPUs and every engines-th prompt; inside a trajectory's placement group
     (biasamp.backends.ray_cluster.trajectory_bundles) each engine takes its own bundle."""
@@ -54,8 +66,12 @@ def vllm_continuations(checkpoint: Path, prompts: list[list[int]], new_tokens: i
     actor = ray.remote(num_gpus=gpus_per_engine, num_cpus=1)(VLLMEngine)
     pg = ray.util.get_current_placement_group()  # the trajectory's: bundles 1.. are the engines'
     shards = [prompts[i::engines] for i in range(engines)]  # strided: similar lengths in every shard
-    place = [{"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=1 + i)}
-             if pg is not None else {} for i in range(engines)]
+    place = [
+        {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=1 + i)}
+        if pg is not None
+        else {}
+        for i in range(engines)
+    ]
     handles = [actor.options(**place[i]).remote(str(checkpoint), longest) for i in range(engines)]
     results = ray.get([h.continuations.remote(s, new_tokens, eos_id) for h, s in zip(handles, shards)])
     for h in handles:
@@ -68,5 +84,6 @@ def vllm_continuations(checkpoint: Path, prompts: list[list[int]], new_tokens: i
 
 @register_generator("vllm")
 def _vllm(model, tokenizer, prompts, cfg, eos_id, progress, checkpoint):
-    return vllm_continuations(checkpoint, prompts, cfg.new_tokens, eos_id, cfg.backend.engines,
-                              cfg.backend.gpus_per_engine)
+    return vllm_continuations(
+        checkpoint, prompts, cfg.new_tokens, eos_id, cfg.backend.engines, cfg.backend.gpus_per_engine
+    )

@@ -38,10 +38,10 @@ def _blocks_with_phrase(words: list[str], rng) -> list[str]:
     """32-word blocks, each followed by one phrase of the article (3 words) said 3 times, as looping
     bylines and names are."""
     start = int(rng.integers(0, max(len(words) - 3, 1)))
-    phrase = words[start:start + 3]
+    phrase = words[start : start + 3]
     out = []
     for i in range(0, len(words), 32):
-        out += words[i:i + 32] + phrase * 3
+        out += words[i : i + 32] + phrase * 3
     return out
 
 
@@ -67,11 +67,12 @@ def degrade(body: str, name: str, seed: int) -> str:
 
 # --- the degradation null: a real article made as short and as repetitive as a generated one ----
 
+
 def profile(body: str) -> tuple[int, float]:
     """(words, repeated fraction): the share of the text's word 4-grams that are repeats of one
     seen before in it (0 for text that never repeats itself, near 1 for a loop)."""
     words = body.split()
-    grams = [tuple(words[i:i + REPEAT_NGRAM]) for i in range(len(words) - REPEAT_NGRAM + 1)]
+    grams = [tuple(words[i : i + REPEAT_NGRAM]) for i in range(len(words) - REPEAT_NGRAM + 1)]
     return len(words), (1.0 - len(set(grams)) / len(grams)) if grams else 0.0
 
 
@@ -81,5 +82,5 @@ def degrade_to_profile(body: str, n_words: int, repeated: float) -> str:
     words = body.split()
     if not words or n_words <= 0:
         return ""
-    unique = words[:max(1, round(n_words * (1.0 - repeated)))]
+    unique = words[: max(1, round(n_words * (1.0 - repeated)))]
     return " ".join((unique * (n_words // len(unique) + 1))[:n_words])

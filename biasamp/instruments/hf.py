@@ -37,9 +37,17 @@ def load_hub(kind: str, name: str, label_map: dict, max_tokens: int, study_model
         tok = load_tokenizer(study_model)
         torch.manual_seed(0)
         names = sorted(label_map)  # independent of the order a config file lists them in
-        config = GPT2Config(vocab_size=len(tok), n_layer=1, n_embd=32, n_head=2, n_positions=1024,
-                            num_labels=len(names), pad_token_id=tok.pad_token_id,
-                            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+        config = GPT2Config(
+            vocab_size=len(tok),
+            n_layer=1,
+            n_embd=32,
+            n_head=2,
+            n_positions=1024,
+            num_labels=len(names),
+            pad_token_id=tok.pad_token_id,
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+        )
         model = GPT2ForSequenceClassification(config)
     else:
         try:
@@ -65,8 +73,9 @@ def class_probabilities(clf: SequenceClassifier, texts: list[str], batch_size: i
     side, tok.padding_side = tok.padding_side, "right"
     try:
         for idx in by_length(texts, batch_size):
-            enc = tok([texts[i] for i in idx], truncation=True, max_length=clf.max_tokens, padding=True,
-                      return_tensors="pt")
+            enc = tok(
+                [texts[i] for i in idx], truncation=True, max_length=clf.max_tokens, padding=True, return_tensors="pt"
+            )
             logits = clf.model(**{k: v.to(clf.model.device) for k, v in enc.items()}).logits
             out[idx] = torch.softmax(logits.double(), dim=-1).cpu().numpy()
     finally:
@@ -81,5 +90,3 @@ def leaning(clf: SequenceClassifier, texts: list[str], batch_size: int) -> pd.Da
     df = pd.DataFrame({f"p_{lab}": cols[lab] for lab in LABELS})
     df["label"] = np.array(LABELS)[df[[f"p_{lab}" for lab in LABELS]].to_numpy().argmax(axis=1)]
     return df
-
-

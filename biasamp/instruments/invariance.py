@@ -37,13 +37,17 @@ def readings(clf, articles: pd.DataFrame, batch_size: int = 16) -> dict[str, np.
     conditions = {"intact": list(articles["text"])}
     for name in DEGRADATIONS:
         conditions[name] = [degrade(body, name, seed=i) for i, body in enumerate(articles["text"])]
-    return {name: leaning(clf, [training_text(t, b) for t, b in zip(articles["title"], bodies)], batch_size)
-            [[f"p_{lab}" for lab in LABELS]].to_numpy()
-            for name, bodies in conditions.items()}
+    return {
+        name: leaning(clf, [training_text(t, b) for t, b in zip(articles["title"], bodies)], batch_size)[
+            [f"p_{lab}" for lab in LABELS]
+        ].to_numpy()
+        for name, bodies in conditions.items()
+    }
 
 
-def shift_table(probs: dict[str, np.ndarray], method: str = "pcc", calibration=None, n_boot: int = 1000,
-                seed: int = 0) -> pd.DataFrame:
+def shift_table(
+    probs: dict[str, np.ndarray], method: str = "pcc", calibration=None, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
     """One row per condition and reading: its value, its shift from intact with a paired bootstrap
     95% CI (the same article draws for both), and whether |shift| <= TOLERANCE. The prevalence
     method's shares (prev_*) are read too where the method can be computed (pcc and cc always)."""
@@ -75,8 +79,17 @@ def shift_table(probs: dict[str, np.ndarray], method: str = "pcc", calibration=N
         lo, hi = np.percentile(diff, [2.5, 97.5], axis=0)
         for k, reading in enumerate(names):
             shift = point[k] - base_point[k]
-            rows.append({"condition": condition, "reading": reading, "value": point[k], "shift": shift,
-                         "shift_lo": lo[k], "shift_hi": hi[k], "within_tolerance": bool(abs(shift) <= TOLERANCE)})
+            rows.append(
+                {
+                    "condition": condition,
+                    "reading": reading,
+                    "value": point[k],
+                    "shift": shift,
+                    "shift_lo": lo[k],
+                    "shift_hi": hi[k],
+                    "within_tolerance": bool(abs(shift) <= TOLERANCE),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -89,19 +102,29 @@ def macro_f1(probs: np.ndarray, labels) -> float:
 def render(table: pd.DataFrame, f1: float, n: dict[str, int], instrument: str) -> str:
     """The check as a Markdown table: one row per condition, per reading its value and shift [CI]."""
     readings = list(dict.fromkeys(table["reading"]))
-    lines = [f"{instrument}: {sum(n.values())} articles ({', '.join(f'{k} {v}' for k, v in n.items())}), "
-             f"macro-F1 on the intact articles {f1:.3f}",
-             "",
-             "| condition | " + " | ".join(readings) + " | max abs shift |",
-             "|---|" + "---|" * (len(readings) + 1)]
+    lines = [
+        f"{instrument}: {sum(n.values())} articles ({', '.join(f'{k} {v}' for k, v in n.items())}), "
+        f"macro-F1 on the intact articles {f1:.3f}",
+        "",
+        "| condition | " + " | ".join(readings) + " | max abs shift |",
+        "|---|" + "---|" * (len(readings) + 1),
+    ]
     for condition, part in table.groupby("condition", sort=False):
         part = part.set_index("reading")
-        cells = [f"{part.loc[r, 'value']:.3f}" if condition == "intact" else
-                 f"{part.loc[r, 'value']:.3f} ({part.loc[r, 'shift']:+.3f} [{part.loc[r, 'shift_lo']:+.3f}, "
-                 f"{part.loc[r, 'shift_hi']:+.3f}])" for r in readings]
+        cells = [
+            f"{part.loc[r, 'value']:.3f}"
+            if condition == "intact"
+            else f"{part.loc[r, 'value']:.3f} ({part.loc[r, 'shift']:+.3f} [{part.loc[r, 'shift_lo']:+.3f}, "
+            f"{part.loc[r, 'shift_hi']:+.3f}])"
+            for r in readings
+        ]
         worst = "" if condition == "intact" else f"{part['shift'].abs().max():.3f}"
         lines.append(f"| {condition} | " + " | ".join(cells) + f" | {worst} |")
     worst = table["shift"].abs().max()
-    lines += ["", f"largest shift {worst:.3f}: " + ("every reading within" if worst <= TOLERANCE else "NOT within")
-              + f" {TOLERANCE} under every degradation"]
+    lines += [
+        "",
+        f"largest shift {worst:.3f}: "
+        + ("every reading within" if worst <= TOLERANCE else "NOT within")
+        + f" {TOLERANCE} under every degradation",
+    ]
     return "\n".join(lines)

@@ -32,8 +32,8 @@ import pandas as pd
 
 from biasamp.artifacts import write_npz
 from biasamp.config import LABELS, load_config
-from biasamp.instruments import prevalence
 from biasamp.corpus import read_source, sample_corpus
+from biasamp.instruments import prevalence
 from biasamp.text import training_text, windows, without_repeats
 
 MODEL = Path(__file__).parents[1] / "data" / "leaning_tfidf.npz"
@@ -93,8 +93,12 @@ class LeaningModel:
     def features(self, texts: list[str]):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, vocabulary=dict(zip(self.vocabulary, range(len(self.vocabulary)))),
-                              dtype=np.float32)
+        vec = TfidfVectorizer(
+            ngram_range=(1, 2),
+            sublinear_tf=True,
+            vocabulary=dict(zip(self.vocabulary, range(len(self.vocabulary)))),
+            dtype=np.float32,
+        )
         vec.idf_ = self.idf
         return vec.transform(texts)
 
@@ -114,20 +118,34 @@ class LeaningModel:
         return out / np.bincount(of, minlength=len(texts))[:, None]
 
     def save(self, path: Path) -> None:
-        write_npz(path, vocabulary=np.asarray(self.vocabulary, dtype=str), idf=self.idf, weight=self.weight, bias=self.bias,
-                  window=np.asarray(self.window), outlets=np.asarray(self.outlets, dtype=str))
+        write_npz(
+            path,
+            vocabulary=np.asarray(self.vocabulary, dtype=str),
+            idf=self.idf,
+            weight=self.weight,
+            bias=self.bias,
+            window=np.asarray(self.window),
+            outlets=np.asarray(self.outlets, dtype=str),
+        )
 
     @classmethod
     def load(cls, name: str) -> "LeaningModel":
         path = model_file(name)
         if not path.is_file():
-            raise FileNotFoundError(f"scoring.classifier.name: no offline leaning model at {path} (biasamp "
-                                    f"classifier train writes one; for a Hugging Face model folder use kind: hf)")
+            raise FileNotFoundError(
+                f"scoring.classifier.name: no offline leaning model at {path} (biasamp "
+                f"classifier train writes one; for a Hugging Face model folder use kind: hf)"
+            )
         try:
             with np.load(path, allow_pickle=False) as z:
-                model = cls(z["vocabulary"], z["idf"], z["weight"], z["bias"],
-                            int(z["window"]) if "window" in z else 0,
-                            z["outlets"] if "outlets" in z else np.array([], dtype=str))
+                model = cls(
+                    z["vocabulary"],
+                    z["idf"],
+                    z["weight"],
+                    z["bias"],
+                    int(z["window"]) if "window" in z else 0,
+                    z["outlets"] if "outlets" in z else np.array([], dtype=str),
+                )
         except (OSError, ValueError, KeyError) as e:
             raise ValueError(f"{path}: not an offline leaning model ({e})") from None
         if model.weight.shape != (len(LABELS), len(model.vocabulary)):
@@ -135,15 +153,24 @@ class LeaningModel:
         return model
 
 
-def fit(texts: list[str], labels, outlets, window: int = WINDOW, intercept: bool = False, seed: int = 0) -> LeaningModel:
+def fit(
+    texts: list[str], labels, outlets, window: int = WINDOW, intercept: bool = False, seed: int = 0
+) -> LeaningModel:
     """The recipe: features from whole articles; the regression on their training_windows, each
     article's windows sharing its weight (window 0: on whole articles, the recipe before windows)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, vocabulary=outlet_shared_vocabulary(texts, outlets),
-                          dtype=np.float32).fit(texts)
-    model = LeaningModel(np.asarray(vec.get_feature_names_out()), vec.idf_.astype(np.float32), None, None, window,
-                         np.unique(np.asarray(outlets, dtype=str)))
+    vec = TfidfVectorizer(
+        ngram_range=(1, 2), sublinear_tf=True, vocabulary=outlet_shared_vocabulary(texts, outlets), dtype=np.float32
+    ).fit(texts)
+    model = LeaningModel(
+        np.asarray(vec.get_feature_names_out()),
+        vec.idf_.astype(np.float32),
+        None,
+        None,
+        window,
+        np.unique(np.asarray(outlets, dtype=str)),
+    )
     rng = np.random.default_rng(seed)
     pieces, y, weight = [], [], []
     for text, label, w in zip(texts, labels, outlet_weights(outlets)):
@@ -159,18 +186,19 @@ def training_windows(text: str, window: int, rng) -> list[str]:
     """Consecutive windows of the text (repeats read once) of random lengths, window / SHORTEST to
     5 window / 4 words, MAX_WINDOWS at most, and one more of the same words shuffled: the regression
     sees short and bigram-poor text of every label alike."""
+
     def length() -> int:
         return int(rng.integers(max(1, window // SHORTEST), window * 5 // 4))
 
     words, out, i = without_repeats(text).split(), [], 0
     while i < len(words) and len(out) < MAX_WINDOWS:
         k = length()
-        out.append(" ".join(words[i:i + k]))
+        out.append(" ".join(words[i : i + k]))
         i += k
     read = " ".join(out).split()
     k = length()
     start = int(rng.integers(0, max(len(read) - k, 1)))
-    shuffled = read[start:start + k]
+    shuffled = read[start : start + k]
     rng.shuffle(shuffled)
     return (out or [""]) + [" ".join(shuffled)]
 
@@ -178,8 +206,9 @@ def training_windows(text: str, window: int, rng) -> list[str]:
 def _logistic(vec, texts: list[str], labels, weight=None) -> LeaningModel:
     """`vec` fitted on the texts, then logistic_regression on its features, as a LeaningModel."""
     x = vec.fit_transform(texts)
-    return LeaningModel(np.asarray(vec.get_feature_names_out()), vec.idf_.astype(np.float32),
-                        *logistic_regression(x, labels, weight))
+    return LeaningModel(
+        np.asarray(vec.get_feature_names_out()), vec.idf_.astype(np.float32), *logistic_regression(x, labels, weight)
+    )
 
 
 def outlet_shared_vocabulary(texts: list[str], outlets) -> np.ndarray:
@@ -213,7 +242,9 @@ def logistic_regression(x, labels, weight=None, c: float = C, intercept: bool = 
         weight[labels == lab] *= len(labels) / len(LABELS) / weight[labels == lab].sum()
     lr = LogisticRegression(C=c, max_iter=2000, fit_intercept=intercept).fit(x, labels, sample_weight=weight)
     order = [list(lr.classes_).index(lab) for lab in LABELS]
-    return lr.coef_[order].astype(np.float32), np.asarray(lr.intercept_, float)[order] if intercept else np.zeros(len(LABELS))
+    return lr.coef_[order].astype(np.float32), np.asarray(lr.intercept_, float)[order] if intercept else np.zeros(
+        len(LABELS)
+    )
 
 
 def texts_of(df: pd.DataFrame) -> list[str]:
@@ -278,30 +309,43 @@ def train(data: Path, exclude: set[str], seed: int = 0, log=print) -> tuple[Lean
     log(f"{len(held)} outlets ({pool['outlet'].isin(held).sum()} pool articles) held out for `classifier check`")
     pool = pool[~pool["outlet"].isin(held)].reset_index(drop=True)
     texts, y, outlets = texts_of(pool), pool["source_label"].to_numpy(), pool["outlet"].to_numpy()
-    log(f"pool: {len(pool)} articles {pool['source_label'].value_counts().to_dict()} from {pool['outlet'].nunique()} "
-        f"outlets ({len(exclude)} study-corpus articles excluded)")
-    oof = cross_fit(texts, outlets, outlet_folds(pool), lambda idx: fit([texts[i] for i in idx], y[idx], outlets[idx]), log)
+    log(
+        f"pool: {len(pool)} articles {pool['source_label'].value_counts().to_dict()} from {pool['outlet'].nunique()} "
+        f"outlets ({len(exclude)} study-corpus articles excluded)"
+    )
+    oof = cross_fit(
+        texts, outlets, outlet_folds(pool), lambda idx: fit([texts[i] for i in idx], y[idx], outlets[idx]), log
+    )
     return fit(texts, y, outlets), prevalence.calibration_table(oof, y, outlets)
 
 
 # --- evaluation --------------------------------------------------------------------------------
+
 
 def article_report(y_true, probs: np.ndarray, folds: np.ndarray) -> dict:
     """Macro-F1 averaged over held-out folds, per-class figures and the confusion over all of them."""
     from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
     pred = np.asarray(LABELS)[probs.argmax(1)]
-    per_fold = [f1_score(y_true[folds == k], pred[folds == k], labels=LABELS, average="macro", zero_division=0)
-                for k in np.unique(folds)]
+    per_fold = [
+        f1_score(y_true[folds == k], pred[folds == k], labels=LABELS, average="macro", zero_division=0)
+        for k in np.unique(folds)
+    ]
     p, r, f, n = precision_recall_fscore_support(y_true, pred, labels=LABELS, zero_division=0)
-    return {"macro_f1": float(np.mean(per_fold)), "macro_f1_folds": [float(v) for v in per_fold],
-            "per_class": {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "n": int(n[i])}
-                          for i, lab in enumerate(LABELS)},
-            "confusion": {"rows_true_cols_pred": LABELS, "matrix": confusion_matrix(y_true, pred, labels=LABELS).tolist()}}
+    return {
+        "macro_f1": float(np.mean(per_fold)),
+        "macro_f1_folds": [float(v) for v in per_fold],
+        "per_class": {
+            lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "n": int(n[i])}
+            for i, lab in enumerate(LABELS)
+        },
+        "confusion": {"rows_true_cols_pred": LABELS, "matrix": confusion_matrix(y_true, pred, labels=LABELS).tolist()},
+    }
 
 
-def prevalence_benchmark(pool: pd.DataFrame, folds: np.ndarray, probs: dict[str, np.ndarray], repeats: int,
-                         seed: int = 0, n_boot: int = 500) -> pd.DataFrame:
+def prevalence_benchmark(
+    pool: pd.DataFrame, folds: np.ndarray, probs: dict[str, np.ndarray], repeats: int, seed: int = 0, n_boot: int = 500
+) -> pd.DataFrame:
     """Corpora of BENCH_SIZE articles with known mixes (BENCH_MIXES), each drawn from one fold's
     held-out outlets; per classifier (`probs`: out-of-fold probabilities) and method, the estimated
     shares with the confusion taken from the other folds only. One row per corpus, label, classifier
@@ -310,24 +354,39 @@ def prevalence_benchmark(pool: pd.DataFrame, folds: np.ndarray, probs: dict[str,
     y = pool["source_label"].to_numpy()
     rows = []
     for k in np.unique(folds):
-        cals = {name: prevalence.calibration_table(p[folds != k], y[folds != k], pool["outlet"].to_numpy()[folds != k])
-                for name, p in probs.items()}
+        cals = {
+            name: prevalence.calibration_table(p[folds != k], y[folds != k], pool["outlet"].to_numpy()[folds != k])
+            for name, p in probs.items()
+        }
         held = {lab: np.flatnonzero((folds == k) & (y == lab)) for lab in LABELS}
         for mix in BENCH_MIXES:
             counts = np.round(np.array(mix) * BENCH_SIZE).astype(int)
             for rep in range(repeats):
                 # with replacement only where a fold holds fewer articles of a label than the mix asks for
-                pick = np.concatenate([rng.choice(held[lab], c, replace=len(held[lab]) < c)
-                                       for lab, c in zip(LABELS, counts)])
+                pick = np.concatenate(
+                    [rng.choice(held[lab], c, replace=len(held[lab]) < c) for lab, c in zip(LABELS, counts)]
+                )
                 true = counts / counts.sum()
                 for name, p in probs.items():
                     for method in prevalence.METHODS:
                         v = prevalence.article_values(p[pick], method)
                         draws = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
                         est, lo, hi = prevalence.estimate(v.mean(0), draws, cals[name], method, rng, len(v))
-                        rows += [{"fold": int(k), "mix": "/".join(f"{m:.2f}" for m in mix), "repeat": rep,
-                                  "classifier": name, "method": method, "label": lab, "true": true[i],
-                                  "estimate": est[i], "lo": lo[i], "hi": hi[i]} for i, lab in enumerate(LABELS)]
+                        rows += [
+                            {
+                                "fold": int(k),
+                                "mix": "/".join(f"{m:.2f}" for m in mix),
+                                "repeat": rep,
+                                "classifier": name,
+                                "method": method,
+                                "label": lab,
+                                "true": true[i],
+                                "estimate": est[i],
+                                "lo": lo[i],
+                                "hi": hi[i],
+                            }
+                            for i, lab in enumerate(LABELS)
+                        ]
     return pd.DataFrame(rows)
 
 
@@ -336,12 +395,16 @@ def baseline_fit(texts: list[str], labels) -> LeaningModel:
     logistic regression, every training article, no outlet-aware choices."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    return _logistic(TfidfVectorizer(ngram_range=(1, 2), min_df=3, max_features=200_000, sublinear_tf=True,
-                                     dtype=np.float32), texts, labels)
+    return _logistic(
+        TfidfVectorizer(ngram_range=(1, 2), min_df=3, max_features=200_000, sublinear_tf=True, dtype=np.float32),
+        texts,
+        labels,
+    )
 
 
-def evaluate(data: Path, exclude: set[str], extra: dict | None = None, repeats: int = 5, seed: int = 0,
-             log=print) -> tuple[dict, pd.DataFrame, dict[str, np.ndarray], pd.DataFrame]:
+def evaluate(
+    data: Path, exclude: set[str], extra: dict | None = None, repeats: int = 5, seed: int = 0, log=print
+) -> tuple[dict, pd.DataFrame, dict[str, np.ndarray], pd.DataFrame]:
     """Leave-outlets-out evaluation of the shipped recipe and the baseline (and of `extra`: name ->
     a classifier with `probabilities`, e.g. a hub model, which is scored as it is, not refitted).
 
@@ -350,8 +413,10 @@ def evaluate(data: Path, exclude: set[str], extra: dict | None = None, repeats: 
     pool = training_pool(data, exclude, seed=seed)
     folds = outlet_folds(pool)
     texts, y, outlets = texts_of(pool), pool["source_label"].to_numpy(), pool["outlet"].to_numpy()
-    log(f"pool: {len(pool)} articles {pool['source_label'].value_counts().to_dict()} from {pool['outlet'].nunique()} "
-        f"outlets in {folds.max() + 1} outlet-grouped folds")
+    log(
+        f"pool: {len(pool)} articles {pool['source_label'].value_counts().to_dict()} from {pool['outlet'].nunique()} "
+        f"outlets in {folds.max() + 1} outlet-grouped folds"
+    )
     everything = read_source(str(data))
     everything = everything[~everything["article_id"].isin(exclude)]
     full_outlets = everything["outlet"].to_numpy()
@@ -361,30 +426,48 @@ def evaluate(data: Path, exclude: set[str], extra: dict | None = None, repeats: 
         part = everything[np.isin(full_outlets, list(train_outlets))]
         return baseline_fit(texts_of(part), part["source_label"])
 
-    probs = {"shipped": cross_fit(texts, outlets, folds, lambda idx: fit([texts[i] for i in idx], y[idx], outlets[idx]), log)}
+    probs = {
+        "shipped": cross_fit(texts, outlets, folds, lambda idx: fit([texts[i] for i in idx], y[idx], outlets[idx]), log)
+    }
     log("baseline (TF-IDF + LR, all articles of the training outlets)")
     probs["tfidf_baseline"] = cross_fit(texts, outlets, folds, baseline_fold, log)
     for name, clf in (extra or {}).items():
         log(f"{name}: scoring {len(pool)} articles")
         probs[name] = clf.probabilities(texts, 16)
     bench = prevalence_benchmark(pool, folds, probs, repeats, seed)
-    report = {"pool_articles": len(pool), "outlets": int(pool["outlet"].nunique()), "folds": int(folds.max() + 1),
-              "articles": {name: article_report(y, p, folds) for name, p in probs.items()},
-              "prevalence": bench_summary(bench).to_dict(orient="records")}
+    report = {
+        "pool_articles": len(pool),
+        "outlets": int(pool["outlet"].nunique()),
+        "folds": int(folds.max() + 1),
+        "articles": {name: article_report(y, p, folds) for name, p in probs.items()},
+        "prevalence": bench_summary(bench).to_dict(orient="records"),
+    }
     return report, bench, probs, pool
 
 
 def bench_summary(bench: pd.DataFrame) -> pd.DataFrame:
     """Per classifier and method: MAE of the shares, the worst error, CI coverage and mean width, and
     how the estimate responds to the truth: slope and correlation of estimated on true shares."""
-    b = bench.assign(err=(bench["estimate"] - bench["true"]).abs(),
-                     covered=(bench["lo"] <= bench["true"]) & (bench["true"] <= bench["hi"]), width=bench["hi"] - bench["lo"])
+    b = bench.assign(
+        err=(bench["estimate"] - bench["true"]).abs(),
+        covered=(bench["lo"] <= bench["true"]) & (bench["true"] <= bench["hi"]),
+        width=bench["hi"] - bench["lo"],
+    )
     rows = []
     for (name, method), part in b.groupby(["classifier", "method"], sort=False):
-        rows.append({"classifier": name, "method": method, "corpora": len(part) // len(LABELS),
-                     "mae": part["err"].mean(), "max_error": part["err"].max(), "coverage": part["covered"].mean(),
-                     "ci_width": part["width"].mean(), "slope": np.polyfit(part["true"], part["estimate"], 1)[0],
-                     "r": np.corrcoef(part["true"], part["estimate"])[0, 1]})
+        rows.append(
+            {
+                "classifier": name,
+                "method": method,
+                "corpora": len(part) // len(LABELS),
+                "mae": part["err"].mean(),
+                "max_error": part["err"].max(),
+                "coverage": part["covered"].mean(),
+                "ci_width": part["width"].mean(),
+                "slope": np.polyfit(part["true"], part["estimate"], 1)[0],
+                "r": np.corrcoef(part["true"], part["estimate"])[0, 1],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -393,4 +476,3 @@ def write_model(model: LeaningModel, calibration: pd.DataFrame, out: Path) -> No
 
     model.save(out)
     write_parquet(calibration, calibration_path(out))
-

@@ -3,7 +3,8 @@
 Counting argmax labels (classify and count, `cc`) pulls every corpus toward the classifier's own
 preferred mix; averaging probabilities (`pcc`, the default) pulls it less, and keeps what a
 calibrated classifier reads when the text itself shifts (Card & Smith, NAACL 2018): generated text
-is such a shift. Neither needs a calibration table; their CI covers the articles only. Adjusted classify-and-count solves observed = M @ true for the true shares, where
+is such a shift. Neither needs a calibration table; their CI covers the articles only. Adjusted
+classify-and-count solves observed = M @ true for the true shares, where
 column i of M is what the classifier outputs, on average, for articles whose true label is i, on
 outlets it never saw: argmax shares (`acc`) or mean probabilities (`pacc`, Bella et al. 2010).
 M comes from a calibration table: per outlet and true label, sums of out-of-fold outputs of the
@@ -51,8 +52,10 @@ def calibration_table(probs: np.ndarray, labels, outlets) -> pd.DataFrame:
 def read_calibration(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"scoring.classifier.calibration: no calibration table at {path} "
-                                f"(`biasamp classifier eval` writes one for any classifier)")
+        raise FileNotFoundError(
+            f"scoring.classifier.calibration: no calibration table at {path} "
+            f"(`biasamp classifier eval` writes one for any classifier)"
+        )
     cal = pd.read_parquet(path)
     missing = sorted({"outlet", "label", "n", *POST, *PRED} - set(cal.columns))
     if missing or set(cal["label"]) != set(LABELS):
@@ -60,8 +63,9 @@ def read_calibration(path: str | Path) -> pd.DataFrame:
     return cal
 
 
-def confusion_draws(cal: pd.DataFrame, method: str, n_boot: int, rng,
-                    corpus: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def confusion_draws(
+    cal: pd.DataFrame, method: str, n_boot: int, rng, corpus: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """M (3 x 3, columns: true label) from all outlets, and n_boot draws of it with the outlets of each
     label resampled (how well M is known). `corpus` (articles per label of the corpus being
     estimated) adds to each draw the corpus's own shift: that of a corpus of this many articles
@@ -110,8 +114,9 @@ def article_values(probs: np.ndarray, method: str) -> np.ndarray:
     return (probs.argmax(1)[:, None] == np.arange(probs.shape[1])[None, :]).astype(float)
 
 
-def estimate(mean_values: np.ndarray, boot_values: np.ndarray, cal: pd.DataFrame | None, method: str, rng,
-             n_articles: int):
+def estimate(
+    mean_values: np.ndarray, boot_values: np.ndarray, cal: pd.DataFrame | None, method: str, rng, n_articles: int
+):
     """Point shares and 95% percentile bounds (each (3,)) of a corpus of n_articles from its mean
     article values and their bootstrap draws (n_boot, 3); NaN without a calibration table (unless
     uncorrected)."""

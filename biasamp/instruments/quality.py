@@ -25,8 +25,22 @@ PROXY = Path(__file__).parents[1] / "data" / "quality_proxy.npz"
 LEVELS = [0, 1, 2, 3]
 VOCAB_SIZE = 20_000
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
-FEATURES = ["log_chars", "frac_letters", "frac_spaces", "frac_digits", "frac_other", "log_words", "oov",
-            "unigram_lp", "bigram_lp", "bigram_min", "bigram_seen", "self_repeat", "prior_repeat", "mean_word_len"]
+FEATURES = [
+    "log_chars",
+    "frac_letters",
+    "frac_spaces",
+    "frac_digits",
+    "frac_other",
+    "log_words",
+    "oov",
+    "unigram_lp",
+    "bigram_lp",
+    "bigram_min",
+    "bigram_seen",
+    "self_repeat",
+    "prior_repeat",
+    "mean_word_len",
+]
 
 
 def proxy_file(name: str) -> Path:
@@ -45,8 +59,17 @@ def trigrams(ws: list[str]) -> list[tuple]:
 class QualityProxy:
     labels = LEVELS
 
-    def __init__(self, vocab: list[str], counts: np.ndarray, bigram_keys: np.ndarray, bigram_counts: np.ndarray,
-                 mu=None, sigma=None, coef=None, intercept=None):
+    def __init__(
+        self,
+        vocab: list[str],
+        counts: np.ndarray,
+        bigram_keys: np.ndarray,
+        bigram_counts: np.ndarray,
+        mu=None,
+        sigma=None,
+        coef=None,
+        intercept=None,
+    ):
         self.vocab, self.counts = list(vocab), np.asarray(counts, np.float64)
         self.index = {w: i for i, w in enumerate(self.vocab)}
         self.bigram_keys, self.bigram_counts = np.asarray(bigram_keys, np.int64), np.asarray(bigram_counts, np.float64)
@@ -88,8 +111,9 @@ class QualityProxy:
             ws = words(s)
             ids = np.array([self.index.get(w, -1) for w in ws], np.int64)
             known = ids >= 0
-            uni = np.where(known, np.log((self.counts[np.maximum(ids, 0)] + 1) / (self.total + v)),
-                           np.log(1 / (self.total + v)))
+            uni = np.where(
+                known, np.log((self.counts[np.maximum(ids, 0)] + 1) / (self.total + v)), np.log(1 / (self.total + v))
+            )
             if len(ws) >= 2:
                 pair = known[:-1] & known[1:]
                 keys = ids[:-1] * VOCAB_SIZE + ids[1:]
@@ -108,10 +132,22 @@ class QualityProxy:
             prior_repeat = float(np.mean([t in seen for t in tri])) if tri else float(s.strip() in seen)
             seen.update(tri)
             seen.add(s.strip())
-            out[r] = [np.log1p(len(s)), letters / n, spaces / n, digits / n, (n - letters - spaces - digits) / n,
-                      np.log1p(len(ws)), 1 - known.mean() if len(ws) else 1.0, uni.mean() if len(ws) else uni_floor(self),
-                      bigram_lp, bigram_min, bigram_seen, self_repeat, prior_repeat,
-                      np.mean([len(w) for w in ws]) if ws else 0.0]
+            out[r] = [
+                np.log1p(len(s)),
+                letters / n,
+                spaces / n,
+                digits / n,
+                (n - letters - spaces - digits) / n,
+                np.log1p(len(ws)),
+                1 - known.mean() if len(ws) else 1.0,
+                uni.mean() if len(ws) else uni_floor(self),
+                bigram_lp,
+                bigram_min,
+                bigram_seen,
+                self_repeat,
+                prior_repeat,
+                np.mean([len(w) for w in ws]) if ws else 0.0,
+            ]
         return out
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "QualityProxy":
@@ -132,21 +168,40 @@ class QualityProxy:
         return self.level_probabilities(self.features(sents, owner))
 
     def save(self, path: Path) -> None:
-        write_npz(path, vocab=np.array(self.vocab), counts=self.counts.astype(np.int64),
-                  bigram_keys=self.bigram_keys.astype(np.uint32), bigram_counts=self.bigram_counts.astype(np.uint32),
-                  mu=self.mu, sigma=self.sigma, coef=self.coef, intercept=self.intercept, features=np.array(FEATURES))
+        write_npz(
+            path,
+            vocab=np.array(self.vocab),
+            counts=self.counts.astype(np.int64),
+            bigram_keys=self.bigram_keys.astype(np.uint32),
+            bigram_counts=self.bigram_counts.astype(np.uint32),
+            mu=self.mu,
+            sigma=self.sigma,
+            coef=self.coef,
+            intercept=self.intercept,
+            features=np.array(FEATURES),
+        )
 
     @classmethod
     def load(cls, path: str) -> "QualityProxy":
         p = proxy_file(path)
         if not p.is_file():
-            raise FileNotFoundError(f"scoring.quality.name: no quality proxy file at {p} (biasamp quality train writes "
-                                    f"one; for a Hugging Face model folder use kind: hf)")
+            raise FileNotFoundError(
+                f"scoring.quality.name: no quality proxy file at {p} (biasamp quality train writes "
+                f"one; for a Hugging Face model folder use kind: hf)"
+            )
         z = np.load(p)
         if list(z["features"]) != FEATURES:
             raise ValueError(f"{p}: fitted with other features ({list(z['features'])}); rerun biasamp quality train")
-        return cls(z["vocab"], z["counts"], z["bigram_keys"], z["bigram_counts"], z["mu"], z["sigma"], z["coef"],
-                   z["intercept"])
+        return cls(
+            z["vocab"],
+            z["counts"],
+            z["bigram_keys"],
+            z["bigram_counts"],
+            z["mu"],
+            z["sigma"],
+            z["coef"],
+            z["intercept"],
+        )
 
 
 def uni_floor(proxy: QualityProxy) -> float:
@@ -158,8 +213,9 @@ def uni_floor(proxy: QualityProxy) -> float:
 _NOISE_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789  .,;:!?-_/#@&*()[]'\""
 
 
-def corrupt(sentence: str, level: int, rng: np.random.Generator, vocab: list[str], weights: np.ndarray,
-            earlier: list[str]) -> str:
+def corrupt(
+    sentence: str, level: int, rng: np.random.Generator, vocab: list[str], weights: np.ndarray, earlier: list[str]
+) -> str:
     """A version of a real sentence at the given level (3 = as it is)."""
     toks = sentence.split()
     if level == 3 or not toks:
@@ -194,8 +250,9 @@ def corrupt(sentence: str, level: int, rng: np.random.Generator, vocab: list[str
     n = max(len(sentence), 5)
     if rng.integers(2) == 0:
         return "".join(rng.choice(list(_NOISE_CHARS), size=n))
-    return " ".join("".join(rng.choice(list(_NOISE_CHARS[:62]), size=int(rng.integers(1, 9))))
-                    for _ in range(max(1, n // 6)))
+    return " ".join(
+        "".join(rng.choice(list(_NOISE_CHARS[:62]), size=int(rng.integers(1, 9)))) for _ in range(max(1, n // 6))
+    )
 
 
 def corrupted_sentences(articles: list[str], proxy: QualityProxy, seed: int, per_article: int = 8):
@@ -246,15 +303,19 @@ def evaluate(proxy: QualityProxy, data: Path, exclude: set[str], seed: int) -> d
     parts = split_articles(data, exclude, seed)
     sents, owner, y = corrupted_sentences(parts["eval"], proxy, seed + 1)
     expected = proxy.probabilities(sents, 0, owner) @ np.array(LEVELS, float)
-    aucs = {f"{k}-{k + 1}": float(roc_auc_score(y[np.isin(y, [k, k + 1])] == k + 1, expected[np.isin(y, [k, k + 1])]))
-            for k in LEVELS[:-1]}
+    aucs = {
+        f"{k}-{k + 1}": float(roc_auc_score(y[np.isin(y, [k, k + 1])] == k + 1, expected[np.isin(y, [k, k + 1])]))
+        for k in LEVELS[:-1]
+    }
     means = {str(k): float(expected[y == k].mean()) for k in LEVELS}
     clean = parts["eval"][:200]
     first = [(sentences(t) or [t])[0] for t in clean]
     sentence_loop = [" ".join([f] * 10) for f in first]  # one sentence over and over
     phrase_loop = [" ".join(((f.split()[:4] or ["the"]) * 40)) + "." for f in first]  # a phrase without end
-    tqi = {name: float(quality_index(proxy, texts, 0).mean())
-           for name, texts in [("clean", clean), ("sentence_loop", sentence_loop), ("phrase_loop", phrase_loop)]}
+    tqi = {
+        name: float(quality_index(proxy, texts, 0).mean())
+        for name, texts in [("clean", clean), ("sentence_loop", sentence_loop), ("phrase_loop", phrase_loop)]
+    }
     return {"sentences": len(sents), "auc_adjacent": aucs, "mean_expected_level": means, "article_tqi": tqi}
 
 
@@ -269,8 +330,11 @@ def quality_index(clf, texts: list[str], batch_size: int) -> np.ndarray:
     levels = np.zeros(len(texts))
     if sents:
         # the offline proxy also reads which article each sentence belongs to (repetition of earlier sentences)
-        probs = clf.probabilities(sents, batch_size, owner) if isinstance(clf, QualityProxy) \
+        probs = (
+            clf.probabilities(sents, batch_size, owner)
+            if isinstance(clf, QualityProxy)
             else clf.probabilities(sents, batch_size)
+        )
         expected = probs @ np.asarray(clf.labels, dtype=float)
         sums = np.bincount(owner, weights=expected, minlength=len(texts))
         counts = np.bincount(owner, minlength=len(texts))
@@ -295,5 +359,13 @@ def instrument_settings(c, offline_file) -> dict:
     return {"kind": c.kind, "name": c.name, "sha256": sha256(path)[:16] if path.is_file() else "missing"}
 
 
-register_measure(Measure("tqi", "text-quality index (0 noise .. 3 clean)", _load, quality_index,
-                         lambda scoring: instrument_settings(scoring.quality, proxy_file), key="quality"))
+register_measure(
+    Measure(
+        "tqi",
+        "text-quality index (0 noise .. 3 clean)",
+        _load,
+        quality_index,
+        lambda scoring: instrument_settings(scoring.quality, proxy_file),
+        key="quality",
+    )
+)

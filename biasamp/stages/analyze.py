@@ -139,19 +139,36 @@ def neuron_tests(
             v, Xk, yk = versions[keep].reset_index(drop=True), X[keep], y[keep]
             Xd, yd, groups = design(v, Xk, yk, mode)  # the neurons' side once; null draws redo the target only
             if len(yd) < 3:
-                raise ValueError(f"{len(yd)} observations after differencing; need at least 3 (more generations or seeds)")
+                raise ValueError(
+                    f"{len(yd)} observations after differencing; need at least 3 (more generations or seeds)"
+                )
             n_obs = len(yd)
             per_traj = np.bincount(v.groupby(VERSION[:3], sort=True).ngroup().to_numpy()) - (mode == "within")
             res = _fit_chunks(Xd, yd, groups, mode, maxlags, chunk)
             if len(per_traj) < 3:
-                warn.add(f"{len(per_traj)} trajectories: fewer than 3, so the tests rest on very few "
-                         "independent runs; add seeds")
+                warn.add(
+                    f"{len(per_traj)} trajectories: fewer than 3, so the tests rest on very few "
+                    "independent runs; add seeds"
+                )
             if per_traj.min() < 3:
-                warn.add(f"a trajectory has {per_traj.min()} generation-to-generation differences (fewer than 3); "
-                         "add generations")
+                warn.add(
+                    f"a trajectory has {per_traj.min()} generation-to-generation differences (fewer than 3); "
+                    "add generations"
+                )
             q, sig = _significant(res["p"], mode, alpha)
-            table = pd.DataFrame({"target": target, "kind": kind, "stat": stat, **keys, **res, "q": q,
-                                  "n_obs": n_obs, "n_trajectories": len(per_traj), "significant": sig})
+            table = pd.DataFrame(
+                {
+                    "target": target,
+                    "kind": kind,
+                    "stat": stat,
+                    **keys,
+                    **res,
+                    "q": q,
+                    "n_obs": n_obs,
+                    "n_trajectories": len(per_traj),
+                    "significant": sig,
+                }
+            )
             out.append(TABLES["neuron_tests"].check(table))
             counts, rates = [], []
             for _ in range(null_draws):
@@ -230,16 +247,23 @@ def neuron_counts(tests: pd.DataFrame, report: dict, mode: str) -> pd.DataFrame:
     """neuron_tests' report as a table: per (neurons kind/stat, target), how many are significant out
     of how many, and how many the surrogate null flags (the `biasamp analyze` lines, W&B's table)."""
     pairs = [f"{k}/{s}" for k, s in tests[["kind", "stat"]].drop_duplicates().itertuples(index=False)]
-    return pd.DataFrame([{"mode": mode, "neurons": key, "target": target, "of": report[key]["neurons"], **r}
-                         for key in pairs for target, r in report[key]["null"].items()])
+    return pd.DataFrame(
+        [
+            {"mode": mode, "neurons": key, "target": target, "of": report[key]["neurons"], **r}
+            for key in pairs
+            for target, r in report[key]["null"].items()
+        ]
+    )
 
 
 def overlap_summary(tests: pd.DataFrame) -> dict:
     """Counts of significant neurons per (kind, stat, target) and the overlap between targets."""
     out = {}
     for (kind, stat), part in tests.groupby(["kind", "stat"]):
-        sig = {t: set(zip(g.loc[g["significant"], "layer"], g.loc[g["significant"], "neuron"]))
-               for t, g in part.groupby("target")}
+        sig = {
+            t: set(zip(g.loc[g["significant"], "layer"], g.loc[g["significant"], "neuron"]))
+            for t, g in part.groupby("target")
+        }
         names = sorted(sig)
         out[f"{kind}/{stat}"] = {
             "neurons": int(part.groupby("target").size().iloc[0]),
@@ -249,8 +273,8 @@ def overlap_summary(tests: pd.DataFrame) -> dict:
     return out
 
 
-
 # --- arms: contrasts against a baseline arm, trends over generations ------------------------------
+
 
 def contrast_targets() -> list[str]:
     """The leaning readings, each measure's mean (tqi_mean), perplexity, and each reading beyond its
@@ -263,8 +287,11 @@ def _article_values(part: pd.DataFrame) -> np.ndarray:
     """Per article, the values whose means are contrast_targets() (NaN beyond the null where scores
     have no null, e.g. imported numbers)."""
     measured = reading_values(part[PROBS].to_numpy(float))
-    null = reading_values(part[NULL_PROBS].to_numpy(float)) if set(NULL_PROBS) <= set(part.columns) \
+    null = (
+        reading_values(part[NULL_PROBS].to_numpy(float))
+        if set(NULL_PROBS) <= set(part.columns)
         else np.full_like(measured, np.nan)
+    )
     measures = [part[m].to_numpy(dtype=float) if m in part else np.full(len(part), np.nan) for m in MEASURES]
     return np.column_stack([measured, *measures, part["ppl"].to_numpy(dtype=float), measured - null])
 
@@ -294,8 +321,9 @@ def _interval(point: float, boot: np.ndarray) -> dict:
     return {"estimate": point, "lo": lo, "hi": hi, "se": se, "p": p}
 
 
-def arm_contrasts(scores: pd.DataFrame, baseline: str | None = None, n_boot: int = 1000,
-                  seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def arm_contrasts(
+    scores: pd.DataFrame, baseline: str | None = None, n_boot: int = 1000, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per study: each arm minus the baseline arm, per generation and target, and each arm's linear
     trend over generations (slope per generation). Both with 95% bootstrap CIs (seeds, then articles
     within each drawn seed) and p-values from the bootstrap standard error.
@@ -317,10 +345,21 @@ def arm_contrasts(scores: pd.DataFrame, baseline: str | None = None, n_boot: int
                     continue
                 (pa, ba, sa), (pb, bb, sb) = draws[arm][g], draws[base][g]
                 for k, target in enumerate(contrast_targets()):
-                    contrasts.append({"study": study, "arm": arm, "baseline": base, "generation": g, "target": target,
-                                      **_interval(pa[k] - pb[k], ba[:, k] - bb[:, k]),
-                                      "arm_value": pa[k], "baseline_value": pb[k], "n_seeds": sa,
-                                      "n_seeds_baseline": sb, "seed_variation_in_ci": bool(sa > 1 and sb > 1)})
+                    contrasts.append(
+                        {
+                            "study": study,
+                            "arm": arm,
+                            "baseline": base,
+                            "generation": g,
+                            "target": target,
+                            **_interval(pa[k] - pb[k], ba[:, k] - bb[:, k]),
+                            "arm_value": pa[k],
+                            "baseline_value": pb[k],
+                            "n_seeds": sa,
+                            "n_seeds_baseline": sb,
+                            "seed_variation_in_ci": bool(sa > 1 and sb > 1),
+                        }
+                    )
             gens = np.array(sorted(draws[arm]), dtype=float)
             if len(gens) < 2:
                 continue
@@ -329,10 +368,21 @@ def arm_contrasts(scores: pd.DataFrame, baseline: str | None = None, n_boot: int
             gc = (gens - gens.mean()) / ((gens - gens.mean()) ** 2).sum()  # OLS slope weights
             n_seeds = max(d[2] for d in draws[arm].values())
             for k, target in enumerate(contrast_targets()):
-                trends.append({"study": study, "arm": arm, "target": target,
-                               **_interval(float(gc @ point[:, k]), boot[:, :, k] @ gc),
-                               "first_generation": int(gens[0]), "last_generation": int(gens[-1]),
-                               "n_generations": len(gens), "n_seeds": n_seeds, "seed_variation_in_ci": n_seeds > 1})
+                trends.append(
+                    {
+                        "study": study,
+                        "arm": arm,
+                        "target": target,
+                        **_interval(float(gc @ point[:, k]), boot[:, :, k] @ gc),
+                        "first_generation": int(gens[0]),
+                        "last_generation": int(gens[-1]),
+                        "n_generations": len(gens),
+                        "n_seeds": n_seeds,
+                        "seed_variation_in_ci": n_seeds > 1,
+                    }
+                )
     # A one-arm study has trends and no contrasts: an empty table, with its columns.
-    return tuple(TABLES[name].check(pd.DataFrame(rows, columns=list(TABLES[name].columns)))
-                 for name, rows in (("arm_contrasts", contrasts), ("arm_trends", trends)))
+    return tuple(
+        TABLES[name].check(pd.DataFrame(rows, columns=list(TABLES[name].columns)))
+        for name, rows in (("arm_contrasts", contrasts), ("arm_trends", trends))
+    )

@@ -30,8 +30,14 @@ def article_prompts(tokenizer, title: str, body: str, block_tokens: int, max_blo
 
 @torch.no_grad()
 def greedy_continuations(
-    model, prompts: list[list[int]], new_tokens: int, batch_size: int, pad_id: int, eos_id: int | None,
-    progress: Callable[[int, int], None] | None = None, dtype: torch.dtype = torch.float32,
+    model,
+    prompts: list[list[int]],
+    new_tokens: int,
+    batch_size: int,
+    pad_id: int,
+    eos_id: int | None,
+    progress: Callable[[int, int], None] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> list[list[int]]:
     """Greedy continuation of every prompt, cut before the first EOS (if eos_id is given).
 
@@ -75,17 +81,32 @@ def register_generator(kind: str):
     def add(fn):
         GENERATORS[kind] = fn
         return fn
+
     return add
 
 
 @register_generator("hf")
 def _hf(model, tokenizer, prompts, cfg, eos_id, progress, checkpoint):
-    return greedy_continuations(model, prompts, cfg.new_tokens, cfg.batch_size, tokenizer.pad_token_id, eos_id,
-                                progress, getattr(torch, cfg.dtype))
+    return greedy_continuations(
+        model,
+        prompts,
+        cfg.new_tokens,
+        cfg.batch_size,
+        tokenizer.pad_token_id,
+        eos_id,
+        progress,
+        getattr(torch, cfg.dtype),
+    )
 
 
-def write_articles(model, tokenizer, sources: pd.DataFrame, cfg: study_config.GenerationConfig,
-                   progress: Callable[[int, int], None] | None = None, checkpoint=None) -> pd.DataFrame:
+def write_articles(
+    model,
+    tokenizer,
+    sources: pd.DataFrame,
+    cfg: study_config.GenerationConfig,
+    progress: Callable[[int, int], None] | None = None,
+    checkpoint=None,
+) -> pd.DataFrame:
     """One synthetic article per source article: columns article_id, title, text, n_tokens.
     `progress(prompts_done, prompts_total)` is called after each batch of the hf backend; the vllm
     backend generates from `checkpoint` (the same weights as `model`, saved)."""
@@ -96,8 +117,10 @@ def write_articles(model, tokenizer, sources: pd.DataFrame, cfg: study_config.Ge
         owner += [k] * len(ps)
     eos = tokenizer.eos_token_id if cfg.stop_at_eos else None
     if cfg.backend.kind not in GENERATORS:
-        raise ValueError(f"generation.backend: '{cfg.backend.kind}' is not registered in this process (the Ray "
-                         f"layer imports biasamp.backends, which registers it); registered: {', '.join(GENERATORS)}")
+        raise ValueError(
+            f"generation.backend: '{cfg.backend.kind}' is not registered in this process (the Ray "
+            f"layer imports biasamp.backends, which registers it); registered: {', '.join(GENERATORS)}"
+        )
     conts = GENERATORS[cfg.backend.kind](model, tokenizer, prompts, cfg, eos, progress, checkpoint)
     tokens: list[list[int]] = [[] for _ in range(len(sources))]
     for k, c in zip(owner, conts):

@@ -16,11 +16,18 @@ def register_mix(kind: str):
     def add(fn):
         MIXES[kind] = fn
         return fn
+
     return add
 
 
-def training_set(arm: ArmConfig, generation: int, real: pd.DataFrame, synthetic: list[pd.DataFrame], seed: int,
-                 previous_scores: pd.DataFrame | None = None) -> pd.DataFrame:
+def training_set(
+    arm: ArmConfig,
+    generation: int,
+    real: pd.DataFrame,
+    synthetic: list[pd.DataFrame],
+    seed: int,
+    previous_scores: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """The articles G_generation is fine-tuned on: article_id, title, text, and `source`, "real" or
     the generation that wrote the article ("G0", "G1", ...).
 
@@ -79,7 +86,9 @@ def _apportion(weights: dict[str, float], n: int) -> dict[str, int]:
 
 def _labels_of(latest: pd.DataFrame, scores: pd.DataFrame) -> np.ndarray:
     """The classifier's label of each article of D_{g-1}, in its row order."""
-    return latest[["article_id"]].merge(scores[["article_id", "label"]], on="article_id", how="left")["label"].to_numpy()
+    return (
+        latest[["article_id"]].merge(scores[["article_id", "label"]], on="article_id", how="left")["label"].to_numpy()
+    )
 
 
 @register_mix("curate")
@@ -116,5 +125,3 @@ def _preserve_balanced(mix, real, synthetic, rng, scores):
         rest = np.setdiff1d(np.arange(len(real)), chosen)
         chosen = np.concatenate([chosen, rng.choice(rest, k - len(chosen), replace=False)])
     return pd.concat([_tagged(latest), _tagged(real.iloc[np.sort(chosen)], "real")])
-
-

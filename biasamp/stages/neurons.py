@@ -35,8 +35,10 @@ def layer_modules(model, cfg: NeuronsConfig) -> tuple[list, list]:
             n += 1
         if n == 0:
             raise ValueError(f"neurons.ffn_module: no module named {cfg.ffn_module.format(layer=0)}")
-        return ([named[cfg.ffn_module.format(layer=i)] for i in range(n)],
-                [named[cfg.block_module.format(layer=i)] for i in range(n)])
+        return (
+            [named[cfg.ffn_module.format(layer=i)] for i in range(n)],
+            [named[cfg.block_module.format(layer=i)] for i in range(n)],
+        )
     for name, module in named.items():
         if isinstance(module, torch.nn.ModuleList) and len(module) and hasattr(module[0], "mlp"):
             sub = dict(module[0].named_modules())
@@ -77,6 +79,7 @@ def activation_rows(model, tokenizer, texts: list[str], ffn: list, blocks: list,
             h = output[0] if isinstance(output, tuple) else output
             s = torch.einsum("bth,bt->h", h.double(), mask_now[0].double())
             sums[key] = sums[key] + s if key in sums else s
+
         return fn
 
     handles = [m.register_forward_hook(hook(("activation", i))) for i, m in enumerate(ffn)]

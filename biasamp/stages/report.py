@@ -18,9 +18,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 from biasamp.artifacts import temp_path  # noqa: E402
 from biasamp.config import LABELS  # noqa: E402
@@ -110,7 +110,9 @@ def _band(ax, part, col, colour, style, label, percent=False):
     k = 100 if percent else 1
     ax.plot(part["generation"], part[col] * k, ls=style, color=colour, label=label, lw=1.8, marker="o", ms=3)
     if f"{col}_lo" in part and part[f"{col}_lo"].notna().any():
-        ax.fill_between(part["generation"], part[f"{col}_lo"] * k, part[f"{col}_hi"] * k, color=colour, alpha=0.13, lw=0)
+        ax.fill_between(
+            part["generation"], part[f"{col}_lo"] * k, part[f"{col}_hi"] * k, color=colour, alpha=0.13, lw=0
+        )
 
 
 NULL_STYLE = (0, (1, 1.5))  # dotted: what degradation alone would read
@@ -144,8 +146,10 @@ def fig_leaning(studies, paper, out: Path) -> str:
     if drew_null:
         axes[0].plot([], [], ls=NULL_STYLE, color="0.3", label="dotted: expected from degradation alone")
     _legend_below(fig, axes[0])
-    fig.suptitle("Leaning of what each generation writes (classifier argmax shares, lean index), "
-                 "beside what its degradation alone would read")
+    fig.suptitle(
+        "Leaning of what each generation writes (classifier argmax shares, lean index), "
+        "beside what its degradation alone would read"
+    )
     return _save(fig, out, "leaning_shares")
 
 
@@ -160,8 +164,9 @@ def fig_quality_association(studies, paper, out: Path) -> str | None:
     rows = [m for m in MEASURES if _measured(studies, paper, f"{m}_rho_right")]
     if not rows:
         return None
-    fig, axes = plt.subplots(len(rows), 3, figsize=(14, 4.0 * len(rows)), sharey=True, layout="constrained",
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), 3, figsize=(14, 4.0 * len(rows)), sharey=True, layout="constrained", squeeze=False
+    )
     for m, row in zip(rows, axes):
         for ax, lab in zip(row, LABELS):
             for label, colour, style, part in _series(studies, paper):
@@ -172,7 +177,11 @@ def fig_quality_association(studies, paper, out: Path) -> str | None:
             _generations(ax)
         row[0].set_ylabel("Spearman rho within the generation (95% CI)")
     _legend_below(fig, axes[0][0])
-    fig.suptitle("Does the leaning reading move with text quality inside a generation?")
+    fig.suptitle(
+        "Does the leaning reading move with text quality inside a generation?"
+        if len(rows) == 1
+        else "Does the leaning reading move with text quality, or another measure, inside a generation?"
+    )
     return _save(fig, out, "quality_vs_leaning")
 
 
@@ -184,15 +193,17 @@ def fig_quality(studies, paper, out: Path) -> str:
         for ax, m in zip(axes, measures):
             if f"{m}_mean" in part:
                 _band(ax, part, f"{m}_mean", colour, style, label)
-        for ax, col in zip(axes[len(measures):], ("ppl_mean", "ppl_ref_mean")):
+        for ax, col in zip(axes[len(measures) :], ("ppl_mean", "ppl_ref_mean")):
             if part[col].notna().any():
                 ax.plot(part["generation"], part[col], ls=style, color=colour, label=label, lw=1.8, marker="o", ms=3)
     titles = [f"{MEASURES[m].title}; 95% CI" for m in measures] + [
-        "perplexity under the generation's own model", "perplexity under the base model (fixed)"]
+        "perplexity under the generation's own model",
+        "perplexity under the base model (fixed)",
+    ]
     for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=10)
         _generations(ax)
-    for ax in axes[len(measures):]:
+    for ax in axes[len(measures) :]:
         if ax.lines:
             values = [v for line in ax.lines for v in line.get_ydata() if v > 0]
             if max(values) / min(values) > 10:  # log only where the range spans more than a decade
@@ -200,8 +211,9 @@ def fig_quality(studies, paper, out: Path) -> str:
                 ax.yaxis.set_minor_formatter(NullFormatter())
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"))
         else:
-            ax.text(0.5, 0.5, "not measured in these tables", ha="center", va="center", transform=ax.transAxes,
-                    color="0.4")
+            ax.text(
+                0.5, 0.5, "not measured in these tables", ha="center", va="center", transform=ax.transAxes, color="0.4"
+            )
     axes[0].set_ylabel("mean over articles")
     axes[len(measures)].set_ylabel("mean perplexity")
     _legend_below(fig, axes[0])
@@ -226,7 +238,9 @@ def fig_training(studies, out: Path) -> str | None:
         for arm, part in fpart.groupby("arm", sort=True):
             mean = part.groupby("generation")["train_loss"].mean()
             label = arm if len(studies) == 1 else f"{folder}: {arm}"
-            axes[0].plot(mean.index, mean.values, ls=STYLES[k % len(STYLES)], color=colour[arm], marker="o", ms=3, label=label)
+            axes[0].plot(
+                mean.index, mean.values, ls=STYLES[k % len(STYLES)], color=colour[arm], marker="o", ms=3, label=label
+            )
     first = tm[(tm["seed"] == tm["seed"].min()) & (tm["folder"] == tm["folder"].iloc[0])]
     for arm, part in first.sort_values(["generation", "step"]).groupby("arm", sort=True):
         axes[1].plot(range(len(part)), part["loss"], color=colour[arm], lw=1, label=arm)
@@ -255,27 +269,42 @@ def fig_contrasts(studies, out: Path) -> str | None:
     for ax, (target, title, k) in zip(axes, targets):
         part = c[c["target"] == target]
         for i, (folder, study, arm) in enumerate(keys):
-            a = part[(part["folder"] == folder) & (part["study"] == study) & (part["arm"] == arm)].sort_values("generation")
+            a = part[(part["folder"] == folder) & (part["study"] == study) & (part["arm"] == arm)].sort_values(
+                "generation"
+            )
             a = a[a["estimate"].notna()]
             if a.empty:
                 continue
             x = a["generation"] + (i - (len(keys) - 1) / 2) * 0.1  # side by side
             style = STYLES[sorted({(f, s) for f, s, _ in keys}).index((folder, study)) % len(STYLES)]
-            ax.errorbar(x, a["estimate"] * k, yerr=[(a["estimate"] - a["lo"]) * k, (a["hi"] - a["estimate"]) * k],
-                        fmt="o", ls=style, color=colour.get(arm, "k"), ms=4, lw=1.2, capsize=2,
-                        label=f"{study}: {arm}" if several else arm)
+            ax.errorbar(
+                x,
+                a["estimate"] * k,
+                yerr=[(a["estimate"] - a["lo"]) * k, (a["hi"] - a["estimate"]) * k],
+                fmt="o",
+                ls=style,
+                color=colour.get(arm, "k"),
+                ms=4,
+                lw=1.2,
+                capsize=2,
+                label=f"{study}: {arm}" if several else arm,
+            )
         ax.axhline(0, color="0.3", lw=0.8)
         base = ", ".join(sorted(c["baseline"].unique()))
         ax.set_title(f"{title}: arm minus {base}" + (" (points)" if k == 100 else ""), fontsize=10)
         _generations(ax)
         if not ax.lines[1:]:
-            ax.text(0.5, 0.5, "not measured in these tables", ha="center", va="center", transform=ax.transAxes,
-                    color="0.4")
+            ax.text(
+                0.5, 0.5, "not measured in these tables", ha="center", va="center", transform=ax.transAxes, color="0.4"
+            )
     axes[0].set_ylabel("difference (95% CI)")
     axes[0].legend(fontsize=8)
     one_seed = not c["seed_variation_in_ci"].all()
-    fig.suptitle("Arm contrasts" + (" (one seed: CIs cover which articles were written, not run-to-run variation)"
-                                    if one_seed else ""), fontsize=11)
+    fig.suptitle(
+        "Arm contrasts"
+        + (" (one seed: CIs cover which articles were written, not run-to-run variation)" if one_seed else ""),
+        fontsize=11,
+    )
     return _save(fig, out, "arm_contrasts")
 
 
@@ -295,8 +324,13 @@ def fig_neurons(studies, out: Path) -> tuple[str | None, str]:
     width = 0.8 / max(len(targets), 1)
     for i, target in enumerate(targets):
         counts = part[part["target"] == target].groupby("layer")["significant"].sum().reindex(layers, fill_value=0)
-        axes[0].bar([l + (i - (len(targets) - 1) / 2) * width for l in layers], counts.values, width,
-                    color=PALETTE[i], label=target)
+        axes[0].bar(
+            [layer + (i - (len(targets) - 1) / 2) * width for layer in layers],
+            counts.values,
+            width,
+            color=PALETTE[i],
+            label=target,
+        )
     axes[0].set_xlabel("layer")
     axes[0].set_xticks(layers)
     axes[0].set_ylabel("significant neurons (BH q < 0.05)")
@@ -309,7 +343,9 @@ def fig_neurons(studies, out: Path) -> tuple[str | None, str]:
     if rows:
         x = range(len(rows))
         real = axes[1].bar([i - 0.2 for i in x], [r[1] for r in rows], 0.4, color=PALETTE[0], label="real target")
-        null = axes[1].bar([i + 0.2 for i in x], [r[2] for r in rows], 0.4, color="0.6", label="surrogate null (expected)")
+        null = axes[1].bar(
+            [i + 0.2 for i in x], [r[2] for r in rows], 0.4, color="0.6", label="surrogate null (expected)"
+        )
         axes[1].bar_label(real, fmt="%g", fontsize=8)
         axes[1].bar_label(null, fmt="%.1f", fontsize=8)
         axes[1].set_xticks(list(x), [r[0] for r in rows], fontsize=8)
@@ -323,11 +359,18 @@ def fig_neurons(studies, out: Path) -> tuple[str | None, str]:
     sig = {t: set(zip(*part[(part.target == t) & part.significant][["layer", "neuron"]].to_numpy().T)) for t in targets}
     if len(targets) == 2:
         a, b = targets
-        fig.suptitle(f"{n} neurons: {len(sig[a] - sig[b])} only {a}, {len(sig[a] & sig[b])} both, "
-                     f"{len(sig[b] - sig[a])} only {b}", fontsize=11)
+        fig.suptitle(
+            f"{n} neurons: {len(sig[a] - sig[b])} only {a}, {len(sig[a] & sig[b])} both, "
+            f"{len(sig[b] - sig[a])} only {b}",
+            fontsize=11,
+        )
     name = _save(fig, out, "neurons")
-    top = (part.assign(abs_t=part["t"].abs()).sort_values("p").groupby("target").head(10)
-           [["target", "layer", "neuron", "beta", "t", "p", "q", "n_obs", "significant"]])
+    top = (
+        part.assign(abs_t=part["t"].abs())
+        .sort_values("p")
+        .groupby("target")
+        .head(10)[["target", "layer", "neuron", "beta", "t", "p", "q", "n_obs", "significant"]]
+    )
     return name, top.to_html(index=False, float_format=lambda v: f"{v:.3g}", classes="t")
 
 
@@ -338,9 +381,15 @@ def wandb_spec(studies: list[dict], entity: str | None, project: str | None) -> 
     config = (s["manifest"] or {}).get("config", {})
     study = config.get("study") or s["summary_arms"]["study"].iloc[0]
     wandb_cfg = config.get("wandb", {})
-    metrics = ([f"share_{lab}" for lab in LABELS] + ["lean_index"] + [f"null_share_{lab}" for lab in LABELS]
-               + ["null_lean_index"] + [f"prev_{lab}" for lab in LABELS]
-               + [f"{m}_mean" for m in MEASURES] + ["ppl_mean", "ppl_ref_mean", "train_loss"])
+    metrics = (
+        [f"share_{lab}" for lab in LABELS]
+        + ["lean_index"]
+        + [f"null_share_{lab}" for lab in LABELS]
+        + ["null_lean_index"]
+        + [f"prev_{lab}" for lab in LABELS]
+        + [f"{m}_mean" for m in MEASURES]
+        + ["ppl_mean", "ppl_ref_mean", "train_loss"]
+    )
     return {
         "title": f"biasamp: {study}",
         "entity": entity or wandb_cfg.get("entity"),
@@ -355,10 +404,18 @@ def publish(spec: dict) -> str:
     """Create the W&B Report from the spec (needs wandb-workspaces, a network and an API key)."""
     import wandb_workspaces.reports.v2 as wr
 
-    runset = wr.Runset(entity=spec["entity"], project=spec["project"], name=spec["title"],
-                       filters=f"Config('group') == '{spec['runset']['filters']['group']}'")
-    report = wr.Report(entity=spec["entity"], project=spec["project"], title=spec["title"],
-                       description="Made by `biasamp report`: leaning, quality and perplexity by generation, per arm.")
+    runset = wr.Runset(
+        entity=spec["entity"],
+        project=spec["project"],
+        name=spec["title"],
+        filters=f"Config('group') == '{spec['runset']['filters']['group']}'",
+    )
+    report = wr.Report(
+        entity=spec["entity"],
+        project=spec["project"],
+        title=spec["title"],
+        description="Made by `biasamp report`: leaning, quality and perplexity by generation, per arm.",
+    )
     report.blocks = [
         wr.H1(spec["title"]),
         wr.PanelGrid(runsets=[runset], panels=[wr.LinePlot(x=p["x"], y=p["y"], groupby="arm") for p in spec["panels"]]),
@@ -376,12 +433,19 @@ def _table(df: pd.DataFrame | None, cols: list[str] | None = None) -> str:
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;color:#222}
 img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}figcaption{color:#555;font-size:.9em}
-table.t{border-collapse:collapse;font-size:.8em;margin:.5em 0}table.t td,table.t th{border:1px solid #ccc;padding:2px 6px}
+table.t{border-collapse:collapse;font-size:.8em;margin:.5em 0}
+table.t td,table.t th{border:1px solid #ccc;padding:2px 6px}
 pre{background:#f6f6f6;padding:1em;font-size:.8em;overflow:auto;max-height:30em}h2{border-bottom:1px solid #ddd}"""
 
 
-def build(folders: list[Path], out: Path, paper: Path | None = None, simulation: Path | None = None,
-          entity: str | None = None, project: str | None = None) -> Path:
+def build(
+    folders: list[Path],
+    out: Path,
+    paper: Path | None = None,
+    simulation: Path | None = None,
+    entity: str | None = None,
+    project: str | None = None,
+) -> Path:
     """Write DIR/index.html, the figures (PNG + SVG) and wandb_report.json; returns the page's path."""
     if simulation is not None and not list(Path(simulation).glob("simulation_*.png")):
         raise FileNotFoundError(f"--simulation {simulation}: no simulation_*.png (run `biasamp simulate --out DIR`)")
@@ -389,22 +453,35 @@ def build(folders: list[Path], out: Path, paper: Path | None = None, simulation:
     paper_study = load(paper) if paper else None
     out.mkdir(parents=True, exist_ok=True)
     figures = [
-        (fig_leaning(studies, paper_study, out), "Leaning shares and lean index by generation, one line per arm "
-         "(95% CI bands)" + ("; the authors' released numbers dashed" if paper_study else "") + ". Dotted, in the "
-         "arm's colour: the degradation null, the same reading of the real articles cut and looped to that "
-         "generation's length and repetition; the gap between the two lines is the drift beyond decay (no null "
-         "where the tables hold no generated text, e.g. the authors' imported numbers)."),
-        (fig_quality(studies, paper_study, out), f"{', '.join(m.title for m in MEASURES.values())} and "
-                                                 "perplexity by generation."),
-        (fig_quality_association(studies, paper_study, out),
-         "Within each generation, the association of each measure (the quality index, ...) with each leaning "
-         "probability (Spearman rho, 95% CI). Near zero: the instrument does not read low-quality text as one leaning."),
+        (
+            fig_leaning(studies, paper_study, out),
+            "Leaning shares and lean index by generation, one line per arm "
+            "(95% CI bands)" + ("; the authors' released numbers dashed" if paper_study else "") + ". Dotted, in the "
+            "arm's colour: the degradation null, the same reading of the real articles cut and looped to that "
+            "generation's length and repetition; the gap between the two lines is the drift beyond decay (no null "
+            "where the tables hold no generated text, e.g. the authors' imported numbers).",
+        ),
+        (
+            fig_quality(studies, paper_study, out),
+            f"{', '.join(m.title for m in MEASURES.values())} and perplexity by generation.",
+        ),
+        (
+            fig_quality_association(studies, paper_study, out),
+            "Within each generation, the association of each measure (the quality index, ...) with each leaning "
+            "probability (Spearman rho, 95% CI). Near zero: the instrument does not read low-quality text as one "
+            "leaning.",
+        ),
         (fig_training(studies, out), "Training loss: per generation (mean over seeds) and per optimizer step."),
         (fig_contrasts(studies, out), "Each arm minus the baseline arm, per generation, with 95% bootstrap CIs."),
     ]
     neuron_fig, top_html = fig_neurons(studies, out)
-    figures.append((neuron_fig, "Neurons whose change moves with each target (within-trajectory test), the "
-                                "count flagged on surrogate targets where nothing is there, and the overlap."))
+    figures.append(
+        (
+            neuron_fig,
+            "Neurons whose change moves with each target (within-trajectory test), the "
+            "count flagged on surrogate targets where nothing is there, and the overlap.",
+        )
+    )
     if simulation is not None:
         for png in sorted(Path(simulation).glob("simulation_*.png")):
             shutil.copy(png, out / png.name)
@@ -416,25 +493,35 @@ def build(folders: list[Path], out: Path, paper: Path | None = None, simulation:
         if name is None:
             continue
         svg = f' (<a href="{name}.svg">SVG</a>)' if (out / f"{name}.svg").exists() else ""
-        body.append(f'<figure><img src="{name}.png" alt="{html.escape(caption)}">'
-                    f"<figcaption>{html.escape(caption)}{svg}</figcaption></figure>")
+        body.append(
+            f'<figure><img src="{name}.png" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}{svg}</figcaption></figure>"
+        )
     if top_html:
         body.append("<h2>Top neurons (smallest p per target)</h2>" + top_html)
     for s in studies:
         body.append(f"<h2>{html.escape(s['label'])}</h2>")
         if s["contrasts"] is not None:
             last = s["contrasts"].sort_values("generation").groupby(["study", "arm", "target"]).tail(1)
-            body.append("<h3>Arm contrasts at the last generation</h3>" + _table(
-                last, ["study", "arm", "baseline", "generation", "target", "estimate", "lo", "hi", "p", "n_seeds"]))
+            body.append(
+                "<h3>Arm contrasts at the last generation</h3>"
+                + _table(
+                    last, ["study", "arm", "baseline", "generation", "target", "estimate", "lo", "hi", "p", "n_seeds"]
+                )
+            )
         body.append("<h3>Summary per arm and generation</h3>" + _table(s["summary_arms"]))
         if s["manifest"]:
             m = s["manifest"]
-            body.append(f"<h3>Config (hash {html.escape(str(m.get('science_hash')))})</h3>"
-                        f"<pre>{html.escape(yaml.safe_dump(m.get('config', {}), sort_keys=False))}</pre>"
-                        f"<h3>Versions</h3><pre>{html.escape(json.dumps(m.get('versions', {}), indent=1))}</pre>")
+            body.append(
+                f"<h3>Config (hash {html.escape(str(m.get('science_hash')))})</h3>"
+                f"<pre>{html.escape(yaml.safe_dump(m.get('config', {}), sort_keys=False))}</pre>"
+                f"<h3>Versions</h3><pre>{html.escape(json.dumps(m.get('versions', {}), indent=1))}</pre>"
+            )
     page = out / "index.html"
     tmp = temp_path(page)
-    tmp.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>biasamp report</title>"
-                   f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
+    tmp.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>biasamp report</title>"
+        f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n"
+    )
     tmp.replace(page)
     return page

@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 
 from biasamp.config import ModelConfig, ScoringConfig
-from biasamp.instruments.degrade import degrade_to_profile, profile
-from biasamp.instruments.leaning import load_calibration
 from biasamp.instruments import load_classifier
+from biasamp.instruments.degrade import degrade_to_profile, profile
 from biasamp.instruments.hf import leaning
+from biasamp.instruments.leaning import load_calibration
 from biasamp.instruments.registry import MEASURES, Reader
 from biasamp.models import load_base_model, load_tokenizer
 from biasamp.stages.summarize import NULL_PROBS, PROBS, scoring_settings
@@ -37,8 +37,9 @@ def perplexities(model, tokenizer, texts: list[str], max_tokens: int, batch_size
     limit = min(max_tokens, getattr(model.config, "max_position_embeddings", None) or max_tokens)
     try:
         for idx in by_length(texts, batch_size):
-            enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=limit, padding=True,
-                            return_tensors="pt").to(model.device)
+            enc = tokenizer(
+                [texts[i] for i in idx], truncation=True, max_length=limit, padding=True, return_tensors="pt"
+            ).to(model.device)
             # float32 log-softmax over the vocabulary (a float64 copy of the logits costs more than the
             # forward pass for a 49k-50k vocabulary); per-token losses are summed in float64.
             logits = model(**enc, use_cache=False).logits[:, :-1]
@@ -83,8 +84,10 @@ def degradation_null(articles: pd.DataFrame, real: pd.DataFrame) -> list[str]:
     looped to the generated body's profile, in the format the classifier reads."""
     by_id = real.drop_duplicates("article_id").set_index("article_id")
     source = by_id.reindex(articles["article_id"])
-    return [training_text(title, degrade_to_profile(body, *profile(generated)))
-            for title, body, generated in zip(source["title"].fillna(""), source["text"].fillna(""), articles["text"])]
+    return [
+        training_text(title, degrade_to_profile(body, *profile(generated)))
+        for title, body, generated in zip(source["title"].fillna(""), source["text"].fillna(""), articles["text"])
+    ]
 
 
 def score_articles(inst: Instruments, articles: pd.DataFrame, real: pd.DataFrame, own=None) -> pd.DataFrame:

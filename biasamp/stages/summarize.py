@@ -46,8 +46,14 @@ def _values(part: pd.DataFrame, method: str) -> np.ndarray:
     are the summary statistics (_stats()); then what the prevalence method averages (3 columns)."""
     null = part[NULL_PROBS].to_numpy(float) if set(NULL_PROBS) <= set(part.columns) else np.full((len(part), 3), np.nan)
     measures = [part[m].to_numpy(dtype=float) if m in part else np.full(len(part), np.nan) for m in MEASURES]
-    return np.column_stack([reading_values(part[PROBS].to_numpy(float)), *measures,
-                            reading_values(null), prevalence.article_values(part[PROBS].to_numpy(float), method)])
+    return np.column_stack(
+        [
+            reading_values(part[PROBS].to_numpy(float)),
+            *measures,
+            reading_values(null),
+            prevalence.article_values(part[PROBS].to_numpy(float), method),
+        ]
+    )
 
 
 def quality_association(part: pd.DataFrame) -> dict:
@@ -103,15 +109,21 @@ def _row(values_per_seed: list[np.ndarray], rng, n_boot: int, calibration, metho
     for k, name in enumerate(stats):
         row[name], row[f"{name}_lo"], row[f"{name}_hi"] = point[k], lo[k], hi[k]
     k = len(stats)
-    est, plo, phi = prevalence.estimate(point[k:], boot[:, k:], calibration, method, rng,
-                                        sum(len(v) for v in values_per_seed))
+    est, plo, phi = prevalence.estimate(
+        point[k:], boot[:, k:], calibration, method, rng, sum(len(v) for v in values_per_seed)
+    )
     for i, lab in enumerate(LABELS):
         row[f"prev_{lab}"], row[f"prev_{lab}_lo"], row[f"prev_{lab}_hi"] = est[i], plo[i], phi[i]
     return row
 
 
-def summarize(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0, calibration: pd.DataFrame | None = None,
-              method: str = "pacc") -> tuple[pd.DataFrame, pd.DataFrame]:
+def summarize(
+    scores: pd.DataFrame,
+    n_boot: int = 1000,
+    seed: int = 0,
+    calibration: pd.DataFrame | None = None,
+    method: str = "pacc",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both summary tables; `calibration` (the classifier's) and `method` give the prev_* columns."""
     rng = np.random.default_rng(seed)
     per_seed, per_arm = [], []
@@ -136,9 +148,14 @@ def scoring_settings(cfg: ScoringConfig) -> str:
     """What decides the per-article scores (not batch size, bootstrap or the prevalence method, which
     the summaries apply afresh each time), with a hash of an offline instrument's file. Every scores
     file records it; files made with different settings are never pooled."""
-    return json.dumps({"classifier": instrument_settings(cfg.classifier, offline_leaning.model_file),
-                       **{m.key or column: m.settings(cfg) for column, m in MEASURES.items()},
-                       "perplexity_max_tokens": cfg.perplexity_max_tokens}, sort_keys=True)
+    return json.dumps(
+        {
+            "classifier": instrument_settings(cfg.classifier, offline_leaning.model_file),
+            **{m.key or column: m.settings(cfg) for column, m in MEASURES.items()},
+            "perplexity_max_tokens": cfg.perplexity_max_tokens,
+        },
+        sort_keys=True,
+    )
 
 
 def settings_of_scores(out: Path) -> dict[str, list[str]]:
@@ -159,13 +176,16 @@ def check_scores_settings(out: Path, expected: str | None = None) -> None:
     if len(found) > 1:
         parts = "; ".join(f"{len(files)} file(s) (e.g. {files[0]}) with {s}" for s, files in found.items() if files)
         asked = f"; this run asks for {expected}" if expected is not None else ""
-        raise ValueError(f"{out}/scores: made with different scoring settings ({parts}{asked}). Rescore every "
-                         f"generation with `biasamp score {out}` (add the --set of the settings you want), or "
-                         f"resume with the settings the scores were made with")
+        raise ValueError(
+            f"{out}/scores: made with different scoring settings ({parts}{asked}). Rescore every "
+            f"generation with `biasamp score {out}` (add the --set of the settings you want), or "
+            f"resume with the settings the scores were made with"
+        )
 
 
-def write_summaries(out: Path, scores: pd.DataFrame, n_boot: int, calibration: pd.DataFrame | None = None,
-                    method: str = "pacc") -> tuple[pd.DataFrame, pd.DataFrame]:
+def write_summaries(
+    out: Path, scores: pd.DataFrame, n_boot: int, calibration: pd.DataFrame | None = None, method: str = "pacc"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both summary tables from the scores, written; returned as written (declared column order).
     Scores made with different scoring settings are refused (check_scores_settings)."""
     check_scores_settings(out)
@@ -177,7 +197,9 @@ def write_summaries(out: Path, scores: pd.DataFrame, n_boot: int, calibration: p
 
 # --- the authors' released numbers --------------------------------------------------------------
 
-_FILE = re.compile(r"^(?P<arm>[A-Za-z0-9]+?)(?P<center>_Center-Leaning-Only)?_(?P<what>Bias_Performance|Generation_Quality|Perplexity)\.csv$")
+_FILE = re.compile(
+    r"^(?P<arm>[A-Za-z0-9]+?)(?P<center>_Center-Leaning-Only)?_(?P<what>Bias_Performance|Generation_Quality|Perplexity)\.csv$"
+)
 
 
 def import_paper(folder: Path, study: str = "paper") -> tuple[pd.DataFrame, list[str]]:
@@ -211,9 +233,18 @@ def import_paper(folder: Path, study: str = "paper") -> tuple[pd.DataFrame, list
         if not needed <= set(bias.columns):
             raise ValueError(f"{found['Bias_Performance']}: expected columns {sorted(needed)}")
         gen = bias["Generation"] - 1 if "Generation" in bias else pd.Series(-1, index=bias.index)
-        df = pd.DataFrame({"study": name, "arm": arm, "seed": 0, "generation": gen.astype(int),
-                           "article_id": bias["Article_ID"].astype(str), "p_left": bias["Left_Score"],
-                           "p_center": bias["Center_Score"], "p_right": bias["Right_Score"]})
+        df = pd.DataFrame(
+            {
+                "study": name,
+                "arm": arm,
+                "seed": 0,
+                "generation": gen.astype(int),
+                "article_id": bias["Article_ID"].astype(str),
+                "p_left": bias["Left_Score"],
+                "p_center": bias["Center_Score"],
+                "p_right": bias["Right_Score"],
+            }
+        )
         probs = df[["p_left", "p_center", "p_right"]].to_numpy()
         df["label"] = np.array(LABELS)[probs.argmax(axis=1)]
         for what, src, col in (("Generation_Quality", "GibberishLevel", "tqi"), ("Perplexity", "Perplexity", "ppl")):
@@ -227,7 +258,9 @@ def import_paper(folder: Path, study: str = "paper") -> tuple[pd.DataFrame, list
                 if len(rows) == len(vals):
                     df.loc[rows, col] = vals
                 else:
-                    notes.append(f"{found[what].name}: G{g} has {len(vals)} rows, the scores {len(rows)}: {col} left empty")
+                    notes.append(
+                        f"{found[what].name}: G{g} has {len(vals)} rows, the scores {len(rows)}: {col} left empty"
+                    )
         for m in MEASURES:  # measures the authors did not take stay empty
             df[m] = df.get(m, np.nan)
         df["ppl_ref"] = np.nan

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import datasets
-import pandas as pd
-import torch
 import tempfile
 from typing import Callable
 
+import datasets
+import pandas as pd
+import torch
 from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainingArguments
 
 from biasamp.config import TrainConfig
@@ -23,8 +23,17 @@ def tokenized(tokenizer, texts: list[str], max_length: int) -> datasets.Dataset:
     )
 
 
-def make_trainer(model, tokenizer, ds, cfg: TrainConfig, seed: int, output_dir: str, deepspeed: dict | None = None,
-                 micro_batch: int | None = None, accumulation: int = 1) -> Trainer:
+def make_trainer(
+    model,
+    tokenizer,
+    ds,
+    cfg: TrainConfig,
+    seed: int,
+    output_dir: str,
+    deepspeed: dict | None = None,
+    micro_batch: int | None = None,
+    accumulation: int = 1,
+) -> Trainer:
     """The authors' Trainer. With `deepspeed`, one of N workers: micro_batch x accumulation x N is
     cfg.batch_size, and the optimizer (Trainer's AdamW) and schedule are the same objects as in the
     single-process run, so the hyper-parameters mean the same at any scale."""
@@ -80,13 +89,16 @@ def register_trainer(kind: str):
     def add(fn):
         TRAINERS[kind] = fn
         return fn
+
     return add
 
 
 def trainer_for(kind: str) -> Callable:
     if kind not in TRAINERS:
-        raise ValueError(f"train.backend: '{kind}' is not registered in this process (the Ray layer imports "
-                         f"biasamp.backends, which registers it); registered: {', '.join(TRAINERS)}")
+        raise ValueError(
+            f"train.backend: '{kind}' is not registered in this process (the Ray layer imports "
+            f"biasamp.backends, which registers it); registered: {', '.join(TRAINERS)}"
+        )
     return TRAINERS[kind]
 
 

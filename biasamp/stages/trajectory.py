@@ -18,8 +18,8 @@ import torch
 
 from biasamp import artifacts, tracking
 from biasamp.config import ArmConfig, StudyConfig, TrainConfig
-from biasamp.models import checkpoint_damage, load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
 from biasamp.instruments.registry import MEASURES
+from biasamp.models import checkpoint_damage, load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
 from biasamp.stages.generate import write_articles
 from biasamp.stages.mix import training_set
 from biasamp.stages.neurons import capture
@@ -28,6 +28,7 @@ from biasamp.stages.summarize import SETTINGS_KEY, summarize
 from biasamp.stages.train import trainer_for
 from biasamp.tables import TABLES, parquet_damage
 from biasamp.text import training_text
+
 
 @dataclass
 class Trajectory:
@@ -81,7 +82,10 @@ def train_stage(t: Trajectory) -> None:
             t.say("checkpoint found, skipping training")
             t.model, t.tokenizer = load_checkpoint(t.ckpt)
             return
-        t.say(f"checkpoint {t.ckpt} is damaged ({damage}): set aside as {artifacts.set_aside(t.ckpt).name}, training again")
+        t.say(
+            f"checkpoint {t.ckpt} is damaged ({damage}): set aside as {artifacts.set_aside(t.ckpt).name}, "
+            "training again"
+        )
     cfg, arm, g, seed = t.cfg, t.arm, t.g, t.seed
     if g > 0 and arm.train.init == "base":
         t.model = load_base_model(cfg.model, len(t.tokenizer), seed)
@@ -89,12 +93,15 @@ def train_stage(t: Trajectory) -> None:
     if g > 0 and arm.mix.reads_scores:
         previous_scores = pd.read_parquet(TABLES["scores"].file(t.out, **{**t.at, "generation": g - 1}))
     train_df = training_set(arm, g, t.real, t.synthetic, seed, previous_scores)
-    t.say(f"training on {len(train_df)} articles "
-          f"({', '.join(f'{k} {v}' for k, v in train_df['source'].value_counts(sort=False).items())})")
+    t.say(
+        f"training on {len(train_df)} articles "
+        f"({', '.join(f'{k} {v}' for k, v in train_df['source'].value_counts(sort=False).items())})"
+    )
     torch.manual_seed(seed * 100_003 + g)
     start = time.time()
-    metrics = trainer_for(arm.train.backend)(t.model, t.tokenizer, train_df, arm.train, seed * 100_003 + g,
-                                          workdir=t.ckpt.with_name(t.ckpt.name + ".train"))
+    metrics = trainer_for(arm.train.backend)(
+        t.model, t.tokenizer, train_df, arm.train, seed * 100_003 + g, workdir=t.ckpt.with_name(t.ckpt.name + ".train")
+    )
     metrics["train_seconds"] = time.time() - start  # the stage's wall time, tokenizing included
     TABLES["training"].write(t.addressed(train_df[["article_id", "source"]].copy()), t.out, **t.at)
     TABLES["train_metrics"].write(t.addressed(_train_metrics(metrics, arm.train)), t.out, **t.at)
@@ -123,22 +130,33 @@ def write_stage(t: Trajectory) -> None:
     t.say(f"writing {len(prompts)} articles")
     start = time.time()
     t.model.eval()
-    written = write_articles(t.model, t.tokenizer, prompts, cfg.generation,
-                             _every_minute(t.say), checkpoint=t.ckpt)
+    written = write_articles(t.model, t.tokenizer, prompts, cfg.generation, _every_minute(t.say), checkpoint=t.ckpt)
     t.seconds["generate"] = time.time() - start
     table = t.addressed(written.merge(t.real[["article_id", "source_label"]], on="article_id", how="left"))
-    t.metrics.update(gen_tokens=int(table["n_tokens"].sum()), mean_article_tokens=float(table["n_tokens"].mean()),
-                     gen_tokens_per_s=float(table["n_tokens"].sum() / max(t.seconds["generate"], 1e-9)))
+    t.metrics.update(
+        gen_tokens=int(table["n_tokens"].sum()),
+        mean_article_tokens=float(table["n_tokens"].mean()),
+        gen_tokens_per_s=float(table["n_tokens"].sum() / max(t.seconds["generate"], 1e-9)),
+    )
     if t.instruments is not None:
         t.say(f"scoring {len(table)} articles")
         start = time.time()
         scores = score_articles(t.instruments, table, t.real, own=(t.model, t.tokenizer))
         TABLES["scores"].write(scores, t.out, metadata={SETTINGS_KEY: t.instruments.settings}, **t.at)
         t.scores = scores
-        row = summarize(scores, cfg.scoring.bootstrap, calibration=t.instruments.calibration,
-                        method=cfg.scoring.classifier.prevalence)[0].iloc[0]  # the summary table's own statistics
-        t.metrics.update({k: float(v) for k, v in row.items()
-                          if k.startswith(("share_", "lean_", "null_", "prev_", "ppl_", *(f"{m}_" for m in MEASURES)))})
+        row = summarize(
+            scores,
+            cfg.scoring.bootstrap,
+            calibration=t.instruments.calibration,
+            method=cfg.scoring.classifier.prevalence,
+        )[0].iloc[0]  # the summary table's own statistics
+        t.metrics.update(
+            {
+                k: float(v)
+                for k, v in row.items()
+                if k.startswith(("share_", "lean_", "null_", "prev_", "ppl_", *(f"{m}_" for m in MEASURES)))
+            }
+        )
         t.seconds["score"] = time.time() - start
     _record_stage_seconds(t)
     TABLES["articles"].write(table, t.out, **t.at)
@@ -172,12 +190,18 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
         log(f"{tag} loading the scoring instruments")
         instruments = load_instruments(cfg.scoring, cfg.model)
     t = Trajectory(
-        cfg, arm_name, seed, log,
+        cfg,
+        arm_name,
+        seed,
+        log,
         real=pd.read_parquet(TABLES["corpus"].file(out, corpus=arm.corpus)),
         probe=[training_text(a, b) for a, b in zip(probe_df["title"], probe_df["text"])],
-        synthetic=[pd.read_parquet(TABLES["articles"].file(out, arm=arm_name, seed=seed, generation=g))
-                   for g in range(done)],
-        model=model, tokenizer=tokenizer, instruments=instruments,
+        synthetic=[
+            pd.read_parquet(TABLES["articles"].file(out, arm=arm_name, seed=seed, generation=g)) for g in range(done)
+        ],
+        model=model,
+        tokenizer=tokenizer,
+        instruments=instruments,
     )
     run = tracking.trajectory_run(cfg, arm_name, seed, log)
     for g in range(done, n):
@@ -185,13 +209,22 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
         for stage in STAGES:
             stage(t)
         t.metrics["generation_seconds"] = time.time() - start
-        t.say(f"done in {t.metrics['generation_seconds']:.0f}s (loss {t.metrics.get('train_loss', float('nan')):.3f}, "
-              f"{t.metrics['gen_tokens_per_s']:.0f} tok/s)")
+        t.say(
+            f"done in {t.metrics['generation_seconds']:.0f}s (loss {t.metrics.get('train_loss', float('nan')):.3f}, "
+            f"{t.metrics['gen_tokens_per_s']:.0f} tok/s)"
+        )
         if run is not None:
             tracking.log_generation(run, g, t.metrics, t.synthetic[-1], t.scores, t.loss_curve)
             if cfg.wandb.artifacts:
-                tracking.log_artifacts(run, cfg, arm_name, seed, g, t.ckpt,
-                                       [TABLES[name].file(out, **t.at) for name in ("articles", "scores", "training")])
+                tracking.log_artifacts(
+                    run,
+                    cfg,
+                    arm_name,
+                    seed,
+                    g,
+                    t.ckpt,
+                    [TABLES[name].file(out, **t.at) for name in ("articles", "scores", "training")],
+                )
         _prune_checkpoints(cfg, arm_name, seed, g)
     if run is not None:
         run.finish()
@@ -217,8 +250,11 @@ def _verified(cfg: StudyConfig, arm: str, seed: int, done: int, log) -> int:
             needed["checkpoint"] = artifacts.checkpoint_dir(out, arm, seed, g)
             if cfg.arms[arm].mix.reads_scores:
                 needed["scores"] = TABLES["scores"].file(out, arm=arm, seed=seed, generation=g)
-        damaged = {name: (path, what) for name, path in needed.items()
-                   if (what := (checkpoint_damage if name == "checkpoint" else parquet_damage)(path)) is not None}
+        damaged = {
+            name: (path, what)
+            for name, path in needed.items()
+            if (what := (checkpoint_damage if name == "checkpoint" else parquet_damage)(path)) is not None
+        }
         if damaged:
             for name, (path, what) in damaged.items():
                 moved = artifacts.set_aside(path).name if path.exists() else "nothing to move"
