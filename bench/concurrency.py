@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from biasamp.study import time_by_stage as stage_split
+from biasamp.study import time_by_stage
 
 ROOT = Path(__file__).parents[1]
 STUDY = [str(ROOT / "configs" / "smoke.yaml"), "--set", "seeds=[0]", "--set", "wandb.mode=disabled"]
@@ -57,7 +57,7 @@ def measure(repeats: int) -> list[dict]:
         for r in range(repeats):  # interleaved: a slow spell of the machine touches every layout
             for cpus in layouts:
                 times[cpus].append(wall(cpus, work / f"{cpus}-{r}"))
-        split = stage_split(work / "2-0")
+        split = time_by_stage(work / "2-0")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return [

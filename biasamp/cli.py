@@ -505,44 +505,40 @@ def analyze(
     bootstrap: int = typer.Option(1000, min=10, help="Bootstrap resamples for the arm contrasts and trends."),
 ):
     """Neuron tests (per-neuron OLS with a surrogate-null diagnostic) and arm contrasts with CIs."""
-    import pandas as pd
-
     from biasamp.study import analyze_study
 
     if mode not in ("within", "paper"):
         raise typer.BadParameter("within or paper", param_hint="--mode")
+    targets = [t.strip() for t in targets.split(",")]
     with user_errors():
         result = analyze_study(
-            study_dir,
-            summary,
-            [t.strip() for t in targets.split(",")],
-            mode,
-            maxlags,
-            alpha,
-            null_draws,
-            baseline,
-            bootstrap,
-            log=typer.echo,
+            study_dir, summary, targets, mode, maxlags, alpha, null_draws, baseline, bootstrap, typer.echo
         )
     for w in result.warnings:
         typer.secho(f"warning: {w}", err=True, fg="yellow")
     if result.neuron_counts is not None:
-        typer.echo(
-            f"neuron tests ({mode} mode, {result.neuron_file.name}): significant / neurons, and the count "
-            f"expected under the null ({null_draws} surrogate draws)"
-        )
-        for r in result.neuron_counts.itertuples():
-            expected = (
-                ""
-                if pd.isna(r.null_expected_significant)
-                else f"   null expects {r.null_expected_significant:.1f} (max {int(r.null_max_significant)})"
-            )
-            typer.echo(
-                f"  {r.neurons:28} {r.target:14} {r.significant:7d} / {r.of}{expected}"
-                f"   [{r.n_obs} obs, {r.n_trajectories} trajectories]"
-            )
+        _neuron_lines(result.neuron_counts, f"{mode} mode, {result.neuron_file.name}", null_draws)
     if result.contrasts is not None:
         _contrast_lines(result.contrasts, study_dir)
+
+
+def _neuron_lines(counts, what: str, null_draws: int) -> None:
+    import pandas as pd
+
+    typer.echo(
+        f"neuron tests ({what}): significant / neurons, and the count expected under the null "
+        f"({null_draws} surrogate draws)"
+    )
+    for r in counts.itertuples():
+        expected = (
+            ""
+            if pd.isna(r.null_expected_significant)
+            else f"   null expects {r.null_expected_significant:.1f} (max {int(r.null_max_significant)})"
+        )
+        typer.echo(
+            f"  {r.neurons:28} {r.target:14} {r.significant:7d} / {r.of}{expected}"
+            f"   [{r.n_obs} obs, {r.n_trajectories} trajectories]"
+        )
 
 
 def _contrast_lines(contrasts, study_dir: Path) -> None:

@@ -101,3 +101,26 @@ def test_the_layer_test_sees_a_function_level_import(tmp_path, monkeypatch):
     (fake / "stages" / "x.py").write_text("def f():\n    from biasamp.backends.ray_cluster import run\n")
     monkeypatch.setattr(__import__(__name__), "PKG", fake)
     assert "biasamp.backends.ray_cluster" in _imports()["biasamp.stages.x"]
+
+
+MAX_COMMAND_LINES = 20  # parse -> call biasamp.study -> print; orchestration belongs to the application layer
+
+
+def test_cli_commands_are_thin():
+    """Every `biasamp` command body (docstring aside) is at most MAX_COMMAND_LINES lines."""
+    tree = ast.parse((PKG / "cli.py").read_text())
+    commands = [
+        n
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef)
+        and any(isinstance(d, ast.Call) and getattr(d.func, "attr", "") == "command" for d in n.decorator_list)
+    ]
+    assert len(commands) >= 10
+    long = {}
+    for n in commands:
+        first = (
+            n.body[1] if isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant) else n.body[0]
+        )
+        if n.end_lineno - first.lineno + 1 > MAX_COMMAND_LINES:
+            long[n.name] = n.end_lineno - first.lineno + 1
+    assert not long, long
