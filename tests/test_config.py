@@ -205,3 +205,10 @@ def test_a_manifest_written_before_settings_moved_under_their_kind_still_loads(s
         from_dict(d)
     with pytest.raises(ConfigError, match="generation.backend.engines: not a setting of this backend kind"):
         from_dict(study_dict(generation={"backend": {"engines": 2}}))
+
+
+def test_the_readme_config_validates():
+    readme = (CONFIGS.parent / "README.md").read_text()
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = from_dict(yaml.safe_load(block), "README.md")
+    assert cfg.study == "quickstart" and cfg.arms["preservation"].mix.real_fraction == 0.1
