@@ -104,6 +104,30 @@ def check_output_dir(out: Path) -> None:
         raise ValueError(f"{existing}: cannot write here ({e.strerror}; --out {out})") from None
 
 
+# What a study folder holds that another command's output must never land in or replace.
+STUDY_PARTS = {*(t.path.split("/")[0] for t in TABLES.values()), "checkpoints", "logs", "wandb", "manifest.json"}
+
+
+def check_output_path(out: Path, kind: str, flag: str = "--out") -> None:
+    """`out`, where a command writes a `kind` ("file" or "folder"), neither lands in a study folder's
+    tables, checkpoints or logs (nor replaces one), nor is a folder where a file is meant or the reverse."""
+    out = Path(out)
+    if kind == "file" and out.is_dir():
+        raise ValueError(f"{flag} {out}: a folder; a file is written here")
+    if kind == "folder" and out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} {out}: a file; a folder is written here")
+    absolute = out.resolve()
+    for study in absolute.parents:
+        if (study / "manifest.json").is_file():
+            part = absolute.relative_to(study).parts[0]
+            if part in STUDY_PARTS:
+                raise ValueError(
+                    f"{flag} {out}: inside the study folder {study} ({part}), whose tables it would "
+                    f"make unreadable; write it beside the study's tables, e.g. {study / 'report'}"
+                )
+            return
+
+
 @contextmanager
 def own_output_dir(out: Path, log=print):
     """One writer per study folder: an OS lock on OUT/.lock, released when the holder exits or dies.

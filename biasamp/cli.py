@@ -169,10 +169,12 @@ def data_prepare(
 ):
     """Draw a stratified study corpus from an AllSides-labelled source."""
 
+    from biasamp.artifacts import check_output_path
     from biasamp.corpus import read_source, sample_corpus, write_jsonl_gz
     from biasamp.tables import write_parquet
 
     with user_errors():
+        check_output_path(out, "file")
         span = tuple(int(y) for y in years.split("-")) if years else None
         cfg = CorpusConfig(
             source=source, per_label=_per_label(per_label, center_only), years=span, max_words=max_words, seed=seed
@@ -588,10 +590,13 @@ def simulate(
     seed: int = typer.Option(0),
 ):
     """The paper's appendix: weighted MLE vs plain MLE of Beta fits over generations."""
+    from biasamp.artifacts import check_output_path
     from biasamp.simulate import plot
     from biasamp.simulate import simulate as run_simulation
     from biasamp.tables import write_parquet
 
+    with user_errors():
+        check_output_path(out, "folder")
     df = run_simulation(generations=generations, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(df, out / "simulation.parquet")

@@ -18,7 +18,7 @@ from biasamp.config import ClassifierConfig, ModelConfig, StudyConfig, apply_ove
 from biasamp.instruments.leaning import load_calibration
 from biasamp.preflight import check_resources, check_study, local_machine
 from biasamp.stages.summarize import SETTINGS_KEY, write_summaries
-from biasamp.tables import TABLES, file_metadata, write_parquet
+from biasamp.tables import TABLES, file_metadata, parquet_damage, write_parquet
 
 # The model stack (torch, transformers: about 8 s) is imported inside the functions that use it, so
 # that `biasamp run` on a finished study, or one that fails its checks, answers at once.
@@ -80,9 +80,9 @@ def run_study(cfg: StudyConfig, execute: Executor, log=print) -> RunResult:
                 f"nothing to do: all {total} trajectories of '{cfg.study}' have G0..G{cfg.generations - 1} "
                 f"in {cfg.output_dir}"
             )
-            done = all((cfg.output_dir / f).exists() for f in ("summary.parquet", "summary_arms.parquet"))
-            # a run killed after its last trajectory: finish the study-level stage
-            per_arm = summarize_study(cfg, log) if cfg.scoring.enabled and not done else None
+            # a run killed after its last trajectory (or an extension's): the summaries are derived
+            # state, rebuilt whenever what they were built from changed
+            per_arm = summarize_study(cfg, log) if cfg.scoring.enabled and not summaries_current(cfg) else None
             return RunResult(total, 0, 0, None, per_arm)
         log(
             f"study '{cfg.study}': {len(pending)} of {total} trajectories to run, "
@@ -113,17 +113,46 @@ def time_by_stage(out) -> str:
     return f"time by stage over {len(per_generation)} generations: {', '.join(parts)}"
 
 
+SUMMARY_INPUTS_KEY = "biasamp.summary_inputs"  # Parquet footer key of both summary files
+
+
+def summary_inputs(cfg: StudyConfig, calibration: pd.DataFrame | None) -> str:
+    """What the summaries are a function of: every scores file (name and SHA-256), the bootstrap,
+    the prevalence method and its calibration table. Both summary files record it; a summary that
+    records other inputs is stale (e.g. an extension interrupted after its last trajectory)."""
+    where = TABLES["scores"].where(cfg.output_dir)
+    files = {f.stem: artifacts.sha256(f)[:16] for f in sorted(where.glob("*.parquet"))} if where.is_dir() else {}
+    cal = None if calibration is None else str(pd.util.hash_pandas_object(calibration, index=False).sum())
+    c = cfg.scoring
+    return json.dumps(
+        {"scores": files, "bootstrap": c.bootstrap, "prevalence": c.classifier.prevalence, "calibration": cal},
+        sort_keys=True,
+    )
+
+
+def summaries_current(cfg: StudyConfig) -> bool:
+    """Both summary files exist, read, and were built from the study's scores and settings as they are now."""
+    expected = summary_inputs(cfg, load_calibration(cfg.scoring.classifier))
+    for name in ("summary", "summary_arms"):
+        path = TABLES[name].file(cfg.output_dir)
+        if parquet_damage(path) is not None or file_metadata(path, SUMMARY_INPUTS_KEY) != expected:
+            return False
+    return True
+
+
 def summarize_study(cfg: StudyConfig, log=print) -> pd.DataFrame:
-    """Both summary tables from every scores file, written and sent to the study's W&B group;
-    returns summary_arms."""
+    """Both summary tables from every scores file, written with what they were built from, and sent
+    to the study's W&B group; returns summary_arms."""
     # Imported here, inside the study's scratch space: importing wandb makes a temp folder, which a
     # killed driver would leave in the system temp dir.
     from biasamp.tracking import log_study_tables
 
     out = cfg.output_dir
     c = cfg.scoring.classifier
+    cal = load_calibration(c)
+    inputs = {SUMMARY_INPUTS_KEY: summary_inputs(cfg, cal)}  # before reading: a file added meanwhile makes it stale
     per_seed, per_arm = write_summaries(
-        out, TABLES["scores"].read(out), cfg.scoring.bootstrap, load_calibration(c), c.prevalence
+        out, TABLES["scores"].read(out), cfg.scoring.bootstrap, cal, c.prevalence, metadata=inputs
     )
     log_study_tables(cfg, "summary", {"summary_arms": per_arm, "summary": per_seed}, log)
     return per_arm
@@ -300,6 +329,7 @@ def report_study(
     `wandb` (ENTITY/PROJECT) the published Report."""
     from biasamp.stages.report import build, publish
 
+    artifacts.check_output_path(out, "folder")
     entity, project = wandb.split("/", 1) if wandb and "/" in wandb else (None, wandb)
     page = build(folders, out, paper, simulation, entity, project)
     result = ReportResult(page, out / "wandb_report.json")
@@ -338,6 +368,9 @@ def classify_file(
     from biasamp.tables import write_parquet
     from biasamp.text import training_text
 
+    artifacts.check_output_path(out, "file")
+    if summary is not None:
+        artifacts.check_output_path(summary, "file", "--summary")
     df = read_table(input)
     if "text" not in df.columns:
         raise ValueError(f"{input}: no 'text' column (has: {', '.join(map(str, df.columns))})")

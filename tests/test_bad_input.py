@@ -14,7 +14,13 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
-CORPUS = "--set=corpora.main.source={tmp}/corpus"  # a corpus file the case writes
+CORPUS = "--set=corpora.main.source={tmp}/corpus"
+# A study folder as far as another command's --out is concerned: its manifest and a table folder.
+STUDY_FOLDER = {
+    "study/manifest.json": "{}",
+    "study/scores/a__seed0__gen0.parquet": "x",
+    "study/summary_arms.parquet": "x",
+}  # a corpus file the case writes
 
 
 def _run(*flags):  # `biasamp run` of the smoke study into {tmp}/out with these overrides
@@ -210,6 +216,49 @@ CASES = [
         {},
         ["report", "{tmp}/nothing", "--out", "{tmp}/rep"],
         "{tmp}/nothing: no summary_arms.parquet",
+    ),
+    # output paths that would clobber a study (its tables unreadable afterwards) or mistake a folder for a file
+    (
+        "report into a study's tables",
+        STUDY_FOLDER,
+        ["report", "{tmp}/study", "--out", "{tmp}/study/scores"],
+        "--out {tmp}/study/scores: inside the study folder",
+    ),
+    (
+        "report into a study's articles",
+        STUDY_FOLDER,
+        ["report", "{tmp}/study", "--out", "{tmp}/study/articles/rep"],
+        "--out {tmp}/study/articles/rep: inside the study folder",
+    ),
+    (
+        "report onto a file",
+        {**STUDY_FOLDER, "rep": "x"},
+        ["report", "{tmp}/study", "--out", "{tmp}/rep"],
+        "--out {tmp}/rep: a file; a folder is written here",
+    ),
+    (
+        "classify into a study's scores",
+        {**STUDY_FOLDER, "a.csv": "text\nhello\n"},
+        ["classify", "{tmp}/a.csv", "--out", "{tmp}/study/scores/b.parquet"],
+        "inside the study folder",
+    ),
+    (
+        "classify onto a folder",
+        {"a.csv": "text\nhello\n", "o/keep": "x"},
+        ["classify", "{tmp}/a.csv", "--out", "{tmp}/o"],
+        "--out {tmp}/o: a folder; a file is written here",
+    ),
+    (
+        "prepare into a study's corpus folder",
+        STUDY_FOLDER,
+        ["data", "prepare", "bundled", "--out", "{tmp}/study/corpus/main.parquet", "--per-label", "2"],
+        "inside the study folder",
+    ),
+    (
+        "simulate onto a file",
+        {"sim": "x"},
+        ["simulate", "--out", "{tmp}/sim", "--generations", "2"],
+        "--out {tmp}/sim: a file; a folder is written here",
     ),
     (
         "classify: no file",

@@ -448,3 +448,36 @@ def test_keep_last_checkpoint_resumes_and_extends_to_the_same_result(study_dict,
     shorter = other.model_copy(update={"scoring": other.scoring.model_copy(update={"perplexity_max_tokens": 16})})
     with pytest.raises(ValueError, match=r"gen0 is not kept .* no perplexities with perplexity_max_tokens=16"):
         rescore_study(shorter, log=lambda m: None)
+
+
+def test_an_extension_interrupted_after_its_last_trajectory_resumes_to_current_summaries(study_dict, tmp_path):
+    """Summaries are derived state: the summary files record what they were built from, and a run
+    that finds every trajectory done rebuilds them when that changed (here: an extension by one
+    generation killed before its summaries), to the tables an uninterrupted extension writes."""
+    from biasamp.study import run_study, summaries_current, summarize_study
+
+    def never(*args):
+        raise AssertionError("nothing is pending: no trajectory may run")
+
+    quiet = lambda m: None  # noqa: E731
+    d = study_dict(generations=1)
+    cfg = from_dict(d)
+    prepare_study(cfg, log=quiet)
+    run_trajectory(cfg, "synthetic", 0, log=quiet)
+    summarize_study(cfg, log=quiet)
+    assert summaries_current(cfg)
+    before = pd.read_parquet(cfg.output_dir / "summary_arms.parquet")
+
+    longer = from_dict({**d, "generations": 2})
+    prepare_study(longer, log=quiet)
+    run_trajectory(longer, "synthetic", 0, log=quiet)  # the extension's last trajectory; then killed
+    assert not summaries_current(longer)  # G1's scores are not in them
+    result = run_study(longer, never, log=quiet)
+    resumed = {n: pd.read_parquet(longer.output_dir / f"{n}.parquet") for n in ("summary", "summary_arms")}
+    assert result.per_arm is not None and summaries_current(longer)
+    assert sorted(resumed["summary_arms"]["generation"]) == [0, 1] and len(before) == 1
+
+    summarize_study(longer, log=quiet)  # what the uninterrupted extension writes at its end
+    for name, table in resumed.items():
+        pd.testing.assert_frame_equal(table, pd.read_parquet(longer.output_dir / f"{name}.parquet"))
+    assert run_study(longer, never, log=quiet).per_arm is None  # current now: nothing is rebuilt

@@ -184,14 +184,20 @@ def check_scores_settings(out: Path, expected: str | None = None) -> None:
 
 
 def write_summaries(
-    out: Path, scores: pd.DataFrame, n_boot: int, calibration: pd.DataFrame | None = None, method: str = "pacc"
+    out: Path,
+    scores: pd.DataFrame,
+    n_boot: int,
+    calibration: pd.DataFrame | None = None,
+    method: str = "pacc",
+    metadata: dict | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Both summary tables from the scores, written; returned as written (declared column order).
-    Scores made with different scoring settings are refused (check_scores_settings)."""
+    """Both summary tables from the scores, written (`metadata` into both footers); returned as
+    written (declared column order). Scores made with different scoring settings are refused
+    (check_scores_settings)."""
     check_scores_settings(out)
     per_seed, per_arm = summarize(scores, n_boot, calibration=calibration, method=method)
-    TABLES["summary"].write(per_seed, out)
-    TABLES["summary_arms"].write(per_arm, out)
+    TABLES["summary"].write(per_seed, out, metadata=metadata)
+    TABLES["summary_arms"].write(per_arm, out, metadata=metadata)
     return TABLES["summary"].check(per_seed), TABLES["summary_arms"].check(per_arm)
 
 
