@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from biasamp.artifacts import sha256, write_npz
+from biasamp.artifacts import write_npz
 from biasamp.corpus import read_source
-from biasamp.instruments.registry import Measure, register_measure
+from biasamp.instruments.registry import Measure, instrument_settings, register_measure
 from biasamp.text import sentences
 
 PROXY = Path(__file__).parents[1] / "data" / "quality_proxy.npz"
@@ -349,14 +349,6 @@ def _load(scoring, study_model):
     from biasamp.instruments.hf import load_hub  # torch and transformers: only for hub instruments
 
     return load_hub(q.kind, q.name, q.labels, q.max_tokens, study_model, "quality")
-
-
-def instrument_settings(c, offline_file) -> dict:
-    """What decides an instrument's outputs: a hub one's name and input length, an offline file's hash."""
-    if c.kind != "offline":
-        return {"kind": c.kind, "name": c.name, "max_tokens": c.max_tokens}
-    path = offline_file(c.name)
-    return {"kind": c.kind, "name": c.name, "sha256": sha256(path)[:16] if path.is_file() else "missing"}
 
 
 register_measure(

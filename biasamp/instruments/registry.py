@@ -23,6 +23,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from biasamp import tables
+from biasamp.artifacts import sha256
 
 
 class Reader(Protocol):
@@ -50,3 +51,11 @@ def register_measure(measure: Measure) -> Measure:
     if measure.column not in tables.MEASURES:
         tables.MEASURES.append(measure.column)
     return measure
+
+
+def instrument_settings(c, offline_file) -> dict:
+    """What decides an instrument's outputs: a hub one's name and input length, an offline file's hash."""
+    if c.kind != "offline":
+        return {"kind": c.kind, "name": c.name, "max_tokens": c.max_tokens}
+    path = offline_file(c.name)
+    return {"kind": c.kind, "name": c.name, "sha256": sha256(path)[:16] if path.is_file() else "missing"}

@@ -27,8 +27,7 @@ from biasamp.config import LABELS, ScoringConfig
 from biasamp.instruments import leaning as offline_leaning
 from biasamp.instruments import prevalence
 from biasamp.instruments.prevalence import READINGS, reading_values
-from biasamp.instruments.quality import instrument_settings
-from biasamp.instruments.registry import MEASURES
+from biasamp.instruments.registry import MEASURES, instrument_settings
 from biasamp.tables import TABLES, file_metadata
 
 
