@@ -14,13 +14,13 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
-CORPUS = "--set=corpora.main.source={tmp}/corpus"
+CORPUS = "--set=corpora.main.source={tmp}/corpus"  # a corpus file the case writes
 # A study folder as far as another command's --out is concerned: its manifest and a table folder.
 STUDY_FOLDER = {
     "study/manifest.json": "{}",
     "study/scores/a__seed0__gen0.parquet": "x",
     "study/summary_arms.parquet": "x",
-}  # a corpus file the case writes
+}
 
 
 def _run(*flags):  # `biasamp run` of the smoke study into {tmp}/out with these overrides
@@ -40,6 +40,14 @@ CASES = [
     ),
     ("config not YAML", {"c.yaml": "study: [smoke"}, ["validate", "{tmp}/c.yaml"], "c.yaml: not valid YAML"),
     ("config empty", {"c.yaml": ""}, ["validate", "{tmp}/c.yaml"], "c.yaml: the top level must be a mapping"),
+    (
+        "config key twice",
+        {"c.yaml": "study: a\ngenerations: 2\ntrain:\n  lr: 0.1\n  lr: 0.2\n"},
+        ["validate", "{tmp}/c.yaml"],
+        "c.yaml: line 5: key 'lr' appears twice in one mapping",
+    ),
+    ("infinite lr", {}, _run("train.lr=.inf"), "train.lr: Input should be a finite number"),
+    ("NaN epochs", {}, _run("train.epochs=.nan"), "train.epochs: Input should be a finite number"),
     (
         "config is a list",
         {"c.yaml": "- study\n- smoke\n"},
