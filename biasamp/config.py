@@ -133,20 +133,25 @@ class Kinded(_Frozen):
         return {k for kind in cls.KINDS.values() for k in kind.model_fields} - {"kind"}
 
     @classmethod
-    def parse(cls, value, settings: dict | None = None):
-        """`preserve` is short for `{kind: preserve}`; `settings` (keys written beside it, e.g. an arm's
-        `real_fraction`) join it. A setting the kind does not take is dropped only when it holds
-        another kind's default: an old manifest carries every default."""
-        if isinstance(value, str):
-            value = {"kind": value}
+    def nest(cls, raw, key: str):
+        """The shorthand, in the mapping that holds `key` (an arm's `mix`, generation's `backend`):
+        `preserve` is short for `{kind: preserve}`, and keys beside it that some kind takes are its
+        settings. A setting the kind does not take is dropped only when it holds another kind's
+        default: an old manifest carries every default."""
+        if not isinstance(raw, dict):
+            return raw
+        settings = {k: raw[k] for k in cls.settings() if k in raw}
+        value = raw.get(key, cls.DEFAULT)
+        value = {"kind": value} if isinstance(value, str) else value
+        rest = {k: v for k, v in raw.items() if k not in settings}
         if not isinstance(value, dict):
-            return value  # a validated instance, or something pydantic reports
-        value = {"kind": cls.DEFAULT, **(settings or {}), **value}
+            return {**rest, key: value}  # a validated instance, or something pydantic reports
+        value = {"kind": cls.DEFAULT, **settings, **value}
         if value["kind"] not in cls.KINDS:
-            return value  # `validated` reports it where it was written
+            return {**rest, key: value}  # `validated` reports it where it was written
         takes = cls.KINDS[value["kind"]].model_fields
         defaults = {k: f.default for kind in cls.KINDS.values() for k, f in kind.model_fields.items()}
-        return {k: v for k, v in value.items() if k in takes or k not in defaults or v != defaults[k]}
+        return {**rest, key: {k: v for k, v in value.items() if k in takes or k not in defaults or v != defaults[k]}}
 
     @classmethod
     def validated(cls, value):
@@ -211,16 +216,7 @@ class ArmConfig(_Frozen):
     mix: SerializeAsAny[Mix] = ReplaceMix()
     train: TrainConfig = TrainConfig()
 
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, raw):
-        if not isinstance(raw, dict):
-            return raw
-        settings = {k: raw[k] for k in Mix.settings() if k in raw}
-        return {
-            **{k: v for k, v in raw.items() if k not in settings},
-            "mix": Mix.parse(raw.get("mix", Mix.DEFAULT), settings),
-        }
+    _shorthand = model_validator(mode="before")(lambda raw: Mix.nest(raw, "mix"))
 
     _mix_kind = field_validator("mix", mode="before")(lambda cls, v: Mix.validated(v))
 
@@ -264,16 +260,7 @@ class GenerationConfig(_Frozen):
     # `backend: {kind: vllm, engines: 2}`.
     backend: SerializeAsAny[GenerationBackend] = HFGeneration()
 
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, raw):
-        if not isinstance(raw, dict):
-            return raw
-        settings = {k: raw[k] for k in GenerationBackend.settings() if k in raw}
-        return {
-            **{k: v for k, v in raw.items() if k not in settings},
-            "backend": GenerationBackend.parse(raw.get("backend", GenerationBackend.DEFAULT), settings),
-        }
+    _shorthand = model_validator(mode="before")(lambda raw: GenerationBackend.nest(raw, "backend"))
 
     _backend_kind = field_validator("backend", mode="before")(lambda cls, v: GenerationBackend.validated(v))
 
