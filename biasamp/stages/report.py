@@ -424,6 +424,10 @@ def publish(spec: dict) -> str:
     return report.url
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]  # a measure's title starts lowercase (it is also an axis title)
+
+
 def _table(df: pd.DataFrame | None, cols: list[str] | None = None) -> str:
     if df is None or df.empty:
         return "<p>(none)</p>"
@@ -463,7 +467,7 @@ def build(
         ),
         (
             fig_quality(studies, paper_study, out),
-            f"{', '.join(m.title for m in MEASURES.values())} and perplexity by generation.",
+            _sentence(f"{', '.join(m.title for m in MEASURES.values())} and perplexity by generation."),
         ),
         (
             fig_quality_association(studies, paper_study, out),
