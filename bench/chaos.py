@@ -1,5 +1,9 @@
 """Chaos test: SIGKILL a smoke study's whole process group at targeted and random points, resume it,
-and compare everything it wrote with an uninterrupted run.
+and compare everything it wrote with an uninterrupted run. Further trials stop the driver alone with
+SIGTERM (what schedulers and `ray job stop` send) or SIGINT (Ctrl-C), which must end it with one line
+and exit 143 / 130; interrupt an extension (a finished 2-generation study run again to 3) after its
+last trajectory; and fill the disk (the study on a tmpfs too small for it, then grown: skipped where
+the machine cannot mount one), which must end with one line naming the file.
 
 Each trial starts `biasamp run` in a process session of its own, watches its output folder and log,
 kills the session (driver, Ray and every worker) the moment its kill point is reached, then runs
@@ -9,6 +13,7 @@ outlived the kill by 30 s (and which), and what was left in the system temp dir,
 the study folder.
 
     python bench/chaos.py [--random 10] [--points all|after_last_trajectory,...] [--seed 0]
+                          [--stops all|none|sigterm_training,...]
 
 Prints `k/N identical`; exit status 1 when any trial differs or leaves orphans or debris.
 """
@@ -52,6 +57,18 @@ POINTS = {
 }
 
 
+# Trials beyond a SIGKILL at a point: (point or None to run until it ends, signal to the driver alone,
+# generations the study first finished, tmpfs size in MB for the study folder).
+STOPS = {
+    "sigterm_training": (POINTS["training"], signal.SIGTERM, None, None),
+    "sigterm_generating": (POINTS["generating"], signal.SIGTERM, None, None),
+    "sigint_scoring": (POINTS["scoring"], signal.SIGINT, None, None),
+    "extension_after_last_trajectory": (POINTS["after_last_trajectory"], signal.SIGKILL, 2, None),
+    "extension_sigint_after_last_trajectory": (POINTS["after_last_trajectory"], signal.SIGINT, 2, None),
+    "disk_full": (None, None, None, 60),
+}
+
+
 def _env(sandbox: Path) -> dict[str, str]:
     """A temp dir, user cache and Ray folder of the trial's own, to see what it leaves behind. Ray's
     is a short link in /tmp to sandbox/ray: its socket paths must stay under 107 bytes."""
@@ -72,9 +89,9 @@ def _env(sandbox: Path) -> dict[str, str]:
     }
 
 
-def _start(out: Path, sandbox: Path, log: Path) -> subprocess.Popen:
+def _start(out: Path, sandbox: Path, log: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "biasamp.cli", "run", *STUDY, "--out", str(out)],
+        [sys.executable, "-m", "biasamp.cli", "run", *STUDY, "--out", str(out), *extra],
         cwd=ROOT,
         env=_env(sandbox),
         stdout=log.open("w"),
@@ -136,19 +153,49 @@ def _weights(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("checkpoints/*/*/*/model.safetensors"))}
 
 
-def trial(name: str, point, work: Path, reference: Path) -> dict:
+def _mount_tmpfs(folder: Path, mb: int) -> str | None:
+    """A tmpfs of `mb` MB at folder; None when mounted, else why not."""
+    folder.mkdir(parents=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(folder)], capture_output=True)
+    return None if res.returncode == 0 else (res.stderr.decode().strip() or "mount failed")
+
+
+def trial(name: str, point, work: Path, reference: Path, sig=signal.SIGKILL, first=None, tmpfs_mb=None) -> dict:
     out, sandbox, log = work / name / "out", work / name / "sandbox", work / name / "run.log"
     sandbox.mkdir(parents=True)
+    if tmpfs_mb and (why := _mount_tmpfs(out.parent / "disk", tmpfs_mb)):
+        return {"trial": name, "killed": False, "skipped": f"cannot mount a tmpfs: {why}"}
+    if tmpfs_mb:
+        out = out.parent / "disk" / "out"
+    if first:  # the study as it was before this extension: finished at `first` generations
+        subprocess.run(
+            [sys.executable, "-m", "biasamp.cli", "run", *STUDY, "--out", str(out), "--set", f"generations={first}"],
+            cwd=ROOT,
+            env=_env(sandbox),
+            capture_output=True,
+            check=True,
+        )
     proc = _start(out, sandbox, log)
     t0, reached = time.time(), False
     while proc.poll() is None:
-        if (point[0] == "time" and time.time() - t0 >= point[1]) or (point[0] != "time" and _reached(point, out, log)):
-            os.killpg(proc.pid, signal.SIGKILL)
+        due = point is not None and (time.time() - t0 >= point[1] if point[0] == "time" else _reached(point, out, log))
+        if due:
+            # SIGKILL: the whole session (driver, Ray, workers); SIGTERM / SIGINT: the driver alone, as a scheduler does
+            os.killpg(proc.pid, sig) if sig == signal.SIGKILL else os.kill(proc.pid, sig)
             reached = True
             break
         time.sleep(0.02)
-    proc.wait()
+    rc = proc.wait(timeout=300)
     killed_at = time.time() - t0
+    last_line = log.read_text(errors="replace").strip().splitlines()[-1] if log.read_text().strip() else ""
+    if sig in (signal.SIGTERM, signal.SIGINT):  # one line, its exit status
+        stopped_right = rc == 128 + sig and last_line.startswith(f"stopped by {signal.Signals(sig).name}")
+    elif tmpfs_mb:  # the disk filled: one line naming the file; then the disk grows and the run resumes
+        reached = rc == 2 and "no space left on device" in last_line
+        stopped_right = reached
+        subprocess.run(["mount", "-o", "remount,size=4g", str(out.parent)], check=True)
+    else:
+        stopped_right = True
     deadline = time.time() + 30  # Ray's processes that lose their parent exit on their own; give them 30 s
     while (orphans := _ray_processes(sandbox)) and time.time() < deadline:
         time.sleep(1)
@@ -168,10 +215,14 @@ def trial(name: str, point, work: Path, reference: Path) -> dict:
         same = all(ref[k].equals(got[k]) for k in ref) and _weights(reference) == _weights(out)
     debris = [str(p.relative_to(sandbox)) for d in ("tmp", "cache") for p in (sandbox / d).rglob("*")]
     debris += [str(p.relative_to(out)) for p in out.rglob(".*.tmp")] + [".scratch"] * (out / ".scratch").exists()
+    if tmpfs_mb:
+        subprocess.run(["umount", "-l", str(out.parent)])
     return {
         "trial": name,
         "killed": reached,
         "at_s": round(killed_at, 1),
+        "rc": rc,
+        "one_line": stopped_right,
         "identical": same,
         "orphans": len(orphans),
         "orphan_names": ",".join(orphan_names),
@@ -186,6 +237,7 @@ def main() -> int:
     ap.add_argument("--random", type=int, default=10, help="Kills at random times within the reference run's duration.")
     ap.add_argument("--points", default="all", help="Targeted points, comma-separated, or 'all' / 'none'.")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stops", default="all", help="Trials of STOPS, comma-separated, or 'all' / 'none'.")
     ap.add_argument("--work", type=Path, default=None, help="Folder for the runs (default: a temp folder, removed).")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="biasamp-chaos-", dir="/tmp"))
@@ -210,19 +262,27 @@ def main() -> int:
         plan = [(n, POINTS[n]) for n in names] + [
             (f"random_{i}", ("time", round(rng.uniform(0, duration), 1))) for i in range(args.random)
         ]
+        stops = list(STOPS) if args.stops == "all" else [] if args.stops == "none" else args.stops.split(",")
         rows = []
         for name, point in plan:
             rows.append(trial(name, point, work, reference))
             print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
-        table = pd.DataFrame(rows)
-        killed = table[table["killed"]]
+        for name in stops:
+            point, sig, first, tmpfs_mb = STOPS[name]
+            rows.append(trial(name, point, work, reference, sig or signal.SIGKILL, first, tmpfs_mb))
+            print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
+        table = pd.DataFrame(rows).reindex(columns=[*rows[0], "skipped"])
+        killed = table[table["killed"] == True]  # noqa: E712 (NaN for skipped trials)
+        for _, row in table[table["skipped"].notna()].iterrows():
+            print(f"skipped {row['trial']}: {row['skipped']}")
         print(
-            f"\n{int(killed['identical'].sum())}/{len(killed)} identical after a kill and a resume "
-            f"({len(table) - len(killed)} trials ended before their kill point); orphaned Ray processes: "
-            f"{int(table['orphans'].sum())}; trials leaving debris: {int((table['debris'] > 0).sum())}"
+            f"\n{int(killed['identical'].sum())}/{len(killed)} identical after a kill or stop and a resume "
+            f"({len(table) - len(killed)} trials ended before their kill point or were skipped); stops ending in "
+            f"one line with their exit status: {int(killed['one_line'].sum())}/{len(killed)}; orphaned Ray processes: "
+            f"{int(killed['orphans'].sum())}; trials leaving debris: {int((killed['debris'] > 0).sum())}"
         )
-        bad = (~killed["identical"]).any() or table["orphans"].sum() or (table["debris"] > 0).any()
-        return 1 if bad else 0
+        bad = (~killed["identical"]).any() or (~killed["one_line"]).any() or killed["orphans"].sum()
+        return 1 if bad or (killed["debris"] > 0).any() else 0
     finally:
         for link in work.glob("*/sandbox/ray-link"):
             Path(link.read_text()).unlink(missing_ok=True)

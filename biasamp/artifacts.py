@@ -22,6 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from biasamp.config import HASH_EXCLUDES, StudyConfig
+from biasamp.files import atomic, check_regular_file
 from biasamp.tables import TABLES
 
 
@@ -29,15 +30,10 @@ def checkpoint_dir(out: Path, arm: str, seed: int, generation: int) -> Path:
     return out / "checkpoints" / arm / f"seed{seed}" / f"gen{generation}"
 
 
-# Every temp name in a study folder is hidden and ends in ".tmp" (temp_path; tables.write_parquet adds
+# Every temp name in a study folder is hidden and ends in ".tmp" (files.temp_path; tables.write_parquet adds
 # a random part): what an interrupted writer leaves is recognisable and removed by the next owner.
 SCRATCH = ".scratch"  # OUT/.scratch: the temp space of the processes working on the folder
 SCRATCH_ENV = ("TMPDIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")  # tempfile, W&B media/sockets, W&B logs and staging
-
-
-def temp_path(path: Path) -> Path:
-    """Where a writer puts `path` before renaming it into place."""
-    return path.with_name(f".{path.name}.tmp")
 
 
 def scratch_dir(out: Path) -> Path:
@@ -112,6 +108,11 @@ def check_output_path(out: Path, kind: str, flag: str = "--out") -> None:
     """`out`, where a command writes a `kind` ("file" or "folder"), neither lands in a study folder's
     tables, checkpoints or logs (nor replaces one), nor is a folder where a file is meant or the reverse."""
     out = Path(out)
+    if out.exists():  # a FIFO or device would be replaced by the rename (as root, /dev/null itself)
+        try:
+            check_regular_file(out)
+        except ValueError as e:
+            raise ValueError(f"{flag} {e}; a {kind} is written here") from None
     if kind == "file" and out.is_dir():
         raise ValueError(f"{flag} {out}: a folder; a file is written here")
     if kind == "folder" and out.exists() and not out.is_dir():
@@ -185,11 +186,8 @@ def write_npz(path: Path, **arrays) -> None:
     """Compressed arrays, written to a hidden temp name beside `path`, then renamed into place."""
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    with tmp.open("wb") as fh:  # a file object: numpy would add ".npz" to a name
+    with atomic(path) as tmp, tmp.open("wb") as fh:  # a file object: numpy would add ".npz" to a name
         np.savez_compressed(fh, **arrays)
-    os.replace(tmp, path)
 
 
 def sha256(path: Path) -> str:
@@ -202,10 +200,8 @@ def sha256(path: Path) -> str:
 
 
 def write_json(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def library_versions() -> dict[str, str]:
@@ -231,6 +227,7 @@ def read_manifest(out: Path) -> dict | None:
     path = Path(out) / "manifest.json"
     if not path.exists():
         return None
+    check_regular_file(path)
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):

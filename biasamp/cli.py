@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import functools
+import shlex
+import signal
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -22,22 +25,17 @@ quality_app = typer.Typer(no_args_is_help=True, help="The offline text-quality p
 app.add_typer(quality_app, name="quality")
 
 
-@contextmanager
-def user_errors():
-    """Bad input (a config, a file, a value, a path we cannot write; pydantic's errors are
-    ValueErrors too) ends the command with one line and exit 2. An OSError is the user's when it
-    names a file, or is biasamp's own message (no errno); any other keeps its traceback."""
-    try:
-        yield
-    except ValueError as e:
-        message = "; ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
-        typer.secho(f"error: {message}", err=True, fg="red")
-        raise typer.Exit(2)
-    except OSError as e:
-        if e.filename is None and e.errno is not None:
-            raise
-        typer.secho(f"error: {e}" if e.filename is None else f"error: {e.filename}: {e.strerror}", err=True, fg="red")
-        raise typer.Exit(2)
+def _user_error(e: Exception) -> str | None:
+    """The one line for bad input in any command (a config, a file, a value, a path we cannot write, a
+    full disk; pydantic's errors are ValueErrors too). An OSError is the user's when it names a file,
+    is biasamp's own message (no errno) or is a full disk; None: a programming error, whose traceback stays."""
+    if isinstance(e, ValueError):
+        return "; ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename is None:  # a library's write, not files.atomic
+        return f"no space left on device ({e})"
+    if e.filename is None and e.errno is not None:
+        return None
+    return str(e) if e.filename is None else f"{e.filename}: {e.strerror}"
 
 
 def _version(value: bool):
@@ -59,10 +57,9 @@ SET_HELP = "Override a config key, e.g. --set train.epochs=2 (repeatable)."
 def _load(config: Path, overrides: list[str], out: Optional[Path] = None) -> StudyConfig:
     from biasamp.config import updated
 
-    with user_errors():  # a ConfigError is a ValueError
-        cfg = load_config(config, overrides)
-        # Absolute, so that Ray workers started elsewhere write to the same place.
-        return updated(cfg, {"out_dir": str((out if out is not None else cfg.output_dir).resolve())})
+    cfg = load_config(config, overrides)
+    # Absolute, so that Ray workers started elsewhere write to the same place.
+    return updated(cfg, {"out_dir": str((out if out is not None else cfg.output_dir).resolve())})
 
 
 @app.command()
@@ -88,8 +85,7 @@ def validate(
 
     cfg = _load(config, set_, out)
     if not config_only:
-        with user_errors():
-            check_before_run(cfg)
+        check_before_run(cfg)
     if show:
         import yaml
 
@@ -112,8 +108,7 @@ def run(
     from biasamp.study import run_study
 
     cfg = _load(config, set_, out)
-    with user_errors():
-        result = run_study(cfg, execute, log=typer.echo)
+    result = run_study(cfg, execute, log=typer.echo)
     _closing_lines(cfg, result.per_arm)
     typer.echo(f"results in {cfg.output_dir}")
 
@@ -173,13 +168,12 @@ def data_prepare(
     from biasamp.corpus import read_source, sample_corpus, write_jsonl_gz
     from biasamp.tables import write_parquet
 
-    with user_errors():
-        check_output_path(out, "file")
-        span = tuple(int(y) for y in years.split("-")) if years else None
-        cfg = CorpusConfig(
-            source=source, per_label=_per_label(per_label, center_only), years=span, max_words=max_words, seed=seed
-        )
-        corpus = sample_corpus(read_source(source), cfg)
+    check_output_path(out, "file")
+    span = tuple(int(y) for y in years.split("-")) if years else None
+    cfg = CorpusConfig(
+        source=source, per_label=_per_label(per_label, center_only), years=span, max_words=max_words, seed=seed
+    )
+    corpus = sample_corpus(read_source(source), cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.name.endswith(".jsonl.gz"):
         write_jsonl_gz(corpus, out)
@@ -197,9 +191,8 @@ def score(
     """Recompute the scores and summaries of a study (e.g. after changing the classifier)."""
     from biasamp.study import rescore_study, study_config
 
-    with user_errors():
-        cfg = study_config(study_dir, set_, {"scoring.enabled": True})
-        per_arm = rescore_study(cfg, log=typer.echo)
+    cfg = study_config(study_dir, set_, {"scoring.enabled": True})
+    per_arm = rescore_study(cfg, log=typer.echo)
     _closing_lines(cfg, per_arm)
 
 
@@ -268,9 +261,8 @@ def classify(
     file's label shares corrected for the classifier's confusion."""
     from biasamp.study import classify_file
 
-    with user_errors():
-        cfg = _classifier_config(kind, model, labels, max_tokens, calibration, method)
-        result = classify_file(input, out, cfg, summary, batch_size, bootstrap)
+    cfg = _classifier_config(kind, model, labels, max_tokens, calibration, method)
+    result = classify_file(input, out, cfg, summary, batch_size, bootstrap)
     typer.echo(f"{len(result.scores)} articles {result.scores['label'].value_counts().to_dict()} -> {out}")
     if result.shares is not None:
         typer.echo(
@@ -303,10 +295,11 @@ def classifier_train(
     seed: int = typer.Option(0, help="Which articles of an outlet over the per-outlet cap are used."),
 ):
     """Fit the offline leaning classifier on every outlet, and its calibration by outlet-grouped cross-fitting."""
+    from biasamp.artifacts import check_output_path
     from biasamp.instruments.leaning import calibration_path, study_article_ids, train, write_model
 
-    with user_errors():
-        model, cal = train(data, study_article_ids(exclude_study), seed, log=typer.echo)
+    check_output_path(out, "file")
+    model, cal = train(data, study_article_ids(exclude_study), seed, log=typer.echo)
     write_model(model, cal, out)
     typer.echo(
         f"model ({len(model.vocabulary)} features) -> {out}; calibration ({len(cal)} outlets x labels) -> "
@@ -337,13 +330,12 @@ def classifier_eval(
     on corpora of held-out outlets with known mixes, per prevalence method."""
     from biasamp.study import evaluate_classifier
 
-    with user_errors():
-        if kind not in ("offline", "hf"):
-            raise ValueError(f"--kind: '{kind}' is not offline or hf")
-        if kind != "hf" and calibration_out is not None:
-            raise ValueError("--calibration-out: only with --kind hf (the offline model's comes from classifier train)")
-        cfg = _classifier_config("hf", model, labels, max_tokens) if kind == "hf" else None
-        report, cal = evaluate_classifier(data, exclude_study, cfg, repeats, out, calibration_out, log=typer.echo)
+    if kind not in ("offline", "hf"):
+        raise ValueError(f"--kind: '{kind}' is not offline or hf")
+    if kind != "hf" and calibration_out is not None:
+        raise ValueError("--calibration-out: only with --kind hf (the offline model's comes from classifier train)")
+    cfg = _classifier_config("hf", model, labels, max_tokens) if kind == "hf" else None
+    report, cal = evaluate_classifier(data, exclude_study, cfg, repeats, out, calibration_out, log=typer.echo)
     _evaluation_lines(report)
     if cal is not None:
         typer.echo(f"calibration of {cfg.name} ({len(cal)} outlets x labels) -> {calibration_out}")
@@ -406,9 +398,8 @@ def classifier_check(
     shift of every reading the summaries report, with paired bootstrap CIs, and intact macro-F1."""
     from biasamp.study import check_classifier
 
-    with user_errors():
-        cfg = _classifier_config(kind, model, labels, max_tokens, calibration, method)
-        result = check_classifier(cfg, articles, data, per_label, seed, bootstrap, batch_size, out)
+    cfg = _classifier_config(kind, model, labels, max_tokens, calibration, method)
+    result = check_classifier(cfg, articles, data, per_label, seed, bootstrap, batch_size, out)
     typer.echo(result.text)
 
 
@@ -424,11 +415,12 @@ def quality_train(
     seed: int = typer.Option(0),
 ):
     """Count the word LM and fit the level model on controlled corruptions of real sentences."""
+    from biasamp.artifacts import check_output_path
     from biasamp.instruments.leaning import study_article_ids
     from biasamp.instruments.quality import train
 
-    with user_errors():
-        proxy = train(data, study_article_ids(exclude_study), seed, log=typer.echo)
+    check_output_path(out, "file")
+    proxy = train(data, study_article_ids(exclude_study), seed, log=typer.echo)
     proxy.save(out)
     typer.echo(f"quality proxy -> {out}")
 
@@ -442,12 +434,13 @@ def quality_eval(
     out: Optional[Path] = typer.Option(None, help="Also write the report (JSON) here."),
 ):
     """AUC per adjacent level pair on held-out corruptions, and the index of clean vs looping articles."""
-    from biasamp.artifacts import write_json
+    from biasamp.artifacts import check_output_path, write_json
     from biasamp.instruments.leaning import study_article_ids
     from biasamp.instruments.quality import QualityProxy, evaluate
 
-    with user_errors():
-        result = evaluate(QualityProxy.load(proxy), data, study_article_ids(exclude_study), seed)
+    if out is not None:
+        check_output_path(out, "file")
+    result = evaluate(QualityProxy.load(proxy), data, study_article_ids(exclude_study), seed)
     typer.echo(
         f"{result['sentences']} held-out sentences; AUC of adjacent levels: "
         + ", ".join(f"{k}: {v:.3f}" for k, v in result["auc_adjacent"].items())
@@ -470,11 +463,12 @@ def import_paper_cmd(
     bootstrap: int = typer.Option(1000, min=10),
 ):
     """The authors' released per-article numbers as biasamp scores and summary tables."""
+    from biasamp.artifacts import check_output_path
     from biasamp.stages.summarize import import_paper, write_summaries
     from biasamp.tables import write_parquet
 
-    with user_errors():
-        scores, warnings = import_paper(folder)
+    check_output_path(out, "folder")
+    scores, warnings = import_paper(folder)
     for w in warnings:
         typer.secho(f"warning: {w}", err=True, fg="yellow")
     out.mkdir(parents=True, exist_ok=True)
@@ -512,10 +506,9 @@ def analyze(
     if mode not in ("within", "paper"):
         raise typer.BadParameter("within or paper", param_hint="--mode")
     targets = [t.strip() for t in targets.split(",")]
-    with user_errors():
-        result = analyze_study(
-            study_dir, summary, targets, mode, maxlags, alpha, null_draws, baseline, bootstrap, typer.echo
-        )
+    result = analyze_study(
+        study_dir, summary, targets, mode, maxlags, alpha, null_draws, baseline, bootstrap, typer.echo
+    )
     for w in result.warnings:
         typer.secho(f"warning: {w}", err=True, fg="yellow")
     if result.neuron_counts is not None:
@@ -574,8 +567,7 @@ def report(
     """Figures and one self-contained HTML page from a study's tables (and a W&B Report spec)."""
     from biasamp.study import report_study
 
-    with user_errors():
-        result = report_study(study_dirs, out, paper, simulation, wandb)
+    result = report_study(study_dirs, out, paper, simulation, wandb)
     typer.echo(f"report -> {result.page.resolve()}  (open it in a browser; W&B Report spec: {result.spec})")
     if result.url:
         typer.echo(f"W&B Report: {result.url}")
@@ -595,8 +587,7 @@ def simulate(
     from biasamp.simulate import simulate as run_simulation
     from biasamp.tables import write_parquet
 
-    with user_errors():
-        check_output_path(out, "folder")
+    check_output_path(out, "folder")
     df = run_simulation(generations=generations, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(df, out / "simulation.parquet")
@@ -609,12 +600,63 @@ def simulate(
     )
 
 
+def _one_line_errors(command):
+    """A command whose bad input ends in one line and exit 2 (see _user_error)."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, OSError) as e:
+            if (message := _user_error(e)) is None:
+                raise
+            typer.secho(f"error: {message}", err=True, fg="red")
+            raise typer.Exit(2) from None
+
+    return run
+
+
+# One boundary for every command: each is wrapped here, not one by one.
+for _typer in (app, data_app, classifier_app, quality_app):
+    for _info in _typer.registered_commands:
+        _info.callback = _one_line_errors(_info.callback)
+
+
+_stopped_by: list = [None]  # the signal that raised the KeyboardInterrupt
+
+
+def _stop(signum, frame):
+    """SIGINT or SIGTERM (a scheduler's, `ray job stop`'s) raise KeyboardInterrupt: no `except Exception`
+    swallows it, every `finally` on the way out runs (Ray's placement groups removed, Ray shut down),
+    and Ray's compiled calls (ray.wait) pass it on, which they do not for an exception of our own."""
+    _stopped_by[0] = signum
+    raise KeyboardInterrupt
+
+
+def _torch_cache_dir() -> Path:
+    """The folder `import torch` makes, empty, in the temp dir (torch._inductor's cache_dir, whose
+    private module is not imported here: reading its rule costs less than importing torch)."""
+    import getpass
+    import os
+    import tempfile
+
+    return Path(
+        os.environ.get("TORCHINDUCTOR_CACHE_DIR") or Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"
+    )
+
+
 def cli() -> None:
     """The `biasamp` command. A usage error (an unknown flag, a bad value) is one line and exit 2,
-    like every other user error; programming errors keep their traceback."""
+    like every other user error; programming errors keep their traceback. SIGINT and SIGTERM end it
+    with one line and exit 130 / 143 (Ray's own SIGTERM handler would dump C++ frames: the Ray layer
+    puts this one back after starting Ray)."""
     usage_error = typer.BadParameter.__bases__[0]  # typer vendors click; its UsageError is not exported
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop)
+    inductor = _torch_cache_dir()
+    made_inductor = not inductor.exists()
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer returns 130 for a KeyboardInterrupt
     except usage_error as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # `biasamp classifier`: its help
             e.show()
@@ -622,8 +664,14 @@ def cli() -> None:
         where = e.ctx.command_path if e.ctx else "biasamp"
         typer.secho(f"error: {where}: {e.format_message()} (see {where} --help)", err=True, fg="red")
         sys.exit(2)
-    except typer.Abort:
-        sys.exit(130)
+    finally:
+        if made_inductor and inductor.is_dir() and not any(inductor.iterdir()):
+            inductor.rmdir()
+    if _stopped_by[0] is not None:
+        resume = shlex.join(["biasamp", *sys.argv[1:]])
+        name = signal.Signals(_stopped_by[0]).name
+        typer.secho(f"stopped by {name}; finished work is kept: `{resume}` resumes", err=True, fg="red")
+        sys.exit(128 + _stopped_by[0])
     sys.exit(code if isinstance(code, int) else 0)
 
 

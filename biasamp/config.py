@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import string
 import typing
 from pathlib import Path
 from typing import Literal
@@ -16,9 +17,20 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
+from biasamp.files import check_regular_file
+
 Label = Literal["left", "center", "right"]
 LABELS: tuple[str, ...] = ("left", "center", "right")
 
+
+# Limits of what a study can mean, each where something downstream would fail late or silently.
+SEED_STRIDE = 100_003  # generation g of seed s trains with seed s * SEED_STRIDE + g (biasamp.stages.trajectory)
+SEED_MAX = (2**32 - 1 - 1000) // SEED_STRIDE  # numpy's and the Trainer's seeding take < 2**32
+NAME_MAX = 64  # an arm or corpus name: in file names (255 bytes) and W&B job types (64 characters)
+STUDY_NAME_MAX = 128  # W&B groups take 128 characters
+BATCH_MAX = 65_536
+TOKENS_MAX = 1_000_000
+RAY_GRANULARITY = 1e-4  # Ray refuses a fractional resource below 0.0001
 
 HASH_EXCLUDES = {"seeds", "generations", "scoring", "analysis", "resources", "wandb", "out_dir", "keep_checkpoints"}
 
@@ -33,10 +45,16 @@ class _Frozen(BaseModel):
 
 
 class TinyGPT2(_Frozen):
-    n_layer: int = Field(2, ge=1)
-    n_embd: int = Field(64, ge=8)
-    n_head: int = Field(2, ge=1)
-    n_positions: int = Field(1024, ge=64)
+    n_layer: int = Field(2, ge=1, le=256)
+    n_embd: int = Field(64, ge=8, le=16_384)
+    n_head: int = Field(2, ge=1, le=256)
+    n_positions: int = Field(1024, ge=64, le=TOKENS_MAX)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TinyGPT2":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+        return self
 
 
 class ModelConfig(_Frozen):
@@ -64,8 +82,8 @@ class CorpusConfig(_Frozen):
         default_factory=lambda: {"left": 506, "center": 506, "right": 506}
     )
     years: tuple[int, int] | None = None
-    max_words: int | None = Field(None, gt=0)
-    seed: int = 0
+    max_words: int | None = Field(None, gt=0, le=TOKENS_MAX)
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy's seeding takes < 2**32
 
     @model_validator(mode="after")
     def _check(self) -> "CorpusConfig":
@@ -81,19 +99,19 @@ class DeepSpeedConfig(_Frozen):
     where there are GPUs), each running micro_batch examples per forward; gradient accumulation
     makes up the rest of train.batch_size."""
 
-    workers: int = Field(2, ge=1)
+    workers: int = Field(2, ge=1, le=4096)
     zero_stage: Literal[0, 1, 2, 3] = 2
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    micro_batch: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1, gt=0)
+    micro_batch: int = Field(1, ge=1, le=BATCH_MAX)
+    cpus_per_worker: float = Field(1, ge=RAY_GRANULARITY)
 
 
 class TrainConfig(_Frozen):
     epochs: float = Field(5, gt=0, le=1000)
-    batch_size: int = Field(8, ge=1, le=65536)
-    lr: float = Field(5e-5, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    max_length: int = Field(512, ge=8, le=1_000_000)
+    batch_size: int = Field(8, ge=1, le=BATCH_MAX)
+    lr: float = Field(5e-5, gt=0, le=10)  # AdamW past 10 diverges at once (lr=1e9 ran, writing `!!!!`)
+    weight_decay: float = Field(0.01, ge=0, le=1)  # AdamW's decay past 1 flips each weight's sign
+    max_length: int = Field(512, ge=8, le=TOKENS_MAX)
     # previous: G_{i+1} continues from G_i's weights (as the authors do); base: from the base model.
     init: Literal["previous", "base"] = "previous"
     # plain: transformers' Trainer in the trajectory's process. deepspeed: the same Trainer on
@@ -236,8 +254,10 @@ class VLLMGeneration(GenerationBackend):
     # `engines` vLLM engines as Ray actors, data-parallel over the prompt blocks, each loading the
     # generation's safetensors checkpoint (biasamp.backends.vllm_engines).
     kind: Literal["vllm"] = "vllm"
-    engines: int = Field(1, ge=1)
+    engines: int = Field(1, ge=1, le=4096)
     gpus_per_engine: float = Field(1, ge=0)
+
+    _ray = field_validator("gpus_per_engine")(lambda cls, v: _ray_quantity(v))
 
 
 # The keys whose value is one of several kinds, with their base.
@@ -245,13 +265,13 @@ KINDED = {"mix": Mix, "backend": GenerationBackend}
 
 
 class GenerationConfig(_Frozen):
-    block_tokens: int = Field(64, ge=1)
-    new_tokens: int = Field(64, ge=1)
+    block_tokens: int = Field(64, ge=1, le=TOKENS_MAX)
+    new_tokens: int = Field(64, ge=1, le=TOKENS_MAX)
     # real: prompts come from the real articles every generation (the authors' protocol);
     # previous: from the articles the previous generation wrote.
     prompt_source: Literal["real", "previous"] = "real"
-    max_blocks: int | None = Field(None, ge=1)  # body blocks per article (None: all)
-    batch_size: int = Field(32, ge=1)
+    max_blocks: int | None = Field(None, ge=1, le=TOKENS_MAX)  # body blocks per article (None: all)
+    batch_size: int = Field(32, ge=1, le=BATCH_MAX)
     stop_at_eos: bool = True
     # The hf backend's weights while generating. bfloat16 is about 2x faster on CPUs with AVX512-BF16
     # or AMX and on GPUs, and changes some greedy tokens: `python -m bench generation` prints how many.
@@ -270,8 +290,8 @@ class NeuronsConfig(_Frozen):
 
     capture: bool = True
     probe: str | None = None  # the corpus whose real articles are the probe set (None: the first corpus)
-    max_length: int = Field(512, ge=8)  # in a study config: train.max_length unless set
-    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(512, ge=8, le=TOKENS_MAX)  # in a study config: train.max_length unless set
+    batch_size: int = Field(8, ge=1, le=BATCH_MAX)
     # Module name patterns for architectures that are not GPT-2- or Llama-like, e.g.
     # "model.layers.{layer}.mlp.down_proj" and "model.layers.{layer}"; both or neither.
     ffn_module: str | None = None
@@ -307,7 +327,7 @@ class ClassifierConfig(_Frozen):
     labels: dict[str, Label] = Field(
         default_factory=lambda: {"LABEL_0": "right", "LABEL_1": "left", "LABEL_2": "center"}
     )
-    max_tokens: int = Field(500, ge=8)  # the authors truncate to 500 tokens
+    max_tokens: int = Field(500, ge=8, le=TOKENS_MAX)  # the authors truncate to 500 tokens
     # Corpus label shares corrected for this classifier's confusion (biasamp.instruments.prevalence):
     # the calibration table of out-of-fold outputs; empty: the one beside an offline model, none for
     # hf (then the summaries' prev_* columns stay empty; `biasamp classifier eval --kind hf` makes one).
@@ -338,7 +358,7 @@ class QualityConfig(_Frozen):
     labels: dict[str, int] = Field(
         default_factory=lambda: {"noise": 0, "word salad": 1, "mild gibberish": 2, "clean": 3}
     )
-    max_tokens: int = Field(512, ge=8)
+    max_tokens: int = Field(512, ge=8, le=TOKENS_MAX)
 
     @model_validator(mode="before")
     @classmethod
@@ -358,8 +378,8 @@ class ScoringConfig(_Frozen):
     enabled: bool = True
     classifier: ClassifierConfig = ClassifierConfig()
     quality: QualityConfig = QualityConfig()
-    perplexity_max_tokens: int = Field(512, ge=8)
-    batch_size: int = Field(16, ge=1)
+    perplexity_max_tokens: int = Field(512, ge=8, le=TOKENS_MAX)
+    batch_size: int = Field(16, ge=1, le=BATCH_MAX)
     bootstrap: int = Field(1000, ge=10, le=1_000_000)  # resamples for the confidence intervals
 
 
@@ -370,10 +390,12 @@ class AnalysisConfig(_Frozen):
 
 
 class ResourcesConfig(_Frozen):
-    cpus_per_trajectory: float = Field(1, gt=0)
+    cpus_per_trajectory: float = Field(1, ge=RAY_GRANULARITY)
     gpus_per_trajectory: float = Field(0, ge=0)
     # None: start a private local Ray on 127.0.0.1; "auto" or "ray://...": join a cluster.
     ray_address: str | None = None
+
+    _ray = field_validator("gpus_per_trajectory")(lambda cls, v: _ray_quantity(v))
 
 
 class WandbConfig(_Frozen):
@@ -384,9 +406,9 @@ class WandbConfig(_Frozen):
 
 
 class StudyConfig(_Frozen):
-    study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=STUDY_NAME_MAX)
     generations: int = Field(ge=1, le=1000)  # number of model generations: G0 .. G{generations-1}
-    seeds: tuple[typing.Annotated[int, Field(ge=0)], ...] = Field((0,), max_length=1000)
+    seeds: tuple[typing.Annotated[int, Field(ge=0, le=SEED_MAX)], ...] = Field((0,), max_length=1000)
     model: ModelConfig = ModelConfig()
     corpora: dict[str, CorpusConfig]
     train: TrainConfig = TrainConfig()  # defaults that every arm's `train` overrides key by key
@@ -442,9 +464,19 @@ class StudyConfig(_Frozen):
             raise ValueError("arms: at least one arm is needed")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: need at least one seed, no repeats")
+        for what, names in (("arms", self.arms), ("corpora", self.corpora)):
+            for name in names:
+                if not name.replace("_", "").replace("-", "").isalnum():
+                    raise ValueError(f"{what}.{name}: names are letters, digits, '_' and '-'")
+                if len(name) > NAME_MAX:
+                    raise ValueError(f"{what}.{name[:20]}...: a name of {len(name)} characters; at most {NAME_MAX}")
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(self.out_dir) if f is not None]
+        except ValueError:
+            fields = ["{"]  # a lone brace
+        if any(f != "study" for f in fields):
+            raise ValueError(f"out_dir: '{self.out_dir}' may hold only the placeholder {{study}}")
         for name, arm in self.arms.items():
-            if not name.replace("_", "").replace("-", "").isalnum():
-                raise ValueError(f"arms.{name}: arm names are letters, digits, '_' and '-'")
             if arm.mix.reads_scores and not self.scoring.enabled:
                 raise ValueError(
                     f"arms.{name}.mix: {arm.mix.kind} reads the classifier's scores of D_(g-1); "
@@ -478,6 +510,12 @@ class StudyConfig(_Frozen):
         exclude = {key: True for key in HASH_EXCLUDES} | {"corpora": {"__all__": {"source"}}}
         d = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _ray_quantity(value: float) -> float:
+    if 0 < value < RAY_GRANULARITY:
+        raise ValueError(f"Ray cannot schedule {value} of a resource; 0 or at least {RAY_GRANULARITY}")
+    return value
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> None:
@@ -585,6 +623,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def load_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
     path = Path(path)
     try:
+        check_regular_file(path)
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from biasamp.artifacts import temp_path
 from biasamp.config import LABELS, CorpusConfig
+from biasamp.files import atomic, check_regular_file
 
 BUNDLED = Path(__file__).parent / "data" / "abp_slice.jsonl.gz"
 
@@ -44,6 +44,7 @@ def read_source(source: str) -> pd.DataFrame:
         path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"corpus source {path}: no such file or folder")
+    check_regular_file(path)
     if path.is_dir():
         inner = path / "articles.jsonl.gz"
         if inner.exists():  # the layout of ../shared/data/article-bias-prediction
@@ -52,12 +53,37 @@ def read_source(source: str) -> pd.DataFrame:
             files = sorted(path.glob("*.json"))
             if not files:
                 raise FileNotFoundError(f"corpus source {path}: no articles.jsonl.gz or *.json files")
-            return _canonical(pd.DataFrame([json.loads(f.read_text()) for f in files]), str(path))
+            return _canonical(pd.DataFrame([_one_json(f) for f in files]), str(path))
     return _canonical(read_table(path), str(path))
 
 
+def _one_json(path: Path):
+    try:
+        check_regular_file(path)
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, EOFError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path}: not a JSON file ({str(e).splitlines()[0][:120]})") from None
+
+
 def read_table(path: Path) -> pd.DataFrame:
-    """A JSONL[.gz], JSON, CSV[.gz] or Parquet file as it is."""
+    """A JSONL[.gz], JSON, CSV[.gz] or Parquet file as it is. A file that is cut short, compressed
+    otherwise than its name says, or not in its format is one error naming it."""
+    path = Path(path)
+    check_regular_file(path)
+    try:
+        return _read_table(path)
+    except EOFError:  # gzip's stream ended early
+        raise ValueError(f"{path}: cut short (the compressed stream ends early)") from None
+    except gzip.BadGzipFile:
+        raise ValueError(f"{path}: not gzip-compressed, though its name ends in .gz") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text (compressed, though its name does not end in .gz?)") from None
+    except ValueError as e:  # pandas' and pyarrow's parse errors, JSON errors: name the file once
+        message = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+
+
+def _read_table(path: Path) -> pd.DataFrame:
     name = path.name.lower()
     if name.endswith((".jsonl", ".jsonl.gz")):
         opener = gzip.open if name.endswith(".gz") else open
@@ -71,7 +97,7 @@ def read_table(path: Path) -> pd.DataFrame:
                         raise ValueError(f"{path}: line {i} is not JSON") from None
         return pd.DataFrame(rows)
     if name.endswith(".json"):
-        return pd.DataFrame(json.loads(path.read_text()))
+        return pd.DataFrame(json.loads(path.read_text(encoding="utf-8")))
     if name.endswith((".csv", ".csv.gz")):
         return pd.read_csv(path)
     if name.endswith(".parquet"):
@@ -92,6 +118,12 @@ def _canonical(df: pd.DataFrame, where: str) -> pd.DataFrame:
     if "article_id" not in out:
         out["article_id"] = np.arange(len(out))
     out["article_id"] = out["article_id"].astype(str)
+    repeated = out["article_id"][out["article_id"].duplicated()]
+    if len(repeated):  # a draw would keep one row of each and lose the rest without a word
+        raise ValueError(
+            f"{where}: article id {repeated.iloc[0]!r} is on more than one row "
+            f"({repeated.nunique()} ids repeated, {out['article_id'].isin(repeated).sum()} rows); ids must be unique"
+        )
     out["title"] = out.get("title", pd.Series("", index=out.index)).fillna("").astype(str)
     out["text"] = out["text"].fillna("").astype(str)
     out["source_label"] = out["source_label"].map(lambda v: _label(v, where))
@@ -101,6 +133,8 @@ def _canonical(df: pd.DataFrame, where: str) -> pd.DataFrame:
 
 
 def _label(value, where: str) -> str:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, int, np.integer)):
+        raise ValueError(f"{where}: label {value!r} is a {type(value).__name__}; labels are left/center/right or 0/1/2")
     if isinstance(value, (int, np.integer)) and int(value) in _NUMERIC_LABELS:
         return _NUMERIC_LABELS[int(value)]
     v = str(value).strip().lower()
@@ -133,8 +167,6 @@ def sample_corpus(articles: pd.DataFrame, cfg: CorpusConfig, name: str = "corpus
 
 
 def write_jsonl_gz(df: pd.DataFrame, path: Path) -> None:
-    tmp = temp_path(path)
-    with gzip.open(tmp, "wt", encoding="utf-8") as fh:
+    with atomic(path) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as fh:
         for row in df.to_dict(orient="records"):
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)

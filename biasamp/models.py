@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
-from biasamp.artifacts import sha256, temp_path
+from biasamp.artifacts import sha256
 from biasamp.config import ModelConfig
+from biasamp.files import atomic
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -112,12 +113,11 @@ def checkpoint_damage(path: Path) -> str | None:
 
 def save_checkpoint(model, tokenizer, path: Path) -> None:
     """safetensors weights + config + tokenizer, written to a temp folder and renamed into place."""
-    tmp = temp_path(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in sorted(tmp.iterdir()) if f.is_file()}
-    (tmp / CHECKPOINT_FILES).write_text(json.dumps(files, indent=1, sort_keys=True))
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+    tensors = {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}  # tied once
+    need = sum(tensors.values())
+    with atomic(path, need=need) as tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / CHECKPOINT_FILES).write_text(json.dumps(files, indent=1, sort_keys=True))

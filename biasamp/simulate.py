@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from biasamp.artifacts import temp_path
+from biasamp.files import atomic
 
 
 def fit_beta(x: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
@@ -86,7 +86,6 @@ def plot(df: pd.DataFrame, method: str, path, data=(2.0, 2.0)) -> None:
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = temp_path(path)
-    fig.savefig(tmp, dpi=120, format="png")
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    tmp.replace(path)

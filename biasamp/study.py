@@ -434,6 +434,9 @@ def evaluate_classifier(
     from biasamp.instruments.leaning import evaluate, study_article_ids
     from biasamp.instruments.prevalence import calibration_table
 
+    for path, flag in ((out, "--out"), (calibration_out, "--calibration-out")):
+        if path is not None:
+            artifacts.check_output_path(path, "file", flag)
     extra = {}
     if hub is not None:
         extra[hub.name] = load_classifier(hub.kind, hub.name, hub.labels, hub.max_tokens, ModelConfig(), "classifier")
@@ -471,6 +474,8 @@ def check_classifier(
     from biasamp.instruments.prevalence import UNCORRECTED
     from biasamp.tables import write_parquet
 
+    if out is not None:
+        artifacts.check_output_path(out, "file")
     if articles is not None:
         pool = read_source(str(articles))
     else:

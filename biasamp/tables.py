@@ -8,6 +8,7 @@ writes it atomically; `read` reads every file of a table at once. docs/loop.md's
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pandas.api import types
+
+from biasamp.files import disk_full
 
 ADDRESS = "study:str arm:str seed:int generation:int"
 _READINGS = ("share_left", "share_center", "share_right", "lean_index")
@@ -106,8 +109,10 @@ def write_parquet(df: pd.DataFrame, path: Path, metadata: dict | None = None, **
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **(metadata or {})})
         pq.write_table(table, tmp, **to_parquet)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e):
+            raise disk_full(path, need=df.memory_usage(deep=True).sum()) from None
         raise
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 ROOT = Path(__file__).parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 CORPUS = "--set=corpora.main.source={tmp}/corpus"  # a corpus file the case writes
+FIFO = object()  # a file a case makes as a named pipe
 # A study folder as far as another command's --out is concerned: its manifest and a table folder.
 STUDY_FOLDER = {
     "study/manifest.json": "{}",
@@ -289,37 +291,64 @@ CASES = [
 
 
 def _tree(folder: Path) -> dict[str, str]:
-    """Every file under a folder with the hash of its bytes."""
+    """Every file under a folder with the hash of its bytes, and every folder (an empty one too)."""
     if not folder.is_dir():
         return {}
     return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
     }
 
 
-@pytest.mark.parametrize("files,args,says", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, files, args, says):
+def _write(tmp: Path, files: dict) -> None:
     for name, content in files.items():
-        f = tmp_path / name
+        f = tmp / name
         f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_bytes(content if isinstance(content, bytes) else content.encode())
-    systmp = tmp_path / "systmp"
+        if content is FIFO:
+            os.mkfifo(f)
+        else:
+            f.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+
+def _case(tmp: Path, files: dict, args: list[str]):
+    """One case as a user meets it: its files written, the command run; what came back, and the
+    folder before and after."""
+    _write(tmp, files)
+    systmp = tmp / "systmp"
     systmp.mkdir()
-    before = _tree(tmp_path)
+    before = _tree(tmp)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(systmp), "RAY_TMPDIR": "/tmp", "COLUMNS": "200"}
     res = subprocess.run(
-        [sys.executable, "-m", "biasamp.cli", *(a.replace("{tmp}", str(tmp_path)) for a in args)],
+        [sys.executable, "-m", "biasamp.cli", *(a.replace("{tmp}", str(tmp)) for a in args)],
         capture_output=True,
         text=True,
-        cwd=tmp_path,
+        cwd=tmp,
         env=env,
-        timeout=120,
+        timeout=300,
     )
+    return res, before, _tree(tmp)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Every case, run 4 at a time (each is a process that spends most of its time importing):
+    case id -> (its folder, the result, the folder's tree before and after)."""
+    root = tmp_path_factory.mktemp("bad")
+    folders = {c[0]: root / f"case{i}" for i, c in enumerate(CASES)}
+    for folder in folders.values():
+        folder.mkdir()
+    with ThreadPoolExecutor(4) as pool:
+        futures = {name: pool.submit(_case, folders[name], files, args) for name, files, args, _ in CASES}
+        return {name: (folders[name], *f.result()) for name, f in futures.items()}
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(results, name):
+    says = next(c[3] for c in CASES if c[0] == name)
+    tmp, res, before, after = results[name]
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2, res.stdout + res.stderr
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
-    assert says.replace("{tmp}", str(tmp_path)) in lines[0], lines[0]
+    assert says.replace("{tmp}", str(tmp)) in lines[0], lines[0]
     assert "Ray at" not in res.stdout  # stopped before Ray started
-    assert _tree(tmp_path) == before  # nothing written or changed: in --out, beside it, in the temp dir
+    assert after == before  # nothing written or changed: in --out, beside it, in the temp dir (folders too)

@@ -57,6 +57,7 @@ LAYERS = [
     (
         "foundation",
         (
+            "biasamp.files",
             "biasamp.config",
             "biasamp.tables",
             "biasamp.text",

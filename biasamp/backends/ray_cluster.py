@@ -9,6 +9,8 @@ the DeepSpeed trainer and the vLLM generator.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 import traceback
 
@@ -58,6 +60,7 @@ def execute(cfg: StudyConfig, pending: list[tuple[str, int]], log=print) -> int:
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     started_here = not ray.is_initialized()
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     if started_here:
         # Workers' own output stays in Ray's session logs; their progress lines come through
         # the queue below, one line per stage, and go to OUT/logs/{arm}__seed{seed}.log too.
@@ -67,6 +70,10 @@ def execute(cfg: StudyConfig, pending: list[tuple[str, int]], log=print) -> int:
             ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **common)
         else:
             ray.init(address=cfg.resources.ray_address, **common)
+        # Ray's core worker puts in a handler that dumps C++ frames and aborts on SIGTERM: the caller's
+        # goes back, so a stop ends in its `finally` below (groups removed, Ray shut down).
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)
     res = cfg.resources
     have = ray.cluster_resources()
     log(f"Ray at {ray.get_runtime_context().gcs_address}, {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs")
@@ -118,8 +125,10 @@ def execute(cfg: StudyConfig, pending: list[tuple[str, int]], log=print) -> int:
                 except ray.exceptions.RayTaskError as e:  # the worker's traceback is in its log file
                     if isinstance(e.cause, (ValueError, OSError)):
                         log_file = cfg.output_dir / "logs" / f"{names[ref]}.log"
+                        cause = e.cause
+                        what = f"{cause.filename}: {cause.strerror}" if getattr(cause, "filename", None) else str(cause)
                         raise ValueError(
-                            f"{names[ref]}: {str(e.cause).strip().splitlines()[0]} (traceback in {log_file})"
+                            f"{names[ref]}: {what.strip().splitlines()[0]} (traceback in {log_file})"
                         ) from None
                     raise
                 ran += n

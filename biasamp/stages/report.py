@@ -22,8 +22,8 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
-from biasamp.artifacts import temp_path  # noqa: E402
 from biasamp.config import LABELS  # noqa: E402
+from biasamp.files import atomic  # noqa: E402
 from biasamp.instruments.registry import MEASURES  # noqa: E402
 from biasamp.tables import TABLES  # noqa: E402
 
@@ -87,9 +87,8 @@ def _series(studies: list[dict], paper: dict | None):
 
 def _save(fig, out: Path, name: str) -> str:
     for ext in ("png", "svg"):
-        tmp = temp_path(out / f"{name}.{ext}")
-        fig.savefig(tmp, dpi=110, format=ext, bbox_inches="tight")
-        tmp.replace(out / f"{name}.{ext}")
+        with atomic(out / f"{name}.{ext}") as tmp:
+            fig.savefig(tmp, dpi=110, format=ext, bbox_inches="tight")
     plt.close(fig)
     return name
 
@@ -522,10 +521,9 @@ def build(
                 f"<h3>Versions</h3><pre>{html.escape(json.dumps(m.get('versions', {}), indent=1))}</pre>"
             )
     page = out / "index.html"
-    tmp = temp_path(page)
-    tmp.write_text(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>biasamp report</title>"
-        f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n"
-    )
-    tmp.replace(page)
+    with atomic(page) as tmp:
+        tmp.write_text(
+            f"<!doctype html><html><head><meta charset='utf-8'><title>biasamp report</title>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n"
+        )
     return page

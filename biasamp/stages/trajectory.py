@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from biasamp import artifacts, tracking
-from biasamp.config import ArmConfig, StudyConfig, TrainConfig
+from biasamp.config import SEED_STRIDE, ArmConfig, StudyConfig, TrainConfig
 from biasamp.instruments.registry import MEASURES
 from biasamp.models import checkpoint_damage, load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
 from biasamp.stages.generate import write_articles
@@ -97,10 +97,15 @@ def train_stage(t: Trajectory) -> None:
         f"training on {len(train_df)} articles "
         f"({', '.join(f'{k} {v}' for k, v in train_df['source'].value_counts(sort=False).items())})"
     )
-    torch.manual_seed(seed * 100_003 + g)
+    torch.manual_seed(seed * SEED_STRIDE + g)
     start = time.time()
     metrics = trainer_for(arm.train.backend)(
-        t.model, t.tokenizer, train_df, arm.train, seed * 100_003 + g, workdir=t.ckpt.with_name(t.ckpt.name + ".train")
+        t.model,
+        t.tokenizer,
+        train_df,
+        arm.train,
+        seed * SEED_STRIDE + g,
+        workdir=t.ckpt.with_name(t.ckpt.name + ".train"),
     )
     metrics["train_seconds"] = time.time() - start  # the stage's wall time, tokenizing included
     TABLES["training"].write(t.addressed(train_df[["article_id", "source"]].copy()), t.out, **t.at)
