@@ -223,6 +223,7 @@ def trial(name: str, point, work: Path, reference: Path, sig=signal.SIGKILL, fir
         "at_s": round(killed_at, 1),
         "rc": rc,
         "one_line": stopped_right,
+        "said": repr(last_line[:100]) if sig != signal.SIGKILL or tmpfs_mb else "",
         "identical": same,
         "orphans": len(orphans),
         "orphan_names": ",".join(orphan_names),

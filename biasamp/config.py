@@ -165,7 +165,7 @@ class Kinded(_Frozen):
         if not isinstance(value, dict):
             return {**rest, key: value}  # a validated instance, or something pydantic reports
         value = {"kind": cls.DEFAULT, **settings, **value}
-        if value["kind"] not in cls.KINDS:
+        if not isinstance(value["kind"], str) or value["kind"] not in cls.KINDS:
             return {**rest, key: value}  # `validated` reports it where it was written
         takes = cls.KINDS[value["kind"]].model_fields
         defaults = {k: f.default for kind in cls.KINDS.values() for k, f in kind.model_fields.items()}
@@ -176,7 +176,7 @@ class Kinded(_Frozen):
         """A parsed mapping as its kind's class (a field validator: errors keep their key path)."""
         if not isinstance(value, dict):
             return value
-        if value["kind"] not in cls.KINDS:
+        if not isinstance(value["kind"], str) or value["kind"] not in cls.KINDS:
             raise ValueError(
                 f"Input tag '{value['kind']}' found using 'kind' does not match any of the expected "
                 f"tags: {', '.join(map(repr, cls.KINDS))}"
@@ -310,7 +310,8 @@ class NeuronsConfig(_Frozen):
 def _default_name(raw, defaults: dict[str, str]):
     """An instrument's empty name is its kind's default (kind offline when not given)."""
     if isinstance(raw, dict) and not raw.get("name"):
-        raw = {**raw, "name": defaults.get(raw.get("kind", "offline"), "")}
+        kind = raw.get("kind", "offline")
+        raw = {**raw, "name": defaults.get(kind, "") if isinstance(kind, str) else ""}
     return raw
 
 

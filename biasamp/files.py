@@ -27,7 +27,7 @@ def temp_path(path: Path) -> Path:
 
 
 def _mb(n: int) -> str:
-    return f"{n / 2**20:.1f} MB"
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} KB"
 
 
 def _free(folder: Path) -> int:

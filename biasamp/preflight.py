@@ -31,7 +31,11 @@ def draw_corpora(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
         old_source = (recorded.get(name) or {}).get("source", corpus.source)
         if written.exists() and old_source == corpus.source:
             continue
-        new = sample_corpus(read_source(corpus.source), corpus, name)
+        try:
+            articles = read_source(corpus.source)
+        except (ValueError, OSError) as e:  # name the key too: the file may be named in several
+            raise ValueError(f"corpora.{name}.source: {e.strerror if e.__class__ is OSError else e}") from None
+        new = sample_corpus(articles, corpus, name)
         if not written.exists():
             drawn[name] = new
             continue
