@@ -169,10 +169,13 @@ def data_prepare(
     from biasamp.tables import write_parquet
 
     check_output_path(out, "file")
-    span = tuple(int(y) for y in years.split("-")) if years else None
-    cfg = CorpusConfig(
-        source=source, per_label=_per_label(per_label, center_only), years=span, max_words=max_words, seed=seed
-    )
+    if not out.name.endswith((".parquet", ".jsonl.gz")):
+        raise ValueError(f"--out {out}: a corpus is written as .parquet or .jsonl.gz")
+    span = years.split("-") if years else None
+    if span is not None and (len(span) != 2 or not all(y.strip().isdigit() for y in span)):
+        raise ValueError(f"--years {years}: expected FROM-TO, e.g. 2012-2018")
+    per = _per_label(per_label, center_only)
+    cfg = _from_flags(CorpusConfig, {}, source=source, per_label=per, years=span, max_words=max_words, seed=seed)
     corpus = sample_corpus(read_source(source), cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.name.endswith(".jsonl.gz"):
@@ -200,25 +203,34 @@ def _classifier_config(
     kind: str, model: str, labels: str | None, max_tokens: int, calibration: str = "", method: str = "pcc"
 ) -> ClassifierConfig:
     """The classifier the flags describe; a bad value is named by its flag."""
-    from pydantic import ValidationError
 
     pairs = [p.split("=", 1) for p in labels.split(",")] if labels else []
     if any(len(p) != 2 for p in pairs):
         raise ValueError(f"--labels: expected MODEL_LABEL=left|center|right,..., got '{labels}'")
+    return _from_flags(
+        ClassifierConfig,
+        {"name": "--model", "prevalence": "--method"},
+        kind=kind,
+        name=model,
+        labels=dict(pairs) if pairs else ClassifierConfig().labels,
+        max_tokens=max_tokens,
+        calibration=calibration,
+        prevalence=method,
+    )
+
+
+def _from_flags(settings, flags: dict[str, str], **values):
+    """A settings model built from a command's flags; a bad value is one line naming its flag (a
+    setting is --its-name unless `flags` says otherwise; a check of several names the one it mentions)."""
+    from pydantic import ValidationError
+
     try:
-        return ClassifierConfig(
-            kind=kind,
-            name=model,
-            labels=dict(pairs) if pairs else ClassifierConfig().labels,
-            max_tokens=max_tokens,
-            calibration=calibration,
-            prevalence=method,
-        )
+        return settings(**values)
     except ValidationError as e:
         err = e.errors()[0]
-        key = str(err["loc"][0]) if err["loc"] else "labels"
-        flag = {"name": "--model", "prevalence": "--method"}.get(key, "--" + key.replace("_", "-"))
-        raise ValueError(f"{flag}: {err['msg']}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        key = str(err["loc"][0]) if err["loc"] else next((k for k in values if k in msg), next(iter(values)))
+        raise ValueError(f"{flags.get(key, '--' + key.replace('_', '-'))}: {msg}") from None
 
 
 @app.command()

@@ -65,9 +65,9 @@ def _available(load, name: str, key: str):
         raise ValueError(f"{key}: '{name}' is not available{offline}: {first}") from None
 
 
-def model_positions(cfg: StudyConfig) -> int:
-    """The study model's positions, from its config (no weights loaded); its tokenizer is loaded too."""
-    from transformers import AutoConfig
+def model_config(cfg: StudyConfig):
+    """The study model's architecture config (no weights loaded); its tokenizer is loaded too."""
+    from transformers import AutoConfig, GPT2Config
 
     from biasamp.models import _gguf_location, load_tokenizer
 
@@ -77,15 +77,31 @@ def model_positions(cfg: StudyConfig) -> int:
             lambda _: load_tokenizer(m), m.tokenizer or m.name, "model.tokenizer" if m.tokenizer else "model.name"
         )
     if m.kind == "tiny_gpt2":
-        return m.tiny.n_positions
+        return GPT2Config(
+            n_layer=m.tiny.n_layer, n_embd=m.tiny.n_embd, n_head=m.tiny.n_head, n_positions=m.tiny.n_positions
+        )
     if m.kind == "gguf":
         name, gguf = _gguf_location(m)
         if not (Path(name) / gguf).is_file():
             raise ValueError(f"model.gguf_file: {Path(name) / gguf}: no such file")
-        conf = _available(lambda n: AutoConfig.from_pretrained(n, gguf_file=gguf), name, "model.name")
-    else:
-        conf = _available(AutoConfig.from_pretrained, m.name, "model.name")
+        return _available(lambda n: AutoConfig.from_pretrained(n, gguf_file=gguf), name, "model.name")
+    return _available(AutoConfig.from_pretrained, m.name, "model.name")
+
+
+def positions(conf) -> int:
     return int(getattr(conf, "n_positions", None) or getattr(conf, "max_position_embeddings", None) or 10**9)
+
+
+def check_neuron_modules(cfg: StudyConfig, conf) -> None:
+    """The modules neuron capture reads exist in this architecture (built on the meta device: no memory)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from biasamp.stages.neurons import layer_modules
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(conf)
+    layer_modules(model, cfg.neurons)
 
 
 def check_lengths(cfg: StudyConfig, positions: int) -> None:
@@ -138,7 +154,10 @@ def check_study(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
     if cfg.scoring.enabled:  # new scores must not mix with others
         check_scores_settings(out, scoring_settings(cfg.scoring))
     drawn = draw_corpora(cfg)
-    check_lengths(cfg, model_positions(cfg))
+    conf = model_config(cfg)
+    check_lengths(cfg, positions(conf))
+    if cfg.neurons.capture:
+        check_neuron_modules(cfg, conf)
     if cfg.scoring.enabled:
         check_instruments(cfg)
     return drawn

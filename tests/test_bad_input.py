@@ -347,6 +347,12 @@ CASES = [
         "reads the classifier's scores of D_(g-1); it needs scoring.enabled: true",
     ),
     ("study name null", {}, ["validate", SMOKE, "--set", "study="], "study: Input should be a valid string"),
+    (
+        "neuron modules not in the model",
+        {},
+        _run("neurons.ffn_module=foo.{layer}", "neurons.block_module=bar.{layer}"),
+        "neurons.ffn_module: no module named foo.0",
+    ),
     # files that are not what they say, or not files
     ("config is a FIFO", {"c.yaml": FIFO}, ["validate", "{tmp}/c.yaml"], "c.yaml: a FIFO, not a regular file"),
     ("corpus is a FIFO", {"c.jsonl": FIFO}, _run("corpora.main.source={tmp}/c.jsonl"), "c.jsonl: a FIFO, not a"),
@@ -434,6 +440,36 @@ CASES = [
         {"c.jsonl.gz": GZIP_CUT},
         ["data", "prepare", "{tmp}/c.jsonl.gz", "--out", "{tmp}/o.parquet", "--per-label", "1"],
         "c.jsonl.gz: cut short",
+    ),
+    (
+        "data prepare: negative count",
+        {},
+        ["data", "prepare", "bundled", "--out", "{tmp}/o.parquet", "--per-label", "left=-1"],
+        "--per-label: per_label needs at least one label with a positive count",
+    ),
+    (
+        "data prepare: one year",
+        {},
+        ["data", "prepare", "bundled", "--out", "{tmp}/o.parquet", "--years", "2020"],
+        "--years 2020: expected FROM-TO",
+    ),
+    (
+        "data prepare: years reversed",
+        {},
+        ["data", "prepare", "bundled", "--out", "{tmp}/o.parquet", "--years", "2020-2010"],
+        "--years: years 2020 > 2010",
+    ),
+    (
+        "data prepare: unknown suffix",
+        {},
+        ["data", "prepare", "bundled", "--out", "{tmp}/o.txt"],
+        "--out {tmp}/o.txt: a corpus is written as .parquet or .jsonl.gz",
+    ),
+    (
+        "quality eval: proxy not a proxy",
+        {"q.npz": "not numpy"},
+        ["quality", "eval", "--proxy", "{tmp}/q.npz"],
+        "q.npz: not a quality proxy file",
     ),
     (
         "data prepare onto a folder",

@@ -189,8 +189,12 @@ class QualityProxy:
                 f"scoring.quality.name: no quality proxy file at {p} (biasamp quality train writes "
                 f"one; for a Hugging Face model folder use kind: hf)"
             )
-        z = np.load(p)
-        if list(z["features"]) != FEATURES:
+        try:
+            z = np.load(p)
+            features = list(z["features"])
+        except (ValueError, OSError, KeyError) as e:
+            raise ValueError(f"{p}: not a quality proxy file ({str(e).splitlines()[0][:100]})") from None
+        if features != FEATURES:
             raise ValueError(f"{p}: fitted with other features ({list(z['features'])}); rerun biasamp quality train")
         return cls(
             z["vocab"],
