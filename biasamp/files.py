@@ -43,7 +43,7 @@ def _size(path: Path) -> int:
 def disk_full(path: Path, need: int | None, written: int = 0) -> OSError:
     """The one error for a full disk: which file, how much it needed (or had written), how much is free."""
     what = f"needs about {_mb(need)}" if need else f"ran out after {_mb(written)}"
-    return OSError(errno.ENOSPC, f"no space left on device: {what}, {_mb(_free(path.parent))} free", str(path))
+    return OSError(errno.ENOSPC, f"no space left on device: {what}, {_mb(_free(path.parent))} free now", str(path))
 
 
 def _is_disk_full(e: BaseException, folder: Path) -> bool:

@@ -188,6 +188,18 @@ def check_resources(cfg: StudyConfig, have: dict) -> None:
             )
 
 
+def check_libraries(cfg: StudyConfig) -> None:
+    """The libraries the study's backends import are installed here (a private local Ray runs them
+    on this machine; without this, a missing one fails inside the first trajectory, after Ray's start)."""
+    import importlib.util
+
+    needs = {"generation.backend": "vllm"} if cfg.generation.backend.kind == "vllm" else {}
+    needs |= {f"arms.{n}.train.backend": "deepspeed" for n, a in cfg.arms.items() if a.train.backend == "deepspeed"}
+    for key, library in needs.items():
+        if importlib.util.find_spec(library) is None:
+            raise ValueError(f"{key}: {library} is not installed here (docs/cluster.md says how to install it)")
+
+
 def trajectory_bundles(cfg: StudyConfig) -> list[dict]:
     """The placement group of one trajectory: its own process (training with the plain backend,
     neuron capture, scoring, HF generation), plus one bundle per vLLM engine. DeepSpeed workers are

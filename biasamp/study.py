@@ -16,7 +16,7 @@ import pandas as pd
 from biasamp import artifacts
 from biasamp.config import ClassifierConfig, ModelConfig, StudyConfig, apply_overrides, from_dict, updated
 from biasamp.instruments.leaning import load_calibration
-from biasamp.preflight import check_resources, check_study, local_machine
+from biasamp.preflight import check_libraries, check_resources, check_study, local_machine
 from biasamp.stages.summarize import SETTINGS_KEY, write_summaries
 from biasamp.tables import TABLES, file_metadata, parquet_damage, write_parquet
 
@@ -33,6 +33,7 @@ def check_before_run(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
     the corpora drawn for a folder that lacks them."""
     drawn = check_study(cfg)
     if cfg.resources.ray_address is None:  # a private Ray gets this machine: check it now, not after Ray's start
+        check_libraries(cfg)
         check_resources(cfg, local_machine())
     return drawn
 
