@@ -81,9 +81,9 @@ def validate(
 ):
     """Check a study config without running it: the config, and what `run` needs from the world
     (output folder, corpora, model and its limits, instruments, this machine's CPUs/GPUs)."""
+    cfg = _load(config, set_, out)  # first: a bad config is refused before the study's imports
     from biasamp.study import check_before_run
 
-    cfg = _load(config, set_, out)
     if not config_only:
         check_before_run(cfg)
     if show:
@@ -104,10 +104,10 @@ def run(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """Run (or resume) a study: every (arm, seed) trajectory as a Ray task."""
+    cfg = _load(config, set_, out)  # first: a bad config is refused before the study's imports
     from biasamp.backends.ray_cluster import execute
     from biasamp.study import run_study
 
-    cfg = _load(config, set_, out)
     result = run_study(cfg, execute, log=typer.echo)
     _closing_lines(cfg, result.per_arm)
     typer.echo(f"results in {cfg.output_dir}")
