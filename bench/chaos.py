@@ -156,7 +156,10 @@ def _weights(out: Path) -> dict[str, bytes]:
 def _mount_tmpfs(folder: Path, mb: int) -> str | None:
     """A tmpfs of `mb` MB at folder; None when mounted, else why not."""
     folder.mkdir(parents=True)
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(folder)], capture_output=True)
+    try:
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(folder)], capture_output=True)
+    except OSError as e:  # no mount command
+        return str(e)
     return None if res.returncode == 0 else (res.stderr.decode().strip() or "mount failed")
 
 
