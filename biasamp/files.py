@@ -46,7 +46,7 @@ def disk_full(path: Path, need: int | None, written: int = 0) -> OSError:
     return OSError(errno.ENOSPC, f"no space left on device: {what}, {_mb(_free(path.parent))} free now", str(path))
 
 
-def _is_disk_full(e: BaseException, folder: Path) -> bool:
+def is_disk_full(e: BaseException, folder: Path) -> bool:
     """ENOSPC or EDQUOT, however a library wraps it (safetensors' SafetensorError says "No space left";
     torch's writer says only "file write failed", so a nearly full disk counts too)."""
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -76,6 +76,6 @@ def atomic(path: Path, need: int | None = None):
     except BaseException as e:
         written = _size(tmp)
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        if isinstance(e, Exception) and _is_disk_full(e, path.parent):
+        if isinstance(e, Exception) and is_disk_full(e, path.parent):
             raise disk_full(path, need, written) from None
         raise

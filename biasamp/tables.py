@@ -8,7 +8,6 @@ writes it atomically; `read` reads every file of a table at once. docs/loop.md's
 
 from __future__ import annotations
 
-import errno
 import os
 import tempfile
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pandas.api import types
 
-from biasamp.files import disk_full
+from biasamp.files import disk_full, is_disk_full
 
 ADDRESS = "study:str arm:str seed:int generation:int"
 _READINGS = ("share_left", "share_center", "share_right", "lean_index")
@@ -111,7 +110,7 @@ def write_parquet(df: pd.DataFrame, path: Path, metadata: dict | None = None, **
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e):
+        if isinstance(e, Exception) and is_disk_full(e, path.parent):
             raise disk_full(path, need=df.memory_usage(deep=True).sum()) from None
         raise
 
