@@ -567,24 +567,27 @@ def report(
     study_dirs: list[Path] = typer.Argument(
         ..., help="Study folders (several share the axes), or import-paper folders."
     ),
-    out: Path = typer.Option(..., help="Report folder: index.html, each figure as PNG and SVG, wandb_report.json."),
+    out: Path = typer.Option(..., help="Report folder: index.html and each figure as PNG and SVG."),
     paper: Optional[Path] = typer.Option(
         None, help="An `import-paper` folder: the authors' curves, dashed, on our axes."
     ),
     simulation: Optional[Path] = typer.Option(None, help="A `biasamp simulate` folder whose figures to include."),
     wandb: Optional[str] = typer.Option(
-        None, help="ENTITY/PROJECT: also publish a W&B Report (network, API key and the wandb-workspaces package)."
+        None,
+        help="ENTITY/PROJECT (or PROJECT with wandb.entity in the config): also publish the W&B Report comparing "
+        "the arms (network, WANDB_API_KEY, the runs synced, and the `report` extra).",
     ),
 ):
-    """Figures and one self-contained HTML page from a study's tables (and a W&B Report spec)."""
+    """Figures and one self-contained HTML page from a study's tables (and the W&B Report)."""
     from biasamp.study import report_study
 
     result = report_study(study_dirs, out, paper, simulation, wandb)
-    typer.echo(f"report -> {result.page.resolve()}  (open it in a browser; W&B Report spec: {result.spec})")
+    typer.echo(f"report -> {result.page.resolve()}  (open it in a browser)")
     if result.url:
         typer.echo(f"W&B Report: {result.url}")
-    if result.warning:
-        typer.secho(f"warning: {result.warning}", err=True, fg="yellow")
+    if result.error:  # the page is written; publishing again is `biasamp report ... --wandb` once online
+        typer.secho(f"error: {result.error}", err=True, fg="red")
+        raise typer.Exit(1)
 
 
 @app.command()

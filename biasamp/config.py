@@ -6,6 +6,7 @@ Every error is one line naming the file and the key path, e.g.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -32,7 +33,18 @@ BATCH_MAX = 65_536
 TOKENS_MAX = 1_000_000
 RAY_GRANULARITY = 1e-4  # Ray refuses a fractional resource below 0.0001
 
-HASH_EXCLUDES = {"seeds", "generations", "scoring", "analysis", "resources", "wandb", "out_dir", "keep_checkpoints"}
+# `sweep` is how the arms were written, not what they are: the arms it expands to carry the science.
+HASH_EXCLUDES = {
+    "seeds",
+    "generations",
+    "scoring",
+    "analysis",
+    "resources",
+    "wandb",
+    "out_dir",
+    "keep_checkpoints",
+    "sweep",
+}
 
 
 class ConfigError(ValueError):
@@ -406,6 +418,58 @@ class WandbConfig(_Frozen):
     artifacts: bool = False  # each generation's checkpoint and articles as a W&B artifact (GBs at GPT-2 size)
 
 
+class SweepConfig(_Frozen):
+    """One arm run at several values of one of its settings (a dose-response): the arm is replaced by
+    one ordinary arm per value, named ARM-VALUE (`.` written `_`: `preservation-0_05`)."""
+
+    arm: str  # the arm to sweep, as written in `arms`
+    key: str  # a dotted key inside that arm, e.g. mix.real_fraction or train.lr
+    values: tuple[typing.Any, ...] = Field(min_length=1, max_length=100)
+
+    def arm_name(self, value) -> str:
+        return f"{self.arm}-{value}".replace(".", "_")
+
+    def value_of(self, arm: str):
+        """The swept value an arm was expanded from (None: not one of this sweep's arms)."""
+        return next((v for v in self.values if self.arm_name(v) == arm), None)
+
+
+def _expand_sweep(raw: dict) -> dict:
+    """`sweep` in a raw config: its arm replaced, in place, by one arm per value. Idempotent (a
+    resolved config, e.g. a manifest's, holds the expanded arms and no longer the swept one)."""
+    sweep, arms = raw.get("sweep"), raw.get("arms")
+    if not isinstance(sweep, dict) or not isinstance(arms, dict):
+        return raw
+    try:
+        s = SweepConfig.model_validate(sweep)
+    except ValidationError:
+        return raw  # reported under `sweep` by the model
+    names = [s.arm_name(v) for v in s.values]
+    if s.arm not in arms:
+        if all(n in arms for n in names):
+            return raw  # expanded already
+        raise ValueError(f"sweep.arm: '{s.arm}' is not an arm ({', '.join(arms)})")
+    if len(set(names)) < len(names):
+        raise ValueError(f"sweep.values: two values give the same arm name ({', '.join(names)})")
+    if clash := [n for n in names if n in arms]:
+        raise ValueError(f"sweep: arm {clash[0]} is already in arms; rename it or drop the value")
+    if (raw.get("analysis") or {}).get("baseline_arm", next(iter(arms))) == s.arm:
+        raise ValueError(f"sweep.arm: '{s.arm}' is the baseline arm; sweep another arm, or set analysis.baseline_arm")
+    expanded = {}
+    for name, arm in arms.items():
+        if name != s.arm:
+            expanded[name] = arm
+            continue
+        for value, new in zip(s.values, names):
+            variant = copy.deepcopy(arm or {})
+            try:
+                _set_path(variant, s.key, value)
+            except ConfigError:
+                raise ValueError(f"sweep.key: '{s.key}' does not name a setting of arm {s.arm}") from None
+            expanded[new] = variant
+    return {**raw, "arms": expanded}
+
+
 class StudyConfig(_Frozen):
     study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=STUDY_NAME_MAX)
     generations: int = Field(ge=1, le=1000)  # number of model generations: G0 .. G{generations-1}
@@ -420,6 +484,7 @@ class StudyConfig(_Frozen):
     analysis: AnalysisConfig = AnalysisConfig()
     resources: ResourcesConfig = ResourcesConfig()
     wandb: WandbConfig = WandbConfig()
+    sweep: SweepConfig | None = None  # e.g. {arm: preservation, key: mix.real_fraction, values: [0.05, 0.2]}
     out_dir: str = "runs/{study}"
     # all: every generation's checkpoint (the paper: `biasamp score` recomputes each generation's own
     # perplexity from them). last: only each trajectory's newest (what resuming and extending need;
@@ -435,7 +500,7 @@ class StudyConfig(_Frozen):
         `--set`, a manifest, `StudyConfig.model_validate`. Idempotent: a resolved config is unchanged."""
         if not isinstance(raw, dict):
             return raw
-        raw = dict(raw)
+        raw = _expand_sweep(dict(raw))
         base = raw.get("train")
         if isinstance(raw.get("arms"), dict):  # `arms: {synthetic: }` (null) is an arm of defaults
             raw["arms"] = {name: {} if arm is None else arm for name, arm in raw["arms"].items()}

@@ -318,27 +318,35 @@ def analyze_study(
 @dataclass
 class ReportResult:
     page: Path
-    spec: Path  # the W&B Report spec
     url: str | None = None  # the published W&B Report
-    warning: str | None = None  # why it was not published
+    error: str | None = None  # why it was not published
 
 
 def report_study(
     folders: list[Path], out: Path, paper: Path | None = None, simulation: Path | None = None, wandb: str | None = None
 ) -> ReportResult:
-    """Figures and one self-contained HTML page from study tables, the W&B Report spec, and with
-    `wandb` (ENTITY/PROJECT) the published Report."""
-    from biasamp.stages.report import build, publish
+    """Figures and one self-contained HTML page from study tables, and with `wandb` (ENTITY/PROJECT)
+    the W&B Report, built before anything is written and published after the page."""
+    from biasamp.stages.report import build, load, publish, wandb_entity, wandb_report
 
     artifacts.check_output_path(out, "folder")
-    entity, project = wandb.split("/", 1) if wandb and "/" in wandb else (None, wandb)
-    page = build(folders, out, paper, simulation, entity, project)
-    result = ReportResult(page, out / "wandb_report.json")
+    report = None
     if wandb:
+        studies = [load(f) for f in folders]
+        entity, project = wandb_entity(wandb, studies)
         try:
-            result.url = publish(json.loads(result.spec.read_text()))
-        except Exception as e:  # no network, no key, no package: the page and the spec are written anyway
-            result.warning = f"W&B Report not published ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            import wandb_workspaces  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "--wandb: a W&B Report needs the wandb-workspaces package: pip install -e '.[report]'"
+            ) from None
+        report = wandb_report(studies, entity, project)
+    result = ReportResult(build(folders, out, paper, simulation))
+    if report is not None:
+        try:
+            result.url = publish(report)
+        except Exception as e:  # no network, no key: the page is written anyway; `--wandb` again later
+            result.error = f"W&B Report not published ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
     return result
 
 

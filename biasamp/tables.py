@@ -224,10 +224,11 @@ TABLES = {
         Table(
             "arm_trends",
             "arm_trends.parquet",
-            "study:str arm:str target:str estimate:float lo:float hi:float se:float p:float first_generation:int "
-            "last_generation:int n_generations:int n_seeds:int seed_variation_in_ci:bool",
+            "study:str arm:str target:str estimate:float lo:float hi:float se:float p:float change:float "
+            "change_lo:float change_hi:float change_p:float first_generation:int last_generation:int "
+            "n_generations:int n_seeds:int seed_variation_in_ci:bool",
             ("study", "arm", "target"),
-            "`biasamp analyze`: each arm's slope per generation",
+            "`biasamp analyze`: each arm's slope per generation, and its change from the first generation to the last",
         ),
     ]
 }

@@ -1,10 +1,47 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+
+ROOT = Path(__file__).parents[1]
+
+
+def cli(*args, env=None):
+    """`biasamp ARGS` in a child process, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "biasamp.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=None if env is None else {**os.environ, **env},
+    )
+
+
+SMOKE_KEY = "local-" + "0123456789abcdef" * 2 + "01234567"  # a W&B key in the environment
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory):
+    """`biasamp run configs/smoke.yaml` (W&B offline), then `analyze` and `report`, once per session;
+    tests read it and never change it. A system temp dir and a user cache of its own show what a study
+    leaves outside its folder (Ray's session folder stays in /tmp/ray, as docs/loop.md says)."""
+    base = tmp_path_factory.mktemp("smoke")
+    out, systmp, cache = base / "a", base / "systmp", base / "cache"
+    systmp.mkdir()
+    env = {"WANDB_API_KEY": SMOKE_KEY, "TMPDIR": str(systmp), "XDG_CACHE_HOME": str(cache), "RAY_TMPDIR": "/tmp"}
+    run = cli("run", "configs/smoke.yaml", "--out", str(out), "--set", "wandb.mode=offline", env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    analyze = cli("analyze", str(out), env=env)
+    report = cli("report", str(out), "--out", str(out / "report"), env=env)
+    return SimpleNamespace(out=out, systmp=systmp, cache=cache, env=env, run=run, analyze=analyze, report=report)
 
 
 # The smoke study's two original arms, for tests whose cost grows with every arm (Ray jobs, DeepSpeed).

@@ -1,4 +1,5 @@
-"""`biasamp report`: figures from the tables, the page as a browser shows it, the W&B Report spec."""
+"""`biasamp report`: figures from the tables, the page as a browser shows it (the W&B Report:
+tests/test_wandb.py)."""
 
 import json
 import shutil
@@ -146,12 +147,7 @@ def test_report_draws_every_figure_naming_every_arm(tmp_path):
     for arm in ARMS:
         assert arm in leaning_svg
     assert "expected from degradation alone" in leaning_svg and "lean index" in leaning_svg
-    spec = json.loads((tmp_path / "r" / "wandb_report.json").read_text())
-    plotted = {y for p in spec["panels"] for y in p["y"] if p["x"] == "generation"}
-    assert {"share_right", "tqi_mean"} <= plotted and spec["runset"]["filters"]["group"] == "s"
-    # What the panels plot is what the trajectories log: the summary table's columns and train_loss.
-    logged = set(TABLES["summary"].columns) | {"train_loss"}
-    assert plotted <= logged
+    assert not (tmp_path / "r" / "dose_response.png").exists()  # no sweep, no dose-response figure
 
 
 def test_report_errors_are_one_line(tmp_path):

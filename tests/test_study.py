@@ -2,14 +2,12 @@
 
 import os
 import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TWO_ARMS
+from conftest import SMOKE_KEY, TWO_ARMS, cli
 
 from biasamp import artifacts
 from biasamp.config import QualityConfig, from_dict, load_config
@@ -128,13 +126,13 @@ def test_score_command_rescores_a_finished_study(study_dict):
     out = cfg.output_dir
     before = pd.read_parquet(out / "scores")
     (out / "scores" / "synthetic__seed1__gen1.parquet").unlink()
-    res = _cli("score", str(out), "--set", "scoring.bootstrap=20")
+    res = cli("score", str(out), "--set", "scoring.bootstrap=20")
     assert res.returncode == 0, res.stdout + res.stderr
     pd.testing.assert_frame_equal(
         _sorted(out / "scores"), before.sort_values(["arm", "seed", "generation", "article_id"]).reset_index(drop=True)
     )
     assert len(pd.read_parquet(out / "summary.parquet")) == 2
-    bad = _cli("score", str(out), "--set", "scoring.classifier.labels={}")
+    bad = cli("score", str(out), "--set", "scoring.classifier.labels={}")
     assert bad.returncode == 2 and "scoring.classifier" in bad.stderr
 
 
@@ -155,7 +153,7 @@ def test_scores_made_with_other_settings_never_mix(study_dict):
     with pytest.raises(ValueError, match=r"different scoring settings.*biasamp score"):
         prepare_study(longer, log=lambda m: None)
     assert (out / "manifest.json").read_text() == manifest  # nothing recorded for a run that did not happen
-    res = _cli("score", str(out), "--set", "scoring.perplexity_max_tokens=8")
+    res = cli("score", str(out), "--set", "scoring.perplexity_max_tokens=8")
     assert res.returncode == 0, res.stdout + res.stderr
     (now,) = settings_of_scores(out)
     assert '"perplexity_max_tokens": 8' in now
@@ -173,28 +171,13 @@ def test_scores_made_with_other_settings_never_mix(study_dict):
         write_summaries(out, pd.read_parquet(out / "scores"), 20)
 
 
-def _cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "biasamp.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=None if env is None else {**os.environ, **env},
-    )
-
-
-def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path, monkeypatch):
+def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(smoke_study, monkeypatch):
     """`biasamp run configs/smoke.yaml` twice into two folders: identical articles tables."""
     cfg = load_config(ROOT / "configs" / "smoke.yaml")
-    outs = [tmp_path / "a", tmp_path / "b"]
-    key = "local-" + "0123456789abcdef" * 2 + "01234567"  # a W&B key in the environment ...
-    # A system temp dir and a user cache of its own, to see what a study leaves outside its folder
-    # (Ray's session folder stays in /tmp/ray, as docs/loop.md says).
-    systmp, cache = tmp_path / "systmp", tmp_path / "cache"
-    systmp.mkdir()
-    env = {"WANDB_API_KEY": key, "TMPDIR": str(systmp), "XDG_CACHE_HOME": str(cache), "RAY_TMPDIR": "/tmp"}
-    for out in outs:
-        res = _cli("run", "configs/smoke.yaml", "--out", str(out), "--set", "wandb.mode=offline", env=env)
+    systmp, cache, env = smoke_study.systmp, smoke_study.cache, smoke_study.env
+    outs = [smoke_study.out, smoke_study.out.with_name("b")]
+    again = cli("run", "configs/smoke.yaml", "--out", str(outs[1]), "--set", "wandb.mode=offline", env=env)
+    for out, res in zip(outs, (smoke_study.run, again)):
         assert res.returncode == 0, res.stdout + res.stderr
         assert "finished (8/8 trajectories)" in res.stdout
         assert "Ray at 127.0.0.1:" in res.stdout  # the private Ray listens on loopback only
@@ -210,9 +193,9 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path, monk
     for arm in cfg.arms:
         assert (outs[0] / "logs" / f"{arm}__seed0.log").exists()
     assert list((outs[0] / "wandb").glob("offline-run-*"))
-    for f in outs[0].rglob("*"):  # ... is never written to an artifact or a log
+    for f in outs[0].rglob("*"):  # the W&B key in the environment is never written to an artifact or a log
         if f.is_file() and f.stat().st_size < 50_000_000:
-            assert key.encode() not in f.read_bytes(), f
+            assert SMOKE_KEY.encode() not in f.read_bytes(), f
     pd.testing.assert_frame_equal(_sorted(outs[0] / "scores"), _sorted(outs[1] / "scores"))
     # What each generation trained on: the preserve arms mix in round(real_fraction x N) real articles
     # a generation, the curation arm resamples D_(g-1) to N, every arm's G0 is the real corpus.
@@ -256,7 +239,7 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path, monk
     } <= set(summary.columns)
     assert (pd.read_parquet(outs[0] / "summary_arms.parquet")["n_seeds"] == 2).all()
     # The statistics stage on the smoke study's own neurons and summary.
-    res = _cli("analyze", str(outs[0]))
+    res = smoke_study.analyze
     assert res.returncode == 0, res.stdout + res.stderr
     tests = pd.read_parquet(outs[0] / "neuron_tests.parquet")
     assert set(tests["target"]) == {"share_right", "tqi_mean"}
@@ -269,45 +252,46 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(tmp_path, monk
     assert set(contrasts["baseline"]) == {"synthetic"}
     assert set(contrasts["generation"]) == {0, 1, 2} and contrasts["seed_variation_in_ci"].all()
     # The report from those tables: every figure, every arm named; the W&B offline runs took the logs.
-    rep = _cli("report", str(outs[0]), "--out", str(outs[0] / "report"))
+    rep = smoke_study.report
     assert rep.returncode == 0, rep.stdout + rep.stderr
     page = (outs[0] / "report" / "index.html").read_text()
     assert page.count("<img ") >= 5
     for arm in cfg.arms:
         assert arm in (outs[0] / "report" / "leaning_shares.svg").read_text()
     assert len(list((outs[0] / "wandb").glob("offline-run-*"))) >= 8 + 2  # trajectories, summary, analyze
-    (outs[0] / "summary_arms.parquet").unlink()  # as if killed after the last trajectory, ...
+    # Resuming, on the second folder (the first is the session's, read by other tests).
+    (outs[1] / "summary_arms.parquet").unlink()  # as if killed after the last trajectory, ...
     monkeypatch.setenv("TMPDIR", str(systmp))  # the scratch folder the CLI uses (OUT's path is long: in TMPDIR)
     monkeypatch.setattr(tempfile, "tempdir", None)
     debris = [
-        outs[0] / "articles" / ".synthetic__seed0__gen2.parquet.a1b2c3.tmp",  # ... mid-write,
-        outs[0] / "checkpoints" / "synthetic" / "seed0" / ".gen2.tmp" / "model.safetensors",
-        artifacts.scratch_dir(outs[0]) / "tmpdir" / "tmpab12cd" / "articles.table.json",
+        outs[1] / "articles" / ".synthetic__seed0__gen2.parquet.a1b2c3.tmp",  # ... mid-write,
+        outs[1] / "checkpoints" / "synthetic" / "seed0" / ".gen2.tmp" / "model.safetensors",
+        artifacts.scratch_dir(outs[1]) / "tmpdir" / "tmpab12cd" / "articles.table.json",
     ]  # ... with W&B media
     assert debris[-1].is_relative_to(systmp)  # OUT's path here is too long for W&B's sockets: scratch in TMPDIR
     for f in debris:
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text("partial")
-    again = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]), env=env)
+    again = cli("run", "configs/smoke.yaml", "--out", str(outs[1]), env=env)
     assert again.returncode == 0 and "nothing to do: all 8 trajectories" in again.stdout
     assert "removed 3 temp file(s) an interrupted run left" in again.stdout
-    assert not any(f.exists() for f in debris) and not (outs[0] / "checkpoints/synthetic/seed0/.gen2.tmp").exists()
+    assert not any(f.exists() for f in debris) and not (outs[1] / "checkpoints/synthetic/seed0/.gen2.tmp").exists()
     assert list(systmp.iterdir()) == []
-    assert (outs[0] / "summary_arms.parquet").exists()  # the study-level stage is finished on resume
-    bad = _cli("run", "configs/smoke.yaml", "--out", str(outs[0]), "--set", "train.epochs=3")
+    assert (outs[1] / "summary_arms.parquet").exists()  # the study-level stage is finished on resume
+    bad = cli("run", "configs/smoke.yaml", "--out", str(outs[1]), "--set", "train.epochs=3")
     assert bad.returncode == 2 and "differs in" in bad.stderr
 
 
 def test_a_trajectory_that_cannot_fit_the_machine_is_an_error(tmp_path):
-    res = _cli("run", "configs/smoke.yaml", "--out", str(tmp_path / "x"), "--set", "resources.gpus_per_trajectory=1")
+    res = cli("run", "configs/smoke.yaml", "--out", str(tmp_path / "x"), "--set", "resources.gpus_per_trajectory=1")
     assert res.returncode == 2
     assert "resources.gpus_per_trajectory: a trajectory asks for 1 GPU, this machine has 0" in res.stderr
 
 
 def test_validate_cli():
-    ok = _cli("validate", "configs/smoke.yaml")
+    ok = cli("validate", "configs/smoke.yaml")
     assert ok.returncode == 0 and "8 trajectories" in ok.stdout
-    bad = _cli("validate", "configs/smoke.yaml", "--set", "generation.batch_size=0")
+    bad = cli("validate", "configs/smoke.yaml", "--set", "generation.batch_size=0")
     assert bad.returncode == 2 and "configs/smoke.yaml: generation.batch_size: Input should be greater" in bad.stderr
 
 
@@ -324,7 +308,7 @@ def test_generation_progress_is_logged_at_most_once_a_minute(monkeypatch):
 def test_study_with_deepspeed_training_queues_trajectories_around_their_workers(tmp_path):
     """The smoke study with train.backend deepspeed (2 CPU workers, ZeRO-2), each trajectory a Ray
     task launching a Ray Train run: on 2 CPUs one trajectory at a time, no deadlock, same tables."""
-    res = _cli(
+    res = cli(
         "run",
         "configs/smoke.yaml",
         "--out",
@@ -353,7 +337,7 @@ def test_study_with_deepspeed_training_queues_trajectories_around_their_workers(
 
 def test_a_run_that_fails_on_its_data_does_not_claim_the_folder(tmp_path):
     out = tmp_path / "x"
-    bad = _cli("run", "configs/smoke.yaml", "--out", str(out), "--set", "corpora.main.source=/no/such/corpus")
+    bad = cli("run", "configs/smoke.yaml", "--out", str(out), "--set", "corpora.main.source=/no/such/corpus")
     assert bad.returncode != 0 and "/no/such/corpus" in bad.stderr
     assert not (out / "manifest.json").exists()  # so the corrected config is not refused
 
@@ -382,8 +366,8 @@ def test_one_writer_per_study_folder(tmp_path):
     with artifacts.own_output_dir(out):
         (out / "scores").mkdir()
         start = time.time()
-        run = _cli("run", "configs/smoke.yaml", "--out", str(out))
-        analyze = _cli("analyze", str(out))
+        run = cli("run", "configs/smoke.yaml", "--out", str(out))
+        analyze = cli("analyze", str(out))
         assert time.time() - start < 60
         for res in (run, analyze):
             assert res.returncode != 0 and f"is in use by another biasamp process (pid {os.getpid()})" in res.stderr

@@ -1,7 +1,7 @@
 """W&B as its users expect: generation is the step metric, an extended study appends to the same run
 at the right step, arm and seed are job_type and tags, and every generation brings its CIs, a table of
 sample articles with their scores and the loss curve. (wandb itself is replaced by a recorder: what
-is checked is what biasamp asks of it.)"""
+is checked is what biasamp asks of it; tests/test_wandb.py reads what the real wandb writes.)"""
 
 from types import SimpleNamespace
 
@@ -50,7 +50,7 @@ def _fake_wandb(runs):
         Settings=lambda **kw: kw,
         Table=_Table,
         Artifact=_Artifact,
-        plot=SimpleNamespace(line=lambda table, x, y, title=None: ("line", x, y)),
+        plot=SimpleNamespace(line=lambda table, x, y, stroke=None, title=None: ("line", x, y, stroke, table)),
     )
 
 
@@ -75,7 +75,9 @@ def test_an_extended_study_appends_generation_g_at_step_g_to_the_same_run(study_
     assert {"lean_index", "lean_index_lo", "null_share_right", "null_lean_index_hi", "tqi_rho_right"} <= set(row)
     sample = row["articles"].dataframe
     assert {"title", "text", "label", "p_right", "tqi"} <= set(sample.columns) and len(sample) == 6
-    assert row["train_loss_curve"] == ("line", "step", "loss")
+    kind, x, y, stroke, table = row["train_loss_curve"]
+    assert (kind, x, y, stroke) == ("line", "step", "loss", "generation")
+    assert sorted(table.dataframe["generation"].unique()) == [0, 1]  # G1's chart draws G0's curve too
     assert first.artifacts == [] and second.artifacts == []  # off by default: checkpoints are large
 
 

@@ -325,8 +325,9 @@ def arm_contrasts(
     scores: pd.DataFrame, baseline: str | None = None, n_boot: int = 1000, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per study: each arm minus the baseline arm, per generation and target, and each arm's linear
-    trend over generations (slope per generation). Both with 95% bootstrap CIs (seeds, then articles
-    within each drawn seed) and p-values from the bootstrap standard error.
+    trend over generations (slope per generation) with its change from the first generation to the
+    last. All with 95% bootstrap CIs (seeds, then articles within each drawn seed) and p-values from
+    the bootstrap standard error.
 
     `seed_variation_in_ci` is False where an arm has one seed: the CI then covers only which
     articles were written, not how another run of the same arm would differ.
@@ -368,12 +369,18 @@ def arm_contrasts(
             gc = (gens - gens.mean()) / ((gens - gens.mean()) ** 2).sum()  # OLS slope weights
             n_seeds = max(d[2] for d in draws[arm].values())
             for k, target in enumerate(contrast_targets()):
+                # The last generation minus the first: the same draws of whole trajectories (paired).
+                change = _interval(point[-1, k] - point[0, k], boot[:, -1, k] - boot[:, 0, k])
                 trends.append(
                     {
                         "study": study,
                         "arm": arm,
                         "target": target,
                         **_interval(float(gc @ point[:, k]), boot[:, :, k] @ gc),
+                        "change": change["estimate"],
+                        "change_lo": change["lo"],
+                        "change_hi": change["hi"],
+                        "change_p": change["p"],
                         "first_generation": int(gens[0]),
                         "last_generation": int(gens[-1]),
                         "n_generations": len(gens),

@@ -22,7 +22,7 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
-from biasamp.config import LABELS  # noqa: E402
+from biasamp.config import LABELS, SweepConfig  # noqa: E402
 from biasamp.files import atomic  # noqa: E402
 from biasamp.instruments.registry import MEASURES  # noqa: E402
 from biasamp.tables import TABLES  # noqa: E402
@@ -52,6 +52,7 @@ def load(folder: Path) -> dict:
         "summary_arms": _read(folder, "summary_arms"),
         "train_metrics": _read(folder, "train_metrics"),
         "contrasts": _read(folder, "arm_contrasts"),
+        "trends": _read(folder, "arm_trends"),
         "neuron_tests": _read(folder, "neuron_tests"),
         "neuron_summary": json.loads(nsum.read_text()) if nsum.exists() else {},
         "manifest": json.loads(manifest.read_text()) if manifest.exists() else None,
@@ -373,52 +374,282 @@ def fig_neurons(studies, out: Path) -> tuple[str | None, str]:
     return name, top.to_html(index=False, float_format=lambda v: f"{v:.3g}", classes="t")
 
 
-def wandb_spec(studies: list[dict], entity: str | None, project: str | None) -> dict:
-    """The W&B Report this study gets: runs of the study's group, the metrics the trajectories log
-    (biasamp.stages.trajectory: the summary table's own columns) by generation, grouped by arm."""
-    s = studies[0]
-    config = (s["manifest"] or {}).get("config", {})
-    study = config.get("study") or s["summary_arms"]["study"].iloc[0]
-    wandb_cfg = config.get("wandb", {})
-    metrics = (
-        [f"share_{lab}" for lab in LABELS]
-        + ["lean_index"]
-        + [f"null_share_{lab}" for lab in LABELS]
-        + ["null_lean_index"]
-        + [f"prev_{lab}" for lab in LABELS]
-        + [f"{m}_mean" for m in MEASURES]
-        + ["ppl_mean", "ppl_ref_mean", "train_loss"]
+# --- dose-response: a sweep's arms by their value ------------------------------------------------
+
+
+def dose_targets() -> list[tuple[str, str]]:
+    """(target, title) of the dose-response figure: the leaning, the leaning beyond decay, quality."""
+    return [("share_right", "right-leaning share"), ("lean_index_beyond_null", "lean index beyond the decay null")] + [
+        (f"{m}_mean", MEASURES[m].title.split(" (")[0]) for m in MEASURES
+    ]
+
+
+def dose_response(study: dict) -> pd.DataFrame | None:
+    """A sweep's arms as rows per (value, target): the last generation's change from G0 (arm_trends)
+    and its contrast with the baseline arm (arm_contrasts), with 95% CIs. None without a sweep."""
+    sweep = ((study["manifest"] or {}).get("config") or {}).get("sweep")
+    if not sweep or study["trends"] is None:
+        return None
+    rows = []
+    targets = [t for t, _ in dose_targets()]
+    for value in sweep["values"]:
+        arm = SweepConfig.model_validate(sweep).arm_name(value)
+        trend = study["trends"][(study["trends"]["arm"] == arm) & study["trends"]["target"].isin(targets)]
+        c = study["contrasts"]
+        if c is not None:
+            c = c[(c["arm"] == arm) & c["target"].isin(targets)]
+            c = c[c["generation"] == c["generation"].max()] if len(c) else c
+        for r in trend.itertuples(index=False):
+            row = {"key": sweep["key"], "value": value, "arm": arm, "target": r.target, "generation": r.last_generation}
+            row |= {"change": r.change, "change_lo": r.change_lo, "change_hi": r.change_hi, "change_p": r.change_p}
+            row["seed_variation_in_ci"] = r.seed_variation_in_ci
+            hit = c[c["target"] == r.target] if c is not None else pd.DataFrame()
+            row |= {
+                "contrast": hit["estimate"].iloc[0] if len(hit) else float("nan"),
+                "contrast_lo": hit["lo"].iloc[0] if len(hit) else float("nan"),
+                "contrast_hi": hit["hi"].iloc[0] if len(hit) else float("nan"),
+                "contrast_p": hit["p"].iloc[0] if len(hit) else float("nan"),
+                "baseline": hit["baseline"].iloc[0] if len(hit) else None,
+            }
+            rows.append(row)
+    return pd.DataFrame(rows) if rows else None
+
+
+def fig_dose_response(studies, out: Path) -> str | None:
+    """Per target, the swept value against the change from G0 and against the contrast with the
+    baseline arm, with 95% CIs; one line per study that has a sweep."""
+    doses = [(s, d) for s in studies if (d := dose_response(s)) is not None]
+    if not doses:
+        return None
+    targets = dose_targets()
+    fig, axes = plt.subplots(2, len(targets), figsize=(4.6 * len(targets), 7), layout="constrained", squeeze=False)
+    for j, (s, d) in enumerate(doses):
+        numeric = pd.api.types.is_numeric_dtype(d["value"])
+        for col, (target, title) in enumerate(targets):
+            part = d[d["target"] == target]
+            k = 100 if target == "share_right" else 1
+            x = part["value"] if numeric else part["value"].astype(str)
+            for row, (stat, what) in enumerate((("change", "change from G0"), ("contrast", "minus baseline"))):
+                ax = axes[row, col]
+                y, lo, hi = part[stat] * k, part[f"{stat}_lo"] * k, part[f"{stat}_hi"] * k
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=[y - lo, hi - y],
+                    fmt="o",
+                    ls=STYLES[j % len(STYLES)],
+                    color=PALETTE[j],
+                    ms=4,
+                    lw=1.4,
+                    capsize=3,
+                    label=s["label"],
+                )
+                ax.axhline(0, color="0.3", lw=0.8)
+                base = (
+                    part["baseline"].dropna().iloc[0] if stat == "contrast" and part["baseline"].notna().any() else ""
+                )
+                gen = int(part["generation"].max()) if len(part) else 0
+                ax.set_title(
+                    f"{title}: G{gen} {what}{f' ({base})' if base else ''}" + (" (points)" if k == 100 else ""),
+                    fontsize=9,
+                )
+                ax.set_xlabel(d["key"].iloc[0])
+                ax.grid(alpha=0.3)
+                if numeric and (part["value"] > 0).all() and part["value"].max() >= 10 * part["value"].min():
+                    ax.set_xscale("log")
+                    ax.set_xticks(list(part["value"]), [f"{v:g}" for v in part["value"]])
+                    ax.xaxis.set_minor_formatter(NullFormatter())
+    axes[0, 0].set_ylabel("change from G0 (95% CI)")
+    axes[1, 0].set_ylabel("arm minus baseline (95% CI)")
+    if len(doses) > 1:
+        axes[0, 0].legend(fontsize=8)
+    one_seed = not all(d["seed_variation_in_ci"].all() for _, d in doses)
+    fig.suptitle(
+        "Dose-response: each swept value's last generation"
+        + (" (one seed: CIs cover which articles were written, not run-to-run variation)" if one_seed else ""),
+        fontsize=11,
     )
-    return {
-        "title": f"biasamp: {study}",
-        "entity": entity or wandb_cfg.get("entity"),
-        "project": project or wandb_cfg.get("project", "biasamp"),
-        "runset": {"filters": {"group": study}, "groupby": ["arm"]},
-        "panels": [{"type": "LinePlot", "x": "generation", "y": [m], "groupby": "arm"} for m in metrics],
-        "tables": ["arm_contrasts", "neuron_counts"],
-    }
+    return _save(fig, out, "dose_response")
 
 
-def publish(spec: dict) -> str:
-    """Create the W&B Report from the spec (needs wandb-workspaces, a network and an API key)."""
+# --- the W&B Report -------------------------------------------------------------------------------
+
+
+# Functions, not constants: a measure registered after import (biasamp.instruments.registry) counts.
+def line_metrics() -> list[str]:
+    """The trajectory runs' metrics the Report draws by generation, each with its logged 95% CI."""
+    return [f"share_{lab}" for lab in LABELS] + ["lean_index", "prev_right"] + [f"{m}_mean" for m in MEASURES]
+
+
+def bar_metrics() -> list[str]:
+    """The metrics compared across arms at the last generation."""
+    return ["share_right", "lean_index"] + [f"{m}_mean" for m in MEASURES]
+
+
+def report_targets() -> list[str]:
+    """The arm contrasts the Report's text states."""
+    return ["share_right", "lean_index", "lean_index_beyond_null"] + [f"{m}_mean" for m in MEASURES]
+
+
+def wandb_entity(spec: str, studies: list[dict]) -> tuple[str, str]:
+    """`--wandb ENTITY/PROJECT`, or `--wandb PROJECT` with the entity of the studies' config."""
+    entity, project = spec.split("/", 1) if "/" in spec else (None, spec)
+    if entity is None:
+        entity = next((e for s in studies if (e := _config(s).get("wandb", {}).get("entity"))), None)
+    if not entity or not project:
+        raise ValueError(
+            f"--wandb {spec}: a W&B Report belongs to an entity: ENTITY/PROJECT (your user or team name), "
+            "or set wandb.entity in the study's config"
+        )
+    return entity, project
+
+
+def _config(study: dict) -> dict:
+    return (study["manifest"] or {}).get("config") or {}
+
+
+def _study_name(study: dict) -> str:
+    return _config(study).get("study") or study["summary_arms"]["study"].iloc[0]
+
+
+def _fmt(v: float) -> str:
+    return "" if pd.isna(v) else f"{v:.3g}"
+
+
+def report_text(study: dict) -> str:
+    """Markdown: the arm contrasts at the last generation and the neuron counts beside the count the
+    surrogate null flags (what the HTML page states, for the W&B Report)."""
+    lines = []
+    c = study["contrasts"]
+    if c is not None and len(c):
+        last = c[c["target"].isin(report_targets())]
+        last = last[last["generation"] == last["generation"].max()]
+        base = ", ".join(sorted(last["baseline"].unique()))
+        lines += [
+            f"**Arm contrasts at G{int(last['generation'].max())}** (arm minus {base}; 95% bootstrap CI over seeds "
+            "and articles; p from the bootstrap SE)",
+            "",
+            "| arm | target | estimate | 95% CI | p | seeds |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in last.sort_values(["arm", "target"]).itertuples(index=False):
+            lines.append(
+                f"| {r.arm} | {r.target} | {_fmt(r.estimate)} | [{_fmt(r.lo)}, {_fmt(r.hi)}] | {_fmt(r.p)} | "
+                f"{r.n_seeds} |"
+            )
+    for mode, summary in study["neuron_summary"].items():
+        rows = [
+            f"| {key} | {target} | {r['significant']} | {_fmt(r['null_expected_significant'])} | "
+            f"{r['null_max_significant'] if r['null_max_significant'] is not None else ''} |"
+            for key, part in summary.items()
+            if isinstance(part, dict) and "null" in part
+            for target, r in part["null"].items()
+        ]
+        if rows:
+            lines += [
+                "",
+                f"**Neurons flagged** ({mode} test, BH q < 0.05) beside what the surrogate null flags where "
+                "nothing is there",
+                "",
+                "| neurons | target | flagged | null: expected | null: max |",
+                "|---|---|---|---|---|",
+                *rows,
+            ]
+    return "\n".join(lines) or "No arm contrasts or neuron tests yet (`biasamp analyze`)."
+
+
+def wandb_report(studies: list[dict], entity: str, project: str):
+    """The W&B Report of one or more studies, as the wandb-workspaces library's object (nothing is
+    sent: `publish` does). Per study a run set of its trajectory runs (its W&B group, job type =
+    arm); panels by generation grouped by arm (mean, band = min-max across seeds, and the logged 95%
+    CIs as _lo/_hi lines); the last generation per arm as bars; the study-level tables; the arm
+    contrasts and neuron counts as text; a sweep's dose-response over its value."""
     import wandb_workspaces.reports.v2 as wr
 
-    runset = wr.Runset(
-        entity=spec["entity"],
-        project=spec["project"],
-        name=spec["title"],
-        filters=f"Config('group') == '{spec['runset']['filters']['group']}'",
-    )
-    report = wr.Report(
-        entity=spec["entity"],
-        project=spec["project"],
-        title=spec["title"],
-        description="Made by `biasamp report`: leaning, quality and perplexity by generation, per arm.",
-    )
-    report.blocks = [
-        wr.H1(spec["title"]),
-        wr.PanelGrid(runsets=[runset], panels=[wr.LinePlot(x=p["x"], y=p["y"], groupby="arm") for p in spec["panels"]]),
+    names = [_study_name(s) for s in studies]
+    arms = {n: sorted(s["summary_arms"]["arm"].unique()) for n, s in zip(names, studies)}
+    group = dict(groupby="config.arm", groupby_aggfunc="mean", groupby_rangefunc="minmax")
+
+    def runset(name: str, job_types: list[str], label: str):
+        quoted = ", ".join(f"'{j}'" for j in job_types)
+        return wr.Runset(
+            entity=entity,
+            project=project,
+            name=label,
+            filters=f"Group == '{name}' and JobType in [{quoted}]",
+            groupby=["config.arm"],
+        )
+
+    trajectories = [runset(n, arms[n], f"{n}: trajectories") for n in names]
+    lines = [
+        wr.LinePlot(
+            title=f"{m} by generation (mean over seeds, band min-max; _lo/_hi: the 95% CI)",
+            x="generation",
+            y=[m, f"{m}_lo", f"{m}_hi"],
+            **group,
+        )
+        for m in line_metrics()
     ]
+    lines += [
+        wr.LinePlot(
+            title="lean index vs its degradation null", x="generation", y=["lean_index", "null_lean_index"], **group
+        ),
+        wr.LinePlot(title="perplexity: own and reference", x="generation", y=["ppl_mean", "ppl_ref_mean"], **group),
+        wr.LinePlot(title="training loss by generation", x="generation", y=["train_loss"], **group),
+    ]
+    bars = [
+        wr.BarPlot(
+            title=f"{m} at the last generation (mean over seeds, min-max)", metrics=[m], orientation="v", **group
+        )
+        for m in bar_metrics()
+    ]
+    blocks = [
+        wr.P(
+            "Made by `biasamp report`: "
+            + "; ".join(f"study {n} ({len(arms[n])} arms: {', '.join(arms[n])})" for n in names)
+            + ". Each trajectory is one run in its study's W&B group, job type = arm, step = generation."
+        ),
+        wr.H2("By generation"),
+        wr.PanelGrid(runsets=trajectories, panels=lines),
+        wr.H2("Last generation, per arm"),
+        wr.PanelGrid(runsets=[runset(n, arms[n], f"{n}: trajectories") for n in names], panels=bars),
+    ]
+    for n, s in zip(names, studies):
+        blocks += [wr.H2(f"{n}: arm contrasts and neurons"), wr.MarkdownBlock(text=report_text(s))]
+        tables = [
+            wr.WeavePanelSummaryTable(table_name=t, layout=wr.Layout(w=24, h=10))
+            for t in ("arm_contrasts", "arm_trends", "neuron_counts")
+        ]
+        blocks.append(wr.PanelGrid(runsets=[runset(n, ["analyze-within"], f"{n}: analyze")], panels=tables))
+        sweep = _config(s).get("sweep")
+        if sweep and dose_response(s) is not None:
+            swept = [SweepConfig.model_validate(sweep).arm_name(v) for v in sweep["values"]]
+            blocks += [
+                wr.H2(f"{n}: dose-response over {sweep['key']}"),
+                wr.PanelGrid(
+                    runsets=[runset(n, swept, f"{n}: {sweep['arm']} at each {sweep['key']}")],
+                    panels=[
+                        wr.ScatterPlot(
+                            title=f"{t} at the last generation vs {sweep['key']}",
+                            x=wr.Config("sweep_value"),
+                            y=wr.SummaryMetric(t),
+                        )
+                        for t in bar_metrics()
+                    ],
+                ),
+            ]
+    title = f"biasamp: {', '.join(names)}"
+    return wr.Report(
+        entity=entity,
+        project=project,
+        title=title[:128],
+        description="Leaning, quality and perplexity by generation, per arm; arm contrasts; neurons.",
+        blocks=blocks,
+    )
+
+
+def publish(report) -> str:
+    """Save the Report to W&B (network and an API key) and return its URL."""
     report.save()
     return report.url
 
@@ -446,10 +677,8 @@ def build(
     out: Path,
     paper: Path | None = None,
     simulation: Path | None = None,
-    entity: str | None = None,
-    project: str | None = None,
 ) -> Path:
-    """Write DIR/index.html, the figures (PNG + SVG) and wandb_report.json; returns the page's path."""
+    """Write DIR/index.html and the figures (PNG + SVG); returns the page's path."""
     if simulation is not None and not list(Path(simulation).glob("simulation_*.png")):
         raise FileNotFoundError(f"--simulation {simulation}: no simulation_*.png (run `biasamp simulate --out DIR`)")
     studies = [load(f) for f in folders]
@@ -477,6 +706,14 @@ def build(
         (fig_training(studies, out), "Training loss: per generation (mean over seeds) and per optimizer step."),
         (fig_contrasts(studies, out), "Each arm minus the baseline arm, per generation, with 95% bootstrap CIs."),
     ]
+    figures.append(
+        (
+            fig_dose_response(studies, out),
+            "A sweep's arms by their value: the last generation's change from G0 (top) and its difference from "
+            "the baseline arm (bottom), with 95% bootstrap CIs (seeds, then articles). Beyond the decay null: the "
+            "leaning minus what cutting and looping the real articles alone reads.",
+        )
+    )
     neuron_fig, top_html = fig_neurons(studies, out)
     figures.append(
         (
@@ -489,8 +726,6 @@ def build(
         for png in sorted(Path(simulation).glob("simulation_*.png")):
             shutil.copy(png, out / png.name)
             figures.append((png.stem, "The paper's appendix simulation (`biasamp simulate`)."))
-    spec = wandb_spec(studies, entity, project)
-    (out / "wandb_report.json").write_text(json.dumps(spec, indent=2) + "\n")
     body = [f"<h1>biasamp report: {html.escape(', '.join(s['label'] for s in studies))}</h1>"]
     for name, caption in figures:
         if name is None:

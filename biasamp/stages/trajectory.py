@@ -47,7 +47,6 @@ class Trajectory:
     g: int = 0
     metrics: dict = field(default_factory=dict)  # this generation's, for W&B and the log
     scores: pd.DataFrame | None = None  # this generation's, for W&B
-    loss_curve: list | None = None  # this generation's training loss per step, for W&B
     seconds: dict = field(default_factory=dict)  # this generation's wall time per stage run by this process
 
     @property
@@ -110,7 +109,7 @@ def train_stage(t: Trajectory) -> None:
     metrics["train_seconds"] = time.time() - start  # the stage's wall time, tokenizing included
     TABLES["training"].write(t.addressed(train_df[["article_id", "source"]].copy()), t.out, **t.at)
     TABLES["train_metrics"].write(t.addressed(_train_metrics(metrics, arm.train)), t.out, **t.at)
-    t.loss_curve = metrics.pop("loss_curve")
+    metrics.pop("loss_curve")  # in train_metrics, one row per step
     t.metrics.update(metrics)
     t.ckpt.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(t.model, t.tokenizer, t.ckpt)
@@ -210,7 +209,7 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
     )
     run = tracking.trajectory_run(cfg, arm_name, seed, log)
     for g in range(done, n):
-        t.g, t.metrics, t.scores, t.loss_curve, t.seconds, start = g, {}, None, None, {}, time.time()
+        t.g, t.metrics, t.scores, t.seconds, start = g, {}, None, {}, time.time()
         for stage in STAGES:
             stage(t)
         t.metrics["generation_seconds"] = time.time() - start
@@ -219,7 +218,8 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
             f"{t.metrics['gen_tokens_per_s']:.0f} tok/s)"
         )
         if run is not None:
-            tracking.log_generation(run, g, t.metrics, t.synthetic[-1], t.scores, t.loss_curve)
+            losses = TABLES["train_metrics"].read(out, arm=arm_name, seed=seed)
+            tracking.log_generation(run, g, t.metrics, t.synthetic[-1], t.scores, losses[losses.generation <= g])
             if cfg.wandb.artifacts:
                 tracking.log_artifacts(
                     run,
