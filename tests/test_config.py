@@ -8,10 +8,17 @@ from biasamp.config import ConfigError, from_dict, load_config
 CONFIGS = Path(__file__).parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "quickstart.yaml", "paper.yaml"])
-def test_shipped_configs_validate(name):
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_validate_and_say_how_to_run_them(name):
     cfg = load_config(CONFIGS / name)
-    assert cfg.arms and cfg.generations >= 3
+    assert cfg.arms and cfg.generations >= 1
+    assert (CONFIGS / name).read_text().startswith("# Run: "), name
+
+
+def test_the_sweep_config_sweeps_the_real_fraction_beside_the_synthetic_baseline():
+    cfg = load_config(CONFIGS / "sweep.yaml")
+    assert cfg.analysis.baseline_arm == "synthetic" and cfg.sweep.key == "mix.real_fraction"
+    assert [cfg.arms[cfg.sweep.arm_name(v)].mix.real_fraction for v in cfg.sweep.values] == list(cfg.sweep.values)
 
 
 def test_paper_config_is_the_papers_design():
