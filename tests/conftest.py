@@ -31,16 +31,17 @@ SMOKE_KEY = "local-" + "0123456789abcdef" * 2 + "01234567"  # a W&B key in the e
 @pytest.fixture(scope="session")
 def smoke_study(tmp_path_factory):
     """`biasamp run configs/smoke.yaml` (W&B offline), then `analyze` and `report`, once per session;
-    tests read it and never change it. A system temp dir and a user cache of its own show what a study
+    tests read it and never change it. A system temp dir and a user cache of its own show what `run`
     leaves outside its folder (Ray's session folder stays in /tmp/ray, as docs/loop.md says)."""
     base = tmp_path_factory.mktemp("smoke")
-    out, systmp, cache = base / "a", base / "systmp", base / "cache"
+    # A long folder name: the scratch folder moves to TMPDIR past 51 characters (docs/loop.md), a path tested here.
+    out, systmp, cache = base / "smoke-study-with-a-long-path-a", base / "systmp", base / "cache"
     systmp.mkdir()
     env = {"WANDB_API_KEY": SMOKE_KEY, "TMPDIR": str(systmp), "XDG_CACHE_HOME": str(cache), "RAY_TMPDIR": "/tmp"}
     run = cli("run", "configs/smoke.yaml", "--out", str(out), "--set", "wandb.mode=offline", env=env)
     assert run.returncode == 0, run.stdout + run.stderr
-    analyze = cli("analyze", str(out), env=env)
-    report = cli("report", str(out), "--out", str(out / "report"), env=env)
+    analyze = cli("analyze", str(out))  # (the report's matplotlib keeps its font cache in the user's cache)
+    report = cli("report", str(out), "--out", str(out / "report"))
     return SimpleNamespace(out=out, systmp=systmp, cache=cache, env=env, run=run, analyze=analyze, report=report)
 
 

@@ -175,7 +175,7 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(smoke_study, m
     """`biasamp run configs/smoke.yaml` twice into two folders: identical articles tables."""
     cfg = load_config(ROOT / "configs" / "smoke.yaml")
     systmp, cache, env = smoke_study.systmp, smoke_study.cache, smoke_study.env
-    outs = [smoke_study.out, smoke_study.out.with_name("b")]
+    outs = [smoke_study.out, smoke_study.out.with_name("smoke-study-with-a-long-path-b")]
     again = cli("run", "configs/smoke.yaml", "--out", str(outs[1]), "--set", "wandb.mode=offline", env=env)
     for out, res in zip(outs, (smoke_study.run, again)):
         assert res.returncode == 0, res.stdout + res.stderr
