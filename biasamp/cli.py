@@ -106,9 +106,15 @@ def run(
     """Run (or resume) a study: every (arm, seed) trajectory as a Ray task."""
     cfg = _load(config, set_, out)  # first: a bad config is refused before the study's imports
     from biasamp.backends.ray_cluster import execute
-    from biasamp.study import run_study
+    from biasamp.study import TrajectoriesFailed, run_study
 
-    result = run_study(cfg, execute, log=typer.echo)
+    try:
+        result = run_study(cfg, execute, log=typer.echo)
+    except TrajectoriesFailed as e:  # the others finished and are summarized; each failure, one line
+        typer.secho(f"error: {e}:", err=True, fg="red")
+        for line in e.lines:
+            typer.secho(f"  {line}", err=True, fg="red")
+        raise typer.Exit(1) from None
     _closing_lines(cfg, result.per_arm)
     typer.echo(f"results in {cfg.output_dir}")
 

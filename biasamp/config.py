@@ -407,6 +407,9 @@ class ResourcesConfig(_Frozen):
     gpus_per_trajectory: float = Field(0, ge=0)
     # None: start a private local Ray on 127.0.0.1; "auto" or "ray://...": join a cluster.
     ray_address: str | None = None
+    # Times a trajectory is run again after its worker or node died (it resumes from its files).
+    # A trajectory that raises is not retried: it fails alone, the others go on (see docs/cluster.md).
+    max_retries: int = Field(3, ge=0, le=100)
 
     _ray = field_validator("gpus_per_trajectory")(lambda cls, v: _ray_quantity(v))
 

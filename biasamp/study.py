@@ -66,8 +66,8 @@ class RunResult:
     per_arm: pd.DataFrame | None  # summary_arms as written (None: scoring off, or nothing to summarize)
 
 
-# execute(cfg, pending, log) -> generations run: runs the pending trajectories (the Ray layer).
-Executor = Callable[[StudyConfig, list[tuple[str, int]], Callable[[str], None]], int]
+# execute(cfg, pending, log) -> (generations run, one line per failed trajectory): the Ray layer.
+Executor = Callable[[StudyConfig, list[tuple[str, int]], Callable[[str], None]], tuple[int, list[str]]]
 
 
 def run_study(cfg: StudyConfig, execute: Executor, log=print) -> RunResult:
@@ -89,11 +89,25 @@ def run_study(cfg: StudyConfig, execute: Executor, log=print) -> RunResult:
             f"study '{cfg.study}': {len(pending)} of {total} trajectories to run, "
             f"{cfg.resources.cpus_per_trajectory:g} CPU / {cfg.resources.gpus_per_trajectory:g} GPU each"
         )
-        ran = execute(cfg, pending, log)
-        split = time_by_stage(cfg.output_dir)
-        log(split)
-        per_arm = summarize_study(cfg, log) if cfg.scoring.enabled else None
+        ran, failed = execute(cfg, pending, log)
+        split = time_by_stage(cfg.output_dir) if ran else None
+        if split:
+            log(split)
+        # What finished is summarized even when some trajectories failed: the summaries hold the
+        # trajectories that are there, and the run ends by naming those that are not.
+        scored = TABLES["scores"].where(cfg.output_dir).is_dir()
+        per_arm = summarize_study(cfg, log) if cfg.scoring.enabled and scored and not summaries_current(cfg) else None
+        if failed:
+            raise TrajectoriesFailed(len(failed), len(pending), failed)
         return RunResult(total, len(pending), ran, split, per_arm)
+
+
+class TrajectoriesFailed(Exception):
+    """Some trajectories failed; the others finished and were summarized. Rerunning runs only these."""
+
+    def __init__(self, n: int, of: int, lines: list[str]):
+        self.lines = lines
+        super().__init__(f"{n} of {of} trajectories failed (the others finished; a rerun runs only these)")
 
 
 def time_by_stage(out) -> str:

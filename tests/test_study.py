@@ -465,3 +465,28 @@ def test_an_extension_interrupted_after_its_last_trajectory_resumes_to_current_s
     for name, table in resumed.items():
         pd.testing.assert_frame_equal(table, pd.read_parquet(longer.output_dir / f"{name}.parquet"))
     assert run_study(longer, never, log=quiet).per_arm is None  # current now: nothing is rebuilt
+
+
+def test_one_failing_trajectory_stops_only_itself_and_a_rerun_runs_only_it(tmp_path):
+    """A planted failure in one arm (its log path is a folder: it cannot write a line): the other arm
+    finishes and is summarized, the run lists the failure and exits 1, the report names what is missing,
+    and once the cause is gone a rerun runs only the failed trajectory."""
+    out = tmp_path / "out"
+    planted = out / "logs" / "preservation__seed0.log"
+    planted.mkdir(parents=True)
+    args = ["run", "configs/smoke.yaml", "--out", str(out), "--set", TWO_ARMS, "--set", "seeds=[0]"]
+    args += ["--set", "generations=1", "--set", "wandb.mode=disabled"]
+    res = cli(*args)
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[0] == "error: 1 of 2 trajectories failed (the others finished; a rerun runs only these):"
+    assert lines[1] == f"  preservation__seed0: IsADirectoryError: {planted}: Is a directory (log: {planted})"
+    assert len(lines) == 2 and "[synthetic/seed0] finished" in res.stdout
+    assert set(pd.read_parquet(out / "summary_arms.parquet")["arm"]) == {"synthetic"}
+    report = cli("report", str(out), "--out", str(out / "report"))
+    assert report.returncode == 0 and "preservation/seed0</p>" in (out / "report" / "index.html").read_text()
+    planted.rmdir()
+    again = cli(*args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 of 2 trajectories to run" in again.stdout and "[preservation/seed0] finished" in again.stdout
+    assert set(pd.read_parquet(out / "summary_arms.parquet")["arm"]) == {"synthetic", "preservation"}

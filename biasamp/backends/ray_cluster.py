@@ -37,7 +37,10 @@ def _trajectory_task(cfg: StudyConfig, arm: str, seed: int, cpus: float, progres
     def log(message: str) -> None:
         with logfile.open("a") as fh:
             fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
-        progress.put(message)
+        try:  # best effort: the log file is the record; the driver's console must not fail the trajectory
+            progress.put(message, timeout=5)
+        except Exception:
+            pass
 
     with artifacts.scratch_space(cfg.output_dir):  # on another node too: its temp files under the study's scratch
         try:
@@ -48,8 +51,10 @@ def _trajectory_task(cfg: StudyConfig, arm: str, seed: int, cpus: float, progres
             raise
 
 
-def execute(cfg: StudyConfig, pending: list[tuple[str, int]], log=print) -> int:
-    """Run the pending (arm, seed) trajectories as Ray tasks; returns how many generations were run."""
+def execute(cfg: StudyConfig, pending: list[tuple[str, int]], log=print) -> tuple[int, list[str]]:
+    """Run the pending (arm, seed) trajectories as Ray tasks; returns how many generations were run
+    and, for each trajectory that failed, one line (its error's first line and its log file). A
+    failure stops only its own trajectory: the others run to the end."""
     if cfg.resources.ray_address is None:
         # On Linux Ray binds a "local" cluster to the machine's outward address; this makes it use
         # 127.0.0.1 (read when ray is first imported, and inherited by the workers it starts).
@@ -57,7 +62,7 @@ def execute(cfg: StudyConfig, pending: list[tuple[str, int]], log=print) -> int:
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.queue import Queue
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
     started_here = not ray.is_initialized()
     on_sigterm = signal.getsignal(signal.SIGTERM)
@@ -94,13 +99,17 @@ def execute(cfg: StudyConfig, pending: list[tuple[str, int]], log=print) -> int:
         whole = {u: sum(b.get(u, 0) for b in bundles) + workers.get(u, 0) for u in ("CPU", "GPU")}
         in_flight = max(1, int(min(have.get(u, 0) // n for u, n in whole.items() if n)))
         log(f"DeepSpeed workers outside the trajectories' groups: at most {in_flight} trajectories at once")
-    # A failed trajectory (its worker died) is retried once; it resumes from its last finished stage.
-    task = ray.remote(max_retries=1)(_trajectory_task)
+    # A trajectory whose worker or node died is run again (it resumes from its last finished stage);
+    # one that raises is not (retry_exceptions is off): the same input fails the same way.
+    task = ray.remote(max_retries=res.max_retries)(_trajectory_task)
     t0 = time.time()
-    ran = 0
+    ran, failed = 0, []
     groups, names = {}, {}  # task ref -> its trajectory's placement group, its name
     try:
-        progress = Queue()
+        # The progress queue is an actor: pinned to the driver's node, with no CPU, so that no other
+        # node's death takes it (Ray would otherwise place it anywhere, e.g. on a worker of a 0-CPU head).
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         queued, remaining = list(pending), []
         while queued or remaining:
             while queued and len(remaining) < in_flight:
@@ -120,26 +129,30 @@ def execute(cfg: StudyConfig, pending: list[tuple[str, int]], log=print) -> int:
                 log(f"{time.time() - t0:6.0f}s {message}")
             for ref in ready:
                 remove_placement_group(groups.pop(ref))  # its resources go to the next queued trajectory
+                done = len(pending) - len(queued) - len(remaining)
                 try:
                     arm, seed, n = ray.get(ref)
-                except ray.exceptions.RayTaskError as e:  # the worker's traceback is in its log file
-                    if isinstance(e.cause, (ValueError, OSError)):
-                        log_file = cfg.output_dir / "logs" / f"{names[ref]}.log"
-                        cause = e.cause
-                        what = f"{cause.filename}: {cause.strerror}" if getattr(cause, "filename", None) else str(cause)
-                        raise ValueError(
-                            f"{names[ref]}: {what.strip().splitlines()[0]} (traceback in {log_file})"
-                        ) from None
-                    raise
+                except ray.exceptions.RayError as e:  # the worker's traceback is in its log file
+                    failed.append(f"{names[ref]}: {_first_line(e)} (log: {cfg.output_dir / 'logs' / names[ref]}.log)")
+                    log(f"{time.time() - t0:6.0f}s [{names[ref]}] failed ({done}/{len(pending)} trajectories)")
+                    continue
                 ran += n
-                done = len(pending) - len(queued) - len(remaining)
                 log(f"{time.time() - t0:6.0f}s [{arm}/seed{seed}] finished ({done}/{len(pending)} trajectories)")
     finally:
         for pg in groups.values():
             remove_placement_group(pg)
         if started_here:
             ray.shutdown()
-    return ran
+    return ran, failed
+
+
+def _first_line(e: Exception) -> str:
+    """What went wrong, in one line: the trajectory's own exception where it raised one (a file and
+    its error for an OSError), else Ray's (a worker or node lost after every retry)."""
+    cause = getattr(e, "cause", None) or e
+    what = f"{cause.filename}: {cause.strerror}" if getattr(cause, "filename", None) else str(cause)
+    lines = [line.strip() for line in what.strip().splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def _worker_env() -> dict[str, str]:

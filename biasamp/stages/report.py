@@ -50,6 +50,7 @@ def load(folder: Path) -> dict:
         "folder": folder,
         "label": folder.name,
         "summary_arms": _read(folder, "summary_arms"),
+        "summary": _read(folder, "summary"),
         "train_metrics": _read(folder, "train_metrics"),
         "contrasts": _read(folder, "arm_contrasts"),
         "trends": _read(folder, "arm_trends"),
@@ -57,6 +58,17 @@ def load(folder: Path) -> dict:
         "neuron_summary": json.loads(nsum.read_text()) if nsum.exists() else {},
         "manifest": json.loads(manifest.read_text()) if manifest.exists() else None,
     }
+
+
+def unfinished(study: dict) -> list[str]:
+    """The config's (arm, seed) trajectories whose last generation is not in the summary table."""
+    config = (study["manifest"] or {}).get("config") or {}
+    if not config.get("arms") or study["summary"] is None:
+        return []
+    last = config["generations"] - 1
+    done = study["summary"][study["summary"]["generation"] == last]
+    done = set(zip(done["arm"], done["seed"]))
+    return [f"{arm}/seed{seed}" for arm in config["arms"] for seed in config["seeds"] if (arm, seed) not in done]
 
 
 def _colours(studies: list[dict], paper: dict | None) -> dict[str, str]:
@@ -739,6 +751,11 @@ def build(
         body.append("<h2>Top neurons (smallest p per target)</h2>" + top_html)
     for s in studies:
         body.append(f"<h2>{html.escape(s['label'])}</h2>")
+        if missing := unfinished(s):
+            body.append(
+                f"<p><strong>Not in these tables</strong> (failed or not run yet; `biasamp run` runs only them): "
+                f"{html.escape(', '.join(missing))}</p>"
+            )
         if s["contrasts"] is not None:
             last = s["contrasts"].sort_values("generation").groupby(["study", "arm", "target"]).tail(1)
             body.append(
