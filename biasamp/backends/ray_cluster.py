@@ -100,8 +100,9 @@ def execute(cfg: StudyConfig, pending: list[tuple[str, int]], log=print) -> tupl
         in_flight = max(1, int(min(have.get(u, 0) // n for u, n in whole.items() if n)))
         log(f"DeepSpeed workers outside the trajectories' groups: at most {in_flight} trajectories at once")
     # A trajectory whose worker or node died is run again (it resumes from its last finished stage);
-    # one that raises is not (retry_exceptions is off): the same input fails the same way.
-    task = ray.remote(max_retries=res.max_retries)(_trajectory_task)
+    # one that raises anything else is not: the same input fails the same way.
+    # A vLLM engine's death (RayActorError inside the trajectory) counts as a lost worker too.
+    task = ray.remote(max_retries=res.max_retries, retry_exceptions=[ray.exceptions.RayActorError])(_trajectory_task)
     t0 = time.time()
     ran, failed = 0, []
     groups, names = {}, {}  # task ref -> its trajectory's placement group, its name
