@@ -3,7 +3,7 @@ and compare everything it wrote with an uninterrupted run. Further trials stop t
 SIGTERM (what schedulers and `ray job stop` send) or SIGINT (Ctrl-C), which must end it with one line
 and exit 143 / 130; interrupt an extension (a finished 2-generation study run again to 3) after its
 last trajectory; and fill the disk (the study on a tmpfs too small for it, then grown: skipped where
-the machine cannot mount one), which must end with one line naming the file.
+the machine cannot mount one), which must end with each failed trajectory in one line naming its file.
 
 Each trial starts `biasamp run` in a process session of its own, watches its output folder and log,
 kills the session (driver, Ray and every worker) the moment its kill point is reached, then runs
@@ -193,8 +193,9 @@ def trial(name: str, point, work: Path, reference: Path, sig=signal.SIGKILL, fir
     last_line = log.read_text(errors="replace").strip().splitlines()[-1] if log.read_text().strip() else ""
     if sig in (signal.SIGTERM, signal.SIGINT):  # one line, its exit status
         stopped_right = rc == 128 + sig and last_line.startswith(f"stopped by {signal.Signals(sig).name}")
-    elif tmpfs_mb:  # the disk filled: one line naming the file; then the disk grows and the run resumes
-        reached = rc == 2 and "no space left on device" in last_line
+    elif tmpfs_mb:  # the disk filled: each failed trajectory in one line naming its file, exit 1; then the
+        # disk grows and the run resumes
+        reached = rc == 1 and "no space left on device" in last_line
         stopped_right = reached
         subprocess.run(["mount", "-o", "remount,size=4g", str(out.parent)], check=True)
     else:

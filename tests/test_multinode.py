@@ -1,6 +1,7 @@
 """A real multi-node Ray on this machine: a head with no CPUs and worker nodes on 127.0.0.1 (Ray's own
 `ray.cluster_utils.Cluster`, which starts each node's processes as `ray start` does). The smoke study
-runs on it through `resources.ray_address`; a worker node is killed while trajectories train G1. The
+runs on it through `resources.ray_address`; a worker node is killed while trajectories train G1, or
+while they generate D1. The
 driver's progress queue is pinned to the driver's node, so a worker's death never takes it (with a
 0-CPU head Ray placed it on a worker, whose death ended the study)."""
 
@@ -34,7 +35,8 @@ def _sorted(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path).sort_values(["arm", "seed", "generation", "article_id"]).reset_index(drop=True)
 
 
-def test_a_worker_node_killed_while_training_costs_nothing_but_time(cluster, smoke_study, tmp_path):
+@pytest.mark.parametrize("kill_at", ["G1/2: training", "G1/2: writing"])  # training G1; generating D1
+def test_a_worker_node_killed_mid_study_costs_nothing_but_time(cluster, smoke_study, tmp_path, kill_at):
     c, workers = cluster
     out = tmp_path / "study"
     run = subprocess.Popen(
@@ -50,7 +52,7 @@ def test_a_worker_node_killed_while_training_costs_nothing_but_time(cluster, smo
     def read():
         for line in run.stdout:
             lines.append(line)
-            if "G1/2: training" in line and not killed.is_set():
+            if kill_at in line and not killed.is_set():
                 killed.set()
                 c.remove_node(workers[0], allow_graceful=False)  # SIGKILL to the node's processes
 
@@ -68,3 +70,5 @@ def test_a_worker_node_killed_while_training_costs_nothing_but_time(cluster, smo
         assert a.read_bytes() == b.read_bytes(), b
     # The trajectory that lost its node started again (resources.max_retries) and resumed from its files.
     assert "resuming after G0" in log, log[-3000:]
+    if kill_at.endswith("writing"):  # G1's checkpoint was saved before it generated: not retrained
+        assert "checkpoint found, skipping training" in log, log[-3000:]
