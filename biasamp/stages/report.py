@@ -62,7 +62,7 @@ def load(folder: Path) -> dict:
 
 def unfinished(study: dict) -> list[str]:
     """The config's (arm, seed) trajectories whose last generation is not in the summary table."""
-    config = (study["manifest"] or {}).get("config") or {}
+    config = _config(study)
     if not config.get("arms") or study["summary"] is None:
         return []
     last = config["generations"] - 1
@@ -399,7 +399,7 @@ def dose_targets() -> list[tuple[str, str]]:
 def dose_response(study: dict) -> pd.DataFrame | None:
     """A sweep's arms as rows per (value, target): the last generation's change from G0 (arm_trends)
     and its contrast with the baseline arm (arm_contrasts), with 95% CIs. None without a sweep."""
-    sweep = ((study["manifest"] or {}).get("config") or {}).get("sweep")
+    sweep = _config(study).get("sweep")
     if not sweep or study["trends"] is None:
         return None
     rows = []
