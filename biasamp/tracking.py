@@ -60,8 +60,9 @@ def trajectory_run(cfg: StudyConfig, arm: str, seed: int, log=print):
     if cfg.wandb.mode == "disabled":
         return None
     extra = {"arm": arm, "seed": seed}
-    if cfg.sweep and cfg.sweep.value_of(arm) is not None:
-        extra |= {"sweep_key": cfg.sweep.key, "sweep_value": cfg.sweep.value_of(arm)}
+    dose = cfg.sweep.value_of(arm) if cfg.sweep else None
+    if dose is not None:
+        extra |= {"sweep_key": cfg.sweep.key, "sweep_value": dose}
     run = _init(cfg, f"{arm}-seed{seed}", f"{arm}/seed{seed}", arm, [arm, f"seed{seed}", cfg.study], extra, log)
     run.define_metric("generation")
     run.define_metric("*", step_metric="generation")
