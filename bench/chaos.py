@@ -13,7 +13,11 @@ outlived the kill by 30 s (and which), and what was left in the system temp dir,
 the study folder.
 
     python bench/chaos.py [--random 10] [--points all|after_last_trajectory,...] [--seed 0]
-                          [--stops all|none|sigterm_training,...]
+                          [--stops all|none|sigterm_training,...] [--nodes all|none|node_training,...] [--repeats 1]
+
+`--nodes` runs the study on a multi-node Ray on this machine and SIGKILLs a worker node mid-study
+(NODE_KILLS): the same run must finish, with the reference run's tables and weights, and nothing of
+the killed node or of the study may be left 30 s later.
 
 Prints `k/N identical`; exit status 1 when any trial differs or leaves orphans or debris.
 """
@@ -24,6 +28,7 @@ import argparse
 import glob
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -66,6 +71,18 @@ STOPS = {
     "extension_after_last_trajectory": (POINTS["after_last_trajectory"], signal.SIGKILL, 2, None),
     "extension_sigint_after_last_trajectory": (POINTS["after_last_trajectory"], signal.SIGINT, 2, None),
     "disk_full": (None, None, None, 60),
+}
+
+
+# Node kills on a real multi-node Ray (`ray.cluster_utils.Cluster`: a 0-CPU head, as the shipped cluster
+# files have it, and 1-CPU worker nodes on loopback): the first worker is SIGKILLed when a trajectory
+# on it prints the line, and the same `biasamp run` must finish. In `node_shared_actors` the second
+# worker joins only once the run has connected, so the first was alone when the driver made its
+# progress queue: Ray put the queue there until it was pinned to the driver's node (the study exited 1).
+NODE_KILLS = {
+    "node_training": ("G1/2: training", False),
+    "node_generating": ("G1/2: writing", False),
+    "node_shared_actors": ("G1/2: training", True),
 }
 
 
@@ -237,12 +254,142 @@ def trial(name: str, point, work: Path, reference: Path, sig=signal.SIGKILL, fir
     }
 
 
+def _node_processes(node) -> list:
+    """A Ray node's processes: those Ray started for it and theirs (its raylet's workers)."""
+    import psutil
+
+    procs = []
+    for infos in node.all_processes.values():
+        for info in infos:
+            try:
+                p = psutil.Process(info.process.pid)
+                procs += [p, *p.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+    return procs
+
+
+def _title(p) -> str:
+    """A process's command line; what Ray names a worker: ray::IDLE, or ray::TASK while it runs one."""
+    try:
+        return " ".join(p.cmdline())
+    except Exception:  # psutil.Error: gone
+        return ""
+
+
+def _runs_a_task(title: str) -> bool:
+    """A Ray worker running a task or actor (`ray::_trajectory_task`, `ray::Queue`), not an idle one
+    or a node's own agents."""
+    return title.startswith("ray::") and title.split()[0][5:] not in ("IDLE", "DashboardAgent", "RuntimeEnvAgent")
+
+
+def _still_running(procs: list, within: float) -> list:
+    """Those of `procs` still running after up to `within` seconds."""
+    import psutil
+
+    def running(p) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    deadline = time.time() + within
+    while (alive := [p for p in procs if running(p)]) and time.time() < deadline:
+        time.sleep(1)
+    return alive
+
+
+# What of a finished study is still on the cluster: placement groups not removed, actors not dead.
+_LEFT_ON_CLUSTER = """
+import sys, ray
+ray.init(address=sys.argv[1], logging_level="ERROR")
+from ray._private.state import actors
+print(*[f"group:{g['name']}" for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"],
+      *[f"actor:{a['ActorClassName']}" for a in actors().values() if a["State"] != "DEAD"])
+"""
+
+
+def node_trial(name: str, work: Path, reference: Path) -> dict:
+    """The study on a fresh multi-node Ray; the first worker node SIGKILLed at NODE_KILLS[name]."""
+    from ray.cluster_utils import Cluster
+
+    kill_at, joins_late = NODE_KILLS[name]
+    out, sandbox, log = work / name / "out", work / name / "sandbox", work / name / "run.log"
+    sandbox.mkdir(parents=True)
+    # The cluster's processes and the run's on loopback (otherwise Ray resolves 127.0.0.1 to the
+    # machine's outward address), under the trial's Ray folder.
+    env = {**_env(sandbox), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    os.environ.update(RAY_TMPDIR=env["RAY_TMPDIR"], RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    head = {"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False}  # the GCS answers the checks
+    c = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        first = c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        others = [] if joins_late else [c.add_node(num_cpus=1, node_ip_address="127.0.0.1")]
+        c.wait_for_nodes()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "biasamp.cli", "run", *STUDY, "--out", str(out)]
+            + ["--set", f"resources.ray_address={c.address}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        t0, killed_at, killed, on_first = time.time(), None, [], set()
+        with log.open("w") as fh:
+            for line in proc.stdout:
+                fh.write(line)
+                if joins_late and not others and "Ray at " in line:  # connected, its queue placed: a second node
+                    others.append(c.add_node(num_cpus=1, node_ip_address="127.0.0.1"))
+                if m := re.search(r"\[(\S+)\] on node (\w+)", line):  # each trajectory names its node as it starts
+                    (on_first.add if first.node_id.startswith(m[2]) else on_first.discard)(m[1])
+                tag = re.match(r"\s*\d+s \[(\S+)\]", line)
+                if kill_at in line and killed_at is None and tag and tag[1] in on_first:
+                    killed, killed_at = _node_processes(first), time.time() - t0
+                    c.remove_node(first, allow_graceful=False)  # SIGKILL to the node's processes
+        rc = proc.wait(timeout=300)
+        # Nothing left 30 s after the run: no process of the killed node, no worker of the living
+        # ones still running a task, no placement group or actor of the study on the cluster.
+        busy = [p for n in [c.head_node, *others] for p in _node_processes(n) if _runs_a_task(_title(p))]
+        orphans = [_title(p)[:60] or str(p.pid) for p in _still_running(killed + busy, 30)]
+        left = subprocess.run(
+            [sys.executable, "-c", _LEFT_ON_CLUSTER, c.address], env=env, capture_output=True, text=True
+        )
+        orphans += left.stdout.split() if left.returncode == 0 else [f"state query failed: {left.stderr[-200:]}"]
+    finally:
+        c.shutdown()
+    text = log.read_text(errors="replace")
+    ref, got = _tables(reference), _tables(out)
+    same = rc == 0 and ref.keys() == got.keys() and all(ref[k].equals(got[k]) for k in ref)
+    same = same and _weights(reference) == _weights(out)
+    debris = [str(p.relative_to(sandbox)) for d in ("tmp", "cache") for p in (sandbox / d).rglob("*")]
+    debris += [str(p.relative_to(out)) for p in out.rglob(".*.tmp")] + [".scratch"] * (out / ".scratch").exists()
+    return {
+        "trial": name,
+        "killed": killed_at is not None,
+        "at_s": round(killed_at or 0, 1),
+        "rc": rc,
+        "one_line": True,  # nothing to say: the same run goes on
+        "said": "",
+        "identical": same,
+        "retried": "resuming after G0" in text,
+        "orphans": len(orphans),
+        "orphan_names": ",".join(sorted(set(orphans))),
+        "debris": len(debris),
+        "debris_example": debris[0] if debris else "",
+        "resume_rc": "",  # no rerun: the run that lost a node finished by itself
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--random", type=int, default=10, help="Kills at random times within the reference run's duration.")
     ap.add_argument("--points", default="all", help="Targeted points, comma-separated, or 'all' / 'none'.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stops", default="all", help="Trials of STOPS, comma-separated, or 'all' / 'none'.")
+    ap.add_argument("--nodes", default="none", help="Trials of NODE_KILLS, comma-separated, or 'all' / 'none'.")
+    ap.add_argument("--repeats", type=int, default=1, help="How many times each node kill runs.")
     ap.add_argument("--work", type=Path, default=None, help="Folder for the runs (default: a temp folder, removed).")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="biasamp-chaos-", dir="/tmp"))
@@ -276,7 +423,12 @@ def main() -> int:
             point, sig, first, tmpfs_mb = STOPS[name]
             rows.append(trial(name, point, work, reference, sig or signal.SIGKILL, first, tmpfs_mb))
             print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
-        table = pd.DataFrame(rows).reindex(columns=[*rows[0], "skipped"])
+        nodes = list(NODE_KILLS) if args.nodes == "all" else [] if args.nodes == "none" else args.nodes.split(",")
+        for i in range(args.repeats):
+            for name in nodes:
+                rows.append(node_trial(name, work / f"repeat{i}", reference))
+                print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
+        table = pd.DataFrame(rows).reindex(columns=[*dict.fromkeys(k for r in rows for k in r), "skipped"])
         killed = table[table["killed"] == True]  # noqa: E712 (NaN for skipped trials)
         for _, row in table[table["skipped"].notna()].iterrows():
             print(f"skipped {row['trial']}: {row['skipped']}")
@@ -286,7 +438,15 @@ def main() -> int:
             f"one line with their exit status: {int(killed['one_line'].sum())}/{len(killed)}; orphaned Ray processes: "
             f"{int(killed['orphans'].sum())}; trials leaving debris: {int((killed['debris'] > 0).sum())}"
         )
+        if nodes:
+            ran = killed[killed["trial"].isin(nodes)]
+            print(
+                f"worker nodes killed: {len(ran)}; the same run finished identical: {int(ran['identical'].sum())}/"
+                f"{len(ran)}; the killed trajectory retried and resumed: {int(ran['retried'].sum())}/{len(ran)}"
+            )
         bad = (~killed["identical"]).any() or (~killed["one_line"]).any() or killed["orphans"].sum()
+        unkilled = table[table["trial"].isin(nodes) & (table["killed"] != True)]  # noqa: E712
+        bad = bad or len(unkilled)  # a node trial that never reached its kill point proves nothing
         return 1 if bad or (killed["debris"] > 0).any() else 0
     finally:
         for link in work.glob("*/sandbox/ray-link"):

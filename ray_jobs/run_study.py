@@ -7,8 +7,11 @@ Arguments are those of `biasamp run`.
 
 import sys
 
-from biasamp.cli import app
+from biasamp.cli import cli
 
 if __name__ == "__main__":
-    # Join the cluster this job runs in instead of starting a private local Ray.
-    sys.exit(app(["run", *sys.argv[1:], "--set", "resources.ray_address=auto"]))
+    # Join the cluster this job runs in instead of starting a private local Ray. Through `cli`, as the
+    # `biasamp` command: `ray job stop` sends SIGTERM, which then ends the run in one line after its
+    # placement groups are removed (the default action killed the driver on the spot).
+    sys.argv = ["biasamp", "run", *sys.argv[1:], "--set", "resources.ray_address=auto"]
+    cli()

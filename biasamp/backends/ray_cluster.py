@@ -42,6 +42,10 @@ def _trajectory_task(cfg: StudyConfig, arm: str, seed: int, cpus: float, progres
         except Exception:
             pass
 
+    import ray
+
+    # Which node a trajectory ran on, in its log: where to look when a node's death or disk failed it.
+    log(f"[{arm}/seed{seed}] on node {ray.get_runtime_context().get_node_id()[:12]} ({ray.util.get_node_ip_address()})")
     with artifacts.scratch_space(cfg.output_dir):  # on another node too: its temp files under the study's scratch
         try:
             return arm, seed, run_trajectory(cfg, arm, seed, log=log)
@@ -55,9 +59,11 @@ def execute(cfg: StudyConfig, pending: list[tuple[str, int]], log=print) -> tupl
     """Run the pending (arm, seed) trajectories as Ray tasks; returns how many generations were run
     and, for each trajectory that failed, one line (its error's first line and its log file). A
     failure stops only its own trajectory: the others run to the end."""
-    if cfg.resources.ray_address is None:
-        # On Linux Ray binds a "local" cluster to the machine's outward address; this makes it use
-        # 127.0.0.1 (read when ray is first imported, and inherited by the workers it starts).
+    address = cfg.resources.ray_address
+    if address is None or address.split("://")[-1].split(":")[0] in ("127.0.0.1", "localhost"):
+        # On Linux Ray binds a "local" cluster to the machine's outward address, and resolves a
+        # loopback address to it too (a driver then waits minutes for a cluster it cannot reach); this
+        # makes it use 127.0.0.1 (read when ray is first imported, inherited by the workers it starts).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
