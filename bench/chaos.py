@@ -370,7 +370,7 @@ def node_trial(name: str, work: Path, reference: Path) -> dict:
         "killed": killed_at is not None,
         "at_s": round(killed_at or 0, 1),
         "rc": rc,
-        "one_line": True,  # nothing to say: the same run goes on
+        "one_line": rc == 0,  # no stop to report: the same run goes on and must end 0
         "said": "",
         "identical": same,
         "retried": "resuming after G0" in text,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -66,9 +67,16 @@ def runs(out: Path) -> dict[str, list[tuple[Path, list]]]:
     found: dict[str, list] = {}
     for folder in sorted(Path(out, "wandb").glob("offline-run-*")):
         (f,) = folder.glob("run-*.wandb")
-        recs = records(f)
-        (run,) = [r.run for r in recs if r.WhichOneof("record_type") == "run"]
-        found.setdefault(run.run_id, []).append((folder, recs))
+        # W&B's service process writes the file: on a loaded machine its records may land a moment
+        # after `finish()` returns (seen once in the full suite: a file without its run record yet).
+        deadline = time.time() + 30
+        while True:
+            recs = records(f)
+            if run := [r.run for r in recs if r.WhichOneof("record_type") == "run"]:
+                break
+            assert time.time() < deadline, f"{f}: no run record"
+            time.sleep(0.5)
+        found.setdefault(run[0].run_id, []).append((folder, recs))
     return found
 
 
