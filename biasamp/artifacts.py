@@ -190,15 +190,6 @@ def write_npz(path: Path, **arrays) -> None:
         np.savez_compressed(fh, **arrays)
 
 
-def sha256(path: Path) -> str:
-    """A file's SHA-256, read in 1 MB blocks."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_json(obj, path: Path) -> None:
     with atomic(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

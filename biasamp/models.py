@@ -1,4 +1,5 @@
-"""Load the base model and tokenizer a config names, and save/load generation checkpoints."""
+"""Load the base model and tokenizer a config names (a random-init architecture included), a model's
+perplexity of texts, and save/load generation checkpoints."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2Tokenizer
 
-from biasamp.artifacts import sha256
 from biasamp.config import ModelConfig
-from biasamp.files import atomic
+from biasamp.files import atomic, sha256
+from biasamp.text import by_length
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ARCHITECTURES = Path(__file__).parent / "data" / "architectures"  # published config.json fields, no weights
 
 
 def package_dir(package: str) -> Path:
@@ -56,14 +59,38 @@ def _gguf_location(cfg: ModelConfig) -> tuple[str, str]:
     return cfg.name, cfg.gguf_file
 
 
-def load_base_model(cfg: ModelConfig, vocab_size: int, seed: int = 0):
+def architecture_config(cfg: ModelConfig, vocab_size: int | None = None):
+    """The config a randomly initialised model (kind tiny_gpt2 or architecture) is built from; its
+    vocabulary is the study tokenizer's (`vocab_size`), so every token it writes decodes."""
     if cfg.kind == "tiny_gpt2":
-        torch.manual_seed(seed)
         t = cfg.tiny
-        config = GPT2Config(
-            vocab_size=vocab_size, n_layer=t.n_layer, n_embd=t.n_embd, n_head=t.n_head, n_positions=t.n_positions
-        )
-        return GPT2LMHeadModel(config)
+        config = GPT2Config(n_layer=t.n_layer, n_embd=t.n_embd, n_head=t.n_head, n_positions=t.n_positions)
+    else:
+        shipped = ARCHITECTURES / f"{cfg.name}.json"
+        path = shipped if shipped.is_file() else Path(cfg.name)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            names = ", ".join(sorted(p.stem for p in ARCHITECTURES.glob("*.json")))
+            raise ValueError(f"model.name: '{cfg.name}' is neither a shipped architecture ({names}) nor a config.json")
+        fields = json.loads(path.read_text())
+        for token in ("bos_token_id", "eos_token_id", "pad_token_id"):  # the released tokenizer's, not ours
+            fields.pop(token, None)
+        known = AutoConfig.for_model(fields["model_type"])
+        for key in cfg.overrides:
+            if not hasattr(known, key):
+                raise ValueError(f"model.overrides: '{key}' is not a field of {known.model_type} configs")
+        # Built with the overrides, not changed after: fields derived at init (Qwen2's layer_types) follow.
+        config = AutoConfig.for_model(**{**fields, **cfg.overrides})
+    if vocab_size is not None:
+        config.vocab_size = vocab_size
+    return config
+
+
+def load_base_model(cfg: ModelConfig, vocab_size: int, seed: int = 0):
+    if cfg.kind in ("tiny_gpt2", "architecture"):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(architecture_config(cfg, vocab_size), dtype=torch.float32)
     if cfg.kind == "gguf":
         name, gguf = _gguf_location(cfg)
         model = AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf, dtype=torch.float32)
@@ -84,6 +111,31 @@ def load_base_model(cfg: ModelConfig, vocab_size: int, seed: int = 0):
 def load_checkpoint(path: Path):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return model, _with_pad(AutoTokenizer.from_pretrained(path))
+
+
+@torch.no_grad()
+def perplexities(model, tokenizer, texts: list[str], max_tokens: int, batch_size: int) -> np.ndarray:
+    """exp(mean next-token NLL) per text, padding masked out."""
+    out = np.full(len(texts), np.nan)
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    limit = min(max_tokens, getattr(model.config, "max_position_embeddings", None) or max_tokens)
+    try:
+        for idx in by_length(texts, batch_size):
+            enc = tokenizer(
+                [texts[i] for i in idx], truncation=True, max_length=limit, padding=True, return_tensors="pt"
+            ).to(model.device)
+            # float32 log-softmax over the vocabulary (a float64 copy of the logits costs more than the
+            # forward pass for a 49k-50k vocabulary); per-token losses are summed in float64.
+            logits = model(**enc, use_cache=False).logits[:, :-1]
+            target = enc["input_ids"][:, 1:]
+            mask = enc["attention_mask"][:, 1:].double()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none").double()
+            n = mask.sum(dim=1)
+            ppl = torch.exp((nll * mask).sum(dim=1) / n.clamp(min=1))
+            out[idx] = torch.where(n > 0, ppl, torch.nan).cpu().numpy()
+    finally:
+        tokenizer.padding_side = side
+    return out
 
 
 CHECKPOINT_FILES = "biasamp_files.json"  # in each checkpoint: every file's size and hash, to verify it on resume

@@ -67,19 +67,17 @@ def _available(load, name: str, key: str):
 
 def model_config(cfg: StudyConfig):
     """The study model's architecture config (no weights loaded); its tokenizer is loaded too."""
-    from transformers import AutoConfig, GPT2Config
+    from transformers import AutoConfig
 
-    from biasamp.models import _gguf_location, load_tokenizer
+    from biasamp.models import _gguf_location, architecture_config, load_tokenizer
 
     m = cfg.model
     if m.tokenizer is not None or m.kind != "gguf":
         _available(
             lambda _: load_tokenizer(m), m.tokenizer or m.name, "model.tokenizer" if m.tokenizer else "model.name"
         )
-    if m.kind == "tiny_gpt2":
-        return GPT2Config(
-            n_layer=m.tiny.n_layer, n_embd=m.tiny.n_embd, n_head=m.tiny.n_head, n_positions=m.tiny.n_positions
-        )
+    if m.kind in ("tiny_gpt2", "architecture"):
+        return architecture_config(m)
     if m.kind == "gguf":
         name, gguf = _gguf_location(m)
         if not (Path(name) / gguf).is_file():

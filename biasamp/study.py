@@ -15,6 +15,7 @@ import pandas as pd
 
 from biasamp import artifacts
 from biasamp.config import ClassifierConfig, ModelConfig, StudyConfig, apply_overrides, from_dict, updated
+from biasamp.files import sha256
 from biasamp.instruments.leaning import load_calibration
 from biasamp.preflight import check_libraries, check_resources, check_study, local_machine
 from biasamp.stages.summarize import SETTINGS_KEY, write_summaries
@@ -136,7 +137,7 @@ def summary_inputs(cfg: StudyConfig, calibration: pd.DataFrame | None) -> str:
     the prevalence method and its calibration table. Both summary files record it; a summary that
     records other inputs is stale (e.g. an extension interrupted after its last trajectory)."""
     where = TABLES["scores"].where(cfg.output_dir)
-    files = {f.stem: artifacts.sha256(f)[:16] for f in sorted(where.glob("*.parquet"))} if where.is_dir() else {}
+    files = {f.stem: sha256(f)[:16] for f in sorted(where.glob("*.parquet"))} if where.is_dir() else {}
     cal = None if calibration is None else str(pd.util.hash_pandas_object(calibration, index=False).sum())
     c = cfg.scoring
     return json.dumps(

@@ -156,6 +156,19 @@ CASES = [
     ),
     ("tokenizer missing", {}, _run("model.tokenizer={tmp}/no-tok"), "model.tokenizer: '{tmp}/no-tok' is not available"),
     (
+        "unknown architecture",
+        {},
+        _run("model.kind=architecture", "model.name=qwen-9b"),
+        "model.name: 'qwen-9b' is neither a shipped architecture (gpt2, llama-3.2-1b,",
+    ),
+    (
+        "architecture override of another family",
+        {},
+        _run("model.kind=architecture", "model.name=qwen2.5-0.5b", "model.overrides={n_layer: 2}"),
+        "model.overrides: 'n_layer' is not a field of qwen2 configs",
+    ),
+    ("overrides on a hub model", {}, _run("model.overrides={n_layer: 2}"), "overrides: only kind architecture"),
+    (
         "offline kind with hub id",
         {},
         _run("scoring.classifier.kind=offline", "scoring.classifier.name=wu981526092/bias_classifier_roberta"),

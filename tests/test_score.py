@@ -9,8 +9,7 @@ from biasamp.config import ClassifierConfig, ModelConfig
 from biasamp.instruments import load_classifier
 from biasamp.instruments.hf import class_probabilities, leaning
 from biasamp.instruments.quality import quality_index
-from biasamp.models import load_base_model, load_tokenizer
-from biasamp.stages.score import perplexities
+from biasamp.models import load_base_model, load_tokenizer, perplexities
 from biasamp.stages.summarize import import_paper, summarize
 from biasamp.tables import TABLES
 from biasamp.text import sentences

@@ -12,9 +12,11 @@ study's output folder, which on a multi-node cluster is shared storage).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
+import resource
 import shutil
 import sys
 from pathlib import Path
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 
 from biasamp.config import TrainConfig
-from biasamp.stages.train import make_trainer, register_trainer, tokenized, train_metrics
+from biasamp.stages.train import make_trainer, register_trainer, tokenized, train_metrics, training_arguments
 from biasamp.text import training_text
 
 # One per environment: DeepSpeed recompiles (under a file lock) for another interpreter or torch.
@@ -35,13 +37,22 @@ EXTENSIONS_CACHE = (
 )
 
 
-def deepspeed_config(cfg: TrainConfig) -> dict:
+def deepspeed_config(cfg: TrainConfig, hidden_size: int) -> dict:
     """The ZeRO config; "auto" values are filled by transformers from the TrainingArguments, so
     batch sizes, learning rate, weight decay and clipping have one source: the study config."""
     d = cfg.deepspeed
     zero = {"stage": d.zero_stage}
-    if d.zero_stage == 3:  # gather the sharded weights on save so the checkpoint is a plain HF folder
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if d.zero_stage >= 2:
+        # Buckets sized by the model, as transformers' "auto" does: DeepSpeed's defaults (5e8 elements)
+        # are 2 GB per bucket in fp32, as much as a 0.5B model's states per worker (bench/zero_memory.py).
+        bucket = hidden_size * hidden_size
+        zero |= {"reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
+    if d.zero_stage == 3:
+        zero |= {
+            "stage3_prefetch_bucket_size": int(0.9 * bucket),
+            "stage3_param_persistence_threshold": 10 * hidden_size,
+            "stage3_gather_16bit_weights_on_model_save": True,  # the checkpoint is a plain HF folder
+        }
     return {
         "train_batch_size": "auto",
         "train_micro_batch_size_per_gpu": "auto",
@@ -60,31 +71,45 @@ def _worker(config: dict) -> None:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(EXTENSIONS_CACHE))
     if not config["gpu"]:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        # glibc keeps freed buffers below its mmap threshold (up to 32 MB: a layer's weights, which
+        # ZeRO-3 gathers and frees at every forward) in its arenas, so a CPU worker's memory only
+        # grows: from 64 KiB up, take memory from the OS and give it back. Measured on the
+        # Qwen2.5-0.5B architecture, ZeRO-3 x 2 workers: 8.3 -> 6.2 GiB per worker above its start.
+        ctypes.CDLL(None).mallopt(-3, 1 << 16)  # -3: M_MMAP_THRESHOLD
+    import deepspeed
+    import psutil
     import ray.train
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     cfg = TrainConfig.model_validate(config["train"])
     init = Path(config["init"])
-    tokenizer = AutoTokenizer.from_pretrained(init)
-    model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
-    ds = tokenized(tokenizer, config["texts"], cfg.max_length)
     d = cfg.deepspeed
-    accumulation = cfg.batch_size // (d.workers * d.micro_batch)
-    trainer = make_trainer(
-        model,
-        tokenizer,
-        ds,
+    # Before the model: under ZeRO-3 these arguments make from_pretrained load each worker's shard
+    # (deepspeed.zero.Init), so no worker ever holds the whole model.
+    args = training_arguments(
         cfg,
         config["seed"],
         str(init.parent / "trainer"),
-        deepspeed=deepspeed_config(cfg),
+        deepspeed=deepspeed_config(cfg, AutoConfig.from_pretrained(init).hidden_size),
         micro_batch=d.micro_batch,
-        accumulation=accumulation,
+        accumulation=cfg.batch_size // (d.workers * d.micro_batch),
     )
+    deepspeed.init_distributed()  # over Ray Train's process group: zero.Init reads the world size there
+    tokenizer = AutoTokenizer.from_pretrained(init)
+    before_model = psutil.Process().memory_info().rss
+    model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
+    ds = tokenized(tokenizer, config["texts"], cfg.max_length)
+    trainer = make_trainer(model, tokenizer, ds, args)
     result = trainer.train()
     metrics = train_metrics(trainer, result, ds, cfg)
     trainer.save_model(config["out"])  # every rank takes part (ZeRO-3 gathers); rank 0 writes
-    if ray.train.get_context().get_world_rank() == 0:
+    rank = ray.train.get_context().get_world_rank()
+    # Each worker's high-water resident memory (Linux: KiB) and what it held before the model: the
+    # difference is the model states and activations (bench/zero_memory.py measures with it).
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    memory = {"peak_rss": peak, "rss_before_model": before_model}
+    (Path(config["out"]) / f"memory_rank{rank}.json").write_text(json.dumps(memory))
+    if rank == 0:
         (Path(config["out"]) / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -132,5 +157,7 @@ def fine_tune_deepspeed(model, tokenizer, articles, cfg: TrainConfig, seed: int,
     model.load_state_dict(trained.state_dict())
     model.eval()
     metrics = json.loads((out / "metrics.json").read_text())
+    ranks = [json.loads((out / f"memory_rank{r}.json").read_text()) for r in range(cfg.deepspeed.workers)]
+    metrics["worker_memory"] = ranks  # per rank: peak_rss, rss_before_model (bytes)
     shutil.rmtree(workdir, ignore_errors=True)
     return metrics

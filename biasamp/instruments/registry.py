@@ -23,7 +23,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from biasamp import tables
-from biasamp.artifacts import sha256
+from biasamp.files import sha256
 
 
 class Reader(Protocol):

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 
 from biasamp.config import ModelConfig, ScoringConfig
 from biasamp.instruments import load_classifier
@@ -23,35 +22,10 @@ from biasamp.instruments.degrade import degrade_to_profile, profile
 from biasamp.instruments.hf import leaning
 from biasamp.instruments.leaning import load_calibration
 from biasamp.instruments.registry import MEASURES, Reader
-from biasamp.models import load_base_model, load_tokenizer
+from biasamp.models import load_base_model, load_tokenizer, perplexities
 from biasamp.stages.summarize import NULL_PROBS, PROBS, scoring_settings
 from biasamp.tables import TABLES
-from biasamp.text import by_length, training_text
-
-
-@torch.no_grad()
-def perplexities(model, tokenizer, texts: list[str], max_tokens: int, batch_size: int) -> np.ndarray:
-    """exp(mean next-token NLL) per text, padding masked out."""
-    out = np.full(len(texts), np.nan)
-    side, tokenizer.padding_side = tokenizer.padding_side, "right"
-    limit = min(max_tokens, getattr(model.config, "max_position_embeddings", None) or max_tokens)
-    try:
-        for idx in by_length(texts, batch_size):
-            enc = tokenizer(
-                [texts[i] for i in idx], truncation=True, max_length=limit, padding=True, return_tensors="pt"
-            ).to(model.device)
-            # float32 log-softmax over the vocabulary (a float64 copy of the logits costs more than the
-            # forward pass for a 49k-50k vocabulary); per-token losses are summed in float64.
-            logits = model(**enc, use_cache=False).logits[:, :-1]
-            target = enc["input_ids"][:, 1:]
-            mask = enc["attention_mask"][:, 1:].double()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none").double()
-            n = mask.sum(dim=1)
-            ppl = torch.exp((nll * mask).sum(dim=1) / n.clamp(min=1))
-            out[idx] = torch.where(n > 0, ppl, torch.nan).cpu().numpy()
-    finally:
-        tokenizer.padding_side = side
-    return out
+from biasamp.text import training_text
 
 
 @dataclass

@@ -23,21 +23,19 @@ def tokenized(tokenizer, texts: list[str], max_length: int) -> datasets.Dataset:
     )
 
 
-def make_trainer(
-    model,
-    tokenizer,
-    ds,
+def training_arguments(
     cfg: TrainConfig,
     seed: int,
     output_dir: str,
     deepspeed: dict | None = None,
     micro_batch: int | None = None,
     accumulation: int = 1,
-) -> Trainer:
-    """The authors' Trainer. With `deepspeed`, one of N workers: micro_batch x accumulation x N is
-    cfg.batch_size, and the optimizer (Trainer's AdamW) and schedule are the same objects as in the
-    single-process run, so the hyper-parameters mean the same at any scale."""
-    args = TrainingArguments(
+) -> TrainingArguments:
+    """The authors' Trainer settings. With `deepspeed`, one of N workers: micro_batch x accumulation x N
+    is cfg.batch_size, and the optimizer (Trainer's AdamW) and schedule are the same objects as in the
+    single-process run, so the hyper-parameters mean the same at any scale. (Under ZeRO-3, made before
+    the model is loaded, they make `from_pretrained` load each worker's shard only.)"""
+    return TrainingArguments(
         output_dir=output_dir,  # nothing is saved there by the Trainer: checkpoints are written by the caller
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=micro_batch or cfg.batch_size,
@@ -55,6 +53,9 @@ def make_trainer(
         bf16=bool(deepspeed) and cfg.deepspeed.precision == "bf16",
         fp16=bool(deepspeed) and cfg.deepspeed.precision == "fp16",
     )
+
+
+def make_trainer(model, tokenizer, ds, args: TrainingArguments) -> Trainer:
     trainer = Trainer(
         model=model,
         args=args,
@@ -109,7 +110,7 @@ def fine_tune(model, tokenizer, articles: pd.DataFrame, cfg: TrainConfig, seed: 
     texts = [training_text(t, b) for t, b in zip(articles["title"], articles["text"])]
     ds = tokenized(tokenizer, texts, cfg.max_length)
     with tempfile.TemporaryDirectory(prefix="biasamp-train-") as tmp:
-        trainer = make_trainer(model, tokenizer, ds, cfg, seed, tmp)
+        trainer = make_trainer(model, tokenizer, ds, training_arguments(cfg, seed, tmp))
         result = trainer.train()
     model.eval()
     return train_metrics(trainer, result, ds, cfg)

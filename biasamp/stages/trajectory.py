@@ -110,6 +110,9 @@ def train_stage(t: Trajectory) -> None:
     TABLES["training"].write(t.addressed(train_df[["article_id", "source"]].copy()), t.out, **t.at)
     TABLES["train_metrics"].write(t.addressed(_train_metrics(metrics, arm.train)), t.out, **t.at)
     metrics.pop("loss_curve")  # in train_metrics, one row per step
+    if "worker_memory" in metrics:  # backend deepspeed: each worker's peak, for sizing a cluster's nodes
+        peaks = ", ".join(f"{w['peak_rss'] / 2**30:.2f}" for w in metrics.pop("worker_memory"))
+        t.say(f"training workers' peak resident memory: {peaks} GiB")
     t.metrics.update(metrics)
     t.ckpt.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(t.model, t.tokenizer, t.ckpt)
