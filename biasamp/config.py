@@ -584,6 +584,8 @@ class StudyConfig(_Frozen):
         # source is drawn again and must give the articles the folder holds, see preflight).
         exclude = {key: True for key in HASH_EXCLUDES} | {"corpora": {"__all__": {"source"}}}
         d = self.model_dump(mode="json", exclude=exclude)
+        if not d["model"]["overrides"]:  # added after studies were hashed: left empty, it leaves their hash
+            del d["model"]["overrides"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

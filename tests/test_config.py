@@ -106,6 +106,13 @@ def test_config_is_immutable_and_hash_ignores_scale(study_dict):
     assert other.science_hash() != cfg.science_hash()
 
 
+def test_a_study_hashed_before_model_overrides_existed_keeps_its_hash():
+    """`model.overrides` came after studies were hashed; left empty it must leave the hash as it was, or
+    no study written before it would resume. f778e7e45ed99b38 is configs/smoke.yaml's hash as commit
+    51fce71 computed it (a deliberate change of smoke.yaml changes it too)."""
+    assert load_config(CONFIGS / "smoke.yaml").science_hash() == "f778e7e45ed99b38"
+
+
 def test_baseline_arm_defaults_to_the_first_arm_and_is_checked(study_dict):
     d = study_dict()
     d["arms"] = {"zeta": {"mix": "replace"}, "alpha": {"mix": "accumulate"}}
