@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -88,15 +90,11 @@ def one(arch: str, backend: str, stage: int | None, workers: int) -> dict:
         train["deepspeed"] = {"workers": workers, "zero_stage": stage, "micro_batch": 1, "cpus_per_worker": 2 / workers}
     before = psutil.Process().memory_info().rss
     model = load_base_model(cfg, len(tok), seed=0)
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="biasamp-zero-") as work:
         metrics = TRAINERS[backend](
             model, tok, read_source("bundled").head(ARTICLES), TrainConfig(**train), seed=0, workdir=Path(work)
         )
     if backend == "plain":
-        import resource
-
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         metrics["worker_memory"] = [{"peak_rss": peak, "rss_before_model": before}]
     return {"loss_curve": metrics["loss_curve"], "worker_memory": metrics["worker_memory"]}
