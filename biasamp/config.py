@@ -269,8 +269,11 @@ class HFGeneration(GenerationBackend):
 
 
 class VLLMGeneration(GenerationBackend):
-    # `engines` vLLM engines as Ray actors, data-parallel over the prompt blocks, each loading the
-    # generation's safetensors checkpoint (biasamp.backends.vllm_engines).
+    # `engines` vLLM engines as Ray actors, data-parallel over the prompt blocks, started at a
+    # trajectory's first generation and reloaded with each generation's safetensors checkpoint
+    # (biasamp.backends.vllm_engines). In `generation.dtype`, at most `generation.batch_size` prompts
+    # in flight on CPU. gpus_per_engine: 1 unless the study's trajectories have no GPU
+    # (resources.gpus_per_trajectory: 0), then 0: CPU engines, in the trajectory's own cores.
     kind: Literal["vllm"] = "vllm"
     engines: int = Field(1, ge=1, le=4096)
     gpus_per_engine: float = Field(1, ge=0)
@@ -528,6 +531,13 @@ class StudyConfig(_Frozen):
             and (analysis or {}).get("baseline_arm") is None
         ):
             raw["analysis"] = {**(analysis or {}), "baseline_arm": next(iter(raw["arms"]))}
+        generation, res = raw.get("generation"), raw.get("resources")
+        if isinstance(generation, dict) and (res is None or isinstance(res, dict)):
+            generation = GenerationBackend.nest(generation, "backend")
+            backend = generation.get("backend")
+            if isinstance(backend, dict) and backend.get("kind") == "vllm" and "gpus_per_engine" not in backend:
+                if not (res or {}).get("gpus_per_trajectory"):  # a CPU study's engines are CPU engines
+                    raw["generation"] = {**generation, "backend": {**backend, "gpus_per_engine": 0}}
         neurons = raw.get("neurons")
         if isinstance(base, dict) and "max_length" in base and (neurons is None or isinstance(neurons, dict)):
             raw["neurons"] = {"max_length": base["max_length"], **(neurons or {})}
@@ -562,6 +572,12 @@ class StudyConfig(_Frozen):
         if self.analysis.baseline_arm not in self.arms:
             raise ValueError(
                 f"analysis.baseline_arm: '{self.analysis.baseline_arm}' is not an arm ({', '.join(self.arms)})"
+            )
+        backend, cpus = self.generation.backend, self.resources.cpus_per_trajectory
+        if backend.kind == "vllm" and not backend.gpus_per_engine and backend.engines > cpus:
+            raise ValueError(
+                f"generation.backend.engines: {backend.engines} CPU engines share the trajectory's "
+                f"{cpus:g} CPUs (resources.cpus_per_trajectory); at least a core each"
             )
         if self.neurons.probe is not None and self.neurons.probe not in self.corpora:
             raise ValueError(f"neurons.probe: '{self.neurons.probe}' is not in corpora ({', '.join(self.corpora)})")

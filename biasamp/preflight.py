@@ -200,15 +200,15 @@ def check_libraries(cfg: StudyConfig) -> None:
 
 def trajectory_bundles(cfg: StudyConfig) -> list[dict]:
     """The placement group of one trajectory: its own process (training with the plain backend,
-    neuron capture, scoring, HF generation), plus one bundle per vLLM engine. DeepSpeed workers are
+    neuron capture, scoring, HF generation), plus one bundle per vLLM engine on GPUs (engines on CPU
+    share the trajectory's bundle and cores, idle while they generate). DeepSpeed workers are
     gang-scheduled by Ray Train in a placement group of their own, sized by train.deepspeed."""
     res, gen = cfg.resources, cfg.generation
     bundles = [
         {"CPU": res.cpus_per_trajectory, **({"GPU": res.gpus_per_trajectory} if res.gpus_per_trajectory else {})}
     ]
-    if gen.backend.kind == "vllm":
-        gpus = gen.backend.gpus_per_engine
-        bundles += [{"CPU": 1, **({"GPU": gpus} if gpus else {})}] * gen.backend.engines
+    if gen.backend.kind == "vllm" and gen.backend.gpus_per_engine:
+        bundles += [{"CPU": 1, "GPU": gen.backend.gpus_per_engine}] * gen.backend.engines
     return bundles
 
 

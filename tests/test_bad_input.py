@@ -52,6 +52,12 @@ CASES = [
         "c.yaml: line 5: key 'lr' appears twice in one mapping",
     ),
     ("infinite lr", {}, _run("train.lr=.inf"), "train.lr: Input should be a finite number"),
+    (
+        "more CPU engines than cores",
+        {},
+        _run("generation.backend={kind: vllm, engines: 2}"),
+        "generation.backend.engines: 2 CPU engines share the trajectory's 1 CPUs",
+    ),
     ("NaN epochs", {}, _run("train.epochs=.nan"), "train.epochs: Input should be a finite number"),
     (
         "config is a list",

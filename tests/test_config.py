@@ -193,7 +193,7 @@ def test_docs_list_the_declared_tables():
 
 
 def test_backend_settings_live_under_the_backend_that_uses_them(study_dict):
-    d = study_dict(generation={"backend": "vllm", "engines": 2})
+    d = study_dict(generation={"backend": "vllm", "engines": 2}, resources={"cpus_per_trajectory": 2})
     cfg = from_dict(d)
     assert (cfg.generation.backend.kind, cfg.generation.backend.engines) == ("vllm", 2)
     assert from_dict(cfg.model_dump(mode="json")).generation.backend == cfg.generation.backend
@@ -201,6 +201,24 @@ def test_backend_settings_live_under_the_backend_that_uses_them(study_dict):
     assert "engines" not in hf.model_dump()["generation"]["backend"]  # the hash means what it says
     with pytest.raises(ConfigError, match="generation.backend.engines: not a setting of this backend kind"):
         from_dict(study_dict(generation={"engines": 2}))
+
+
+def test_vllm_engines_are_cpu_engines_in_a_study_without_gpus(study_dict):
+    """`backend: vllm` on a CPU study runs CPU engines inside each trajectory's own bundle (its cores
+    wait for them); with GPUs per trajectory, each engine takes a GPU in a bundle of its own."""
+    from biasamp.preflight import trajectory_bundles
+
+    cpu = from_dict(study_dict(generation={"backend": "vllm"}, resources={"cpus_per_trajectory": 2}))
+    assert cpu.generation.backend.gpus_per_engine == 0 and trajectory_bundles(cpu) == [{"CPU": 2}]
+    gpu = from_dict(
+        study_dict(generation={"backend": {"kind": "vllm", "engines": 2}}, resources={"gpus_per_trajectory": 1})
+    )
+    assert gpu.generation.backend.gpus_per_engine == 1
+    assert trajectory_bundles(gpu) == [{"CPU": 1, "GPU": 1}, {"CPU": 1, "GPU": 1}, {"CPU": 1, "GPU": 1}]
+    for resolved in (cpu, gpu):  # a manifest: the resolved value is kept
+        assert from_dict(resolved.model_dump(mode="json")).generation == resolved.generation
+    explicit = from_dict(study_dict(generation={"backend": {"kind": "vllm", "gpus_per_engine": 0.5}}))
+    assert trajectory_bundles(explicit)[1:] == [{"CPU": 1, "GPU": 0.5}]
 
 
 def test_a_manifest_written_before_settings_moved_under_their_kind_still_loads(study_dict):
