@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import shlex
 import signal
 import sys
@@ -643,13 +644,20 @@ for _typer in (app, data_app, classifier_app, quality_app):
         _info.callback = _one_line_errors(_info.callback)
 
 
-_stopped_by: list = [None]  # the signal that raised the KeyboardInterrupt
+_stopped_by: list = [None, None]  # the signal that raised the KeyboardInterrupt; stderr, set aside
 
 
 def _stop(signum, frame):
     """SIGINT or SIGTERM (a scheduler's, `ray job stop`'s) raise KeyboardInterrupt: no `except Exception`
     swallows it, every `finally` on the way out runs (Ray's placement groups removed, Ray shut down),
-    and Ray's compiled calls (ray.wait) pass it on, which they do not for an exception of our own."""
+    and Ray's compiled calls (ray.wait) pass it on, which they do not for an exception of our own.
+    Until the command has unwound, descriptor 2 goes to /dev/null: Ray's C++ core writes there what
+    it can no longer tell a stopping driver (`task_manager.cc: Failed to push error to driver`)."""
+    if _stopped_by[1] is None:
+        _stopped_by[1] = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
     _stopped_by[0] = signum
     raise KeyboardInterrupt
 
@@ -686,6 +694,8 @@ def cli() -> None:
         typer.secho(f"error: {where}: {e.format_message()} (see {where} --help)", err=True, fg="red")
         sys.exit(2)
     finally:
+        if _stopped_by[1] is not None:  # stderr back: the stop's one line, or whatever else ended it
+            os.dup2(_stopped_by[1], 2)
         if made_inductor and inductor.is_dir() and not any(inductor.iterdir()):
             inductor.rmdir()
     if _stopped_by[0] is not None:
