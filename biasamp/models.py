@@ -3,13 +3,17 @@ perplexity of texts, and save/load generation checkpoints."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2Tokenizer
 
 from biasamp.config import ModelConfig
@@ -38,8 +42,7 @@ def load_tokenizer(cfg: ModelConfig):
     elif cfg.tokenizer is not None:
         tok = AutoTokenizer.from_pretrained(cfg.tokenizer)
     elif cfg.kind == "gguf":
-        name, gguf = _gguf_location(cfg)
-        tok = AutoTokenizer.from_pretrained(name, gguf_file=gguf)
+        tok = AutoTokenizer.from_pretrained(gguf_converted(cfg))
     else:
         tok = AutoTokenizer.from_pretrained(cfg.name)
     return _with_pad(tok)
@@ -92,20 +95,56 @@ def load_base_model(cfg: ModelConfig, vocab_size: int, seed: int = 0):
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(architecture_config(cfg, vocab_size), dtype=torch.float32)
     if cfg.kind == "gguf":
-        name, gguf = _gguf_location(cfg)
-        model = AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf, dtype=torch.float32)
-        # Without a GGUF matmul kernel transformers unpacks every tensor to float32, but the model
-        # stays flagged as quantized, which Trainer refuses to fine-tune: copy the weights into an
-        # ordinary model of the same architecture.
-        if any(not p.is_floating_point() for p in model.parameters()):
-            raise ValueError(f"{name}/{gguf}: weights stayed GGUF-packed; biasamp fine-tunes float weights")
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(model.state_dict())
-        return plain
+        return AutoModelForCausalLM.from_pretrained(gguf_converted(cfg), dtype=torch.float32)
     return AutoModelForCausalLM.from_pretrained(cfg.name, dtype=torch.float32)
+
+
+def cache_root() -> Path:
+    """Where this machine keeps what biasamp converts once: $BIASAMP_CACHE, else $XDG_CACHE_HOME/biasamp,
+    else ~/.cache/biasamp."""
+    if os.environ.get("BIASAMP_CACHE"):
+        return Path(os.environ["BIASAMP_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "biasamp"
+
+
+def gguf_converted(cfg: ModelConfig) -> Path:
+    """A GGUF model and its tokenizer as an ordinary float32 checkpoint, converted once per machine:
+    de-quantizing the file and building its tokenizer take about a minute on 2 cores, on every load.
+    Keyed by the file's SHA-256 and the transformers version (its de-quantizer makes the weights);
+    written by save_checkpoint (a temp folder renamed into place, a full disk refused before writing);
+    two trajectories starting at once convert it once (a lock beside it)."""
+    name, gguf = _gguf_location(cfg)
+    folder = cache_root() / "gguf" / f"{sha256(Path(name) / gguf)[:24]}-transformers{transformers.__version__}"
+    if (folder / CHECKPOINT_FILES).is_file():  # listed last inside the temp folder: complete when present
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also by a killed process
+        if not (folder / CHECKPOINT_FILES).is_file():
+            tokenizer = _with_pad(AutoTokenizer.from_pretrained(name, gguf_file=gguf))
+            try:
+                save_checkpoint(dequantized(name, gguf), tokenizer, folder)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise OSError(e.errno, f"{e.strerror} (the converted-model cache: BIASAMP_CACHE moves it)", e.filename)
+    return folder
+
+
+def dequantized(name: str, gguf: str):
+    """The GGUF file's weights de-quantized to float32 into an ordinary model of its architecture."""
+    model = AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf, dtype=torch.float32)
+    # Without a GGUF matmul kernel transformers unpacks every tensor to float32, but the model
+    # stays flagged as quantized, which Trainer refuses to fine-tune: copy the weights into an
+    # ordinary model of the same architecture.
+    if any(not p.is_floating_point() for p in model.parameters()):
+        raise ValueError(f"{name}/{gguf}: weights stayed GGUF-packed; biasamp fine-tunes float weights")
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    return plain
 
 
 def load_checkpoint(path: Path):

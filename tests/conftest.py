@@ -1,6 +1,11 @@
+import atexit
+import fcntl
+import json
+import multiprocessing
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,35 +19,102 @@ os.environ.setdefault("WANDB_SILENT", "true")
 ROOT = Path(__file__).parents[1]
 
 
-def cli(*args, env=None):
-    """`biasamp ARGS` in a child process, from the repository root."""
-    return subprocess.run(
-        [sys.executable, "-m", "biasamp.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=None if env is None else {**os.environ, **env},
-    )
+TIMEOUT = 900  # seconds a command may take before it counts as a hang
+
+
+def cli(*args, env=None, cwd=ROOT, fresh=False):
+    """`biasamp ARGS` in a child process of its own (its exit code, file descriptors 1 and 2, working
+    folder and environment: this process's, plus `env`), forked from one that imported the command
+    line once (multiprocessing's forkserver, the CLI preloaded), so that it starts in milliseconds
+    rather than in the seconds of importing torch, transformers and pandas again. `fresh`: the
+    `biasamp` console script in a new interpreter, where the interpreter itself is under test (what
+    `import torch` leaves in the temp dir, for one)."""
+    environ = {**os.environ, **(env or {})}
+    if fresh:
+        cmd = [str(Path(sys.executable).parent / "biasamp"), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=environ, timeout=TIMEOUT)
+    with tempfile.TemporaryDirectory(prefix="biasamp-cli-") as logs:
+        out, err = Path(logs) / "stdout", Path(logs) / "stderr"
+        proc = FORKS.Process(target=_forked_cli, args=(list(args), cwd, environ, out, err))
+        proc.start()
+        proc.join(TIMEOUT)
+        if proc.exitcode is None:
+            proc.kill()
+            raise subprocess.TimeoutExpired(list(args), TIMEOUT)
+        return subprocess.CompletedProcess(list(args), proc.exitcode, out.read_text(), err.read_text())
+
+
+def _forked_cli(args: list[str], cwd: Path, env: dict, stdout: Path, stderr: Path) -> None:
+    """In the forked process: the command as `biasamp ARGS` runs it, its output on its own fds."""
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    tempfile.tempdir = None  # read TMPDIR again
+    for fd, path in ((1, stdout), (2, stderr)):
+        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(f, fd)
+        os.close(f)
+    sys.argv = ["biasamp", *args]
+    from biasamp.cli import cli as biasamp
+
+    try:
+        biasamp()
+    finally:
+        atexit._run_exitfuncs()  # as an interpreter's exit would (multiprocessing's children skip them)
+
+
+FORKS = multiprocessing.get_context("forkserver")
+FORKS.set_forkserver_preload(["biasamp.cli", "biasamp.study", "biasamp.stages.report"])
 
 
 SMOKE_KEY = "local-" + "0123456789abcdef" * 2 + "01234567"  # a W&B key in the environment
 
 
+def built_once(tmp_path_factory, name: str, build) -> dict:
+    """`build(folder)`'s JSON-able result, built once per test run however many pytest-xdist workers
+    ask (`make test` runs several: the first builds it under a lock in the base temp folder they
+    share, the others wait and read it), as xdist's docs advise for session fixtures."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    folder, result = shared / name, shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result.exists():
+            folder.mkdir(exist_ok=True)  # (a worker whose build failed left it)
+            result.write_text(json.dumps(build(folder)))
+    return json.loads(result.read_text())
+
+
+def _completed(res: subprocess.CompletedProcess) -> dict:
+    return {"args": list(res.args), "returncode": res.returncode, "stdout": res.stdout, "stderr": res.stderr}
+
+
 @pytest.fixture(scope="session")
 def smoke_study(tmp_path_factory):
-    """`biasamp run configs/smoke.yaml` (W&B offline), then `analyze` and `report`, once per session;
+    """`biasamp run configs/smoke.yaml` (W&B offline), then `analyze` and `report`, once per test run;
     tests read it and never change it. A system temp dir and a user cache of its own show what `run`
     leaves outside its folder (Ray's session folder stays in /tmp/ray, as docs/loop.md says)."""
-    base = tmp_path_factory.mktemp("smoke")
-    # A long folder name: the scratch folder moves to TMPDIR past 51 characters (docs/loop.md), a path tested here.
-    out, systmp, cache = base / "smoke-study-with-a-long-path-a", base / "systmp", base / "cache"
-    systmp.mkdir()
-    env = {"WANDB_API_KEY": SMOKE_KEY, "TMPDIR": str(systmp), "XDG_CACHE_HOME": str(cache), "RAY_TMPDIR": "/tmp"}
-    run = cli("run", "configs/smoke.yaml", "--out", str(out), "--set", "wandb.mode=offline", env=env)
-    assert run.returncode == 0, run.stdout + run.stderr
-    analyze = cli("analyze", str(out))  # (the report's matplotlib keeps its font cache in the user's cache)
-    report = cli("report", str(out), "--out", str(out / "report"))
-    return SimpleNamespace(out=out, systmp=systmp, cache=cache, env=env, run=run, analyze=analyze, report=report)
+
+    def build(base: Path) -> dict:
+        # A long folder name: the scratch folder moves to TMPDIR past 51 characters (docs/loop.md), a path tested here.
+        out, systmp, cache = base / "smoke-study-with-a-long-path-a", base / "systmp", base / "cache"
+        systmp.mkdir()
+        env = {"WANDB_API_KEY": SMOKE_KEY, "TMPDIR": str(systmp), "XDG_CACHE_HOME": str(cache), "RAY_TMPDIR": "/tmp"}
+        run = cli("run", "configs/smoke.yaml", "--out", str(out), "--set", "wandb.mode=offline", env=env, fresh=True)
+        assert run.returncode == 0, run.stdout + run.stderr
+        analyze = cli("analyze", str(out))  # (the report's matplotlib keeps its font cache in the user's cache)
+        report = cli("report", str(out), "--out", str(out / "report"))
+        paths = {"out": str(out), "systmp": str(systmp), "cache": str(cache)}
+        return {
+            **paths,
+            "env": env,
+            **{k: _completed(r) for k, r in (("run", run), ("analyze", analyze), ("report", report))},
+        }
+
+    d = built_once(tmp_path_factory, "smoke", build)
+    done = {k: subprocess.CompletedProcess(**d[k]) for k in ("run", "analyze", "report")}
+    return SimpleNamespace(**{k: Path(d[k]) for k in ("out", "systmp", "cache")}, env=d["env"], **done)
 
 
 # The smoke study's two original arms, for tests whose cost grows with every arm (Ray jobs, DeepSpeed).
@@ -106,3 +178,19 @@ def local_classifier(tmp_path_factory):
     model.save_pretrained(d)
     tok.save_pretrained(d)
     return d
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs, or a skip where this machine cannot mount one."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    try:
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+        why = None if res.returncode == 0 else res.stderr.decode().strip() or "mount failed"
+    except OSError as e:  # no mount command
+        why = str(e)
+    if why:
+        pytest.skip(f"cannot mount a tmpfs here: {why}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)])

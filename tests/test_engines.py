@@ -1,6 +1,7 @@
-"""The scale-out engines: DeepSpeed ZeRO-2 (slow: ZeRO-0, ZeRO-3) on 2 Ray Train CPU workers against
-the plain Trainer, ZeRO-3 at 403M parameters through `biasamp run` (slow), and (where vLLM imports)
-vLLM greedy continuations against the HF generator."""
+"""The scale-out engines: DeepSpeed ZeRO-2, ZeRO-0 and ZeRO-3 on 2 Ray Train CPU workers against the
+plain Trainer and each other (slow: CI runs them), ZeRO-3 at 403M parameters through `biasamp run`
+(extended: make test-all), and (where vLLM imports: make test-vllm) vLLM greedy continuations against
+the HF generator."""
 
 import importlib.util
 import os
@@ -33,6 +34,7 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.mark.slow  # Ray Train and DeepSpeed start in two minutes: with the ZeRO-3 test, on the module's Ray
 def test_deepspeed_zero2_two_workers_matches_plain(ray_local, tmp_path):
     articles = read_source("bundled").head(16)
     tok = load_tokenizer(TINY)
@@ -142,7 +144,7 @@ def test_vllm_greedy_matches_hf_generation_after_generation(ray_local, tmp_path)
     assert len(changed) >= 5 and followed >= 0.8 * len(changed)
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # the tiny ZeRO-3 test above guards the math in CI; this one the size and the run
 def test_zero3_at_size_through_biasamp_run_agrees_with_plain(tmp_path):
     """configs/zero3-cpu.yaml: a Qwen2.5-0.5B-architecture model (403M parameters) fine-tuned by 2 ZeRO-3
     workers through `biasamp run`, against the same study on the plain backend: the same loss per step,

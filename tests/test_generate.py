@@ -1,8 +1,13 @@
+import errno
+import multiprocessing
+import time
+
 import pandas as pd
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+from biasamp import models
 from biasamp.config import GenerationConfig, ModelConfig
 from biasamp.corpus import read_source
 from biasamp.models import load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
@@ -123,10 +128,81 @@ def test_checkpoint_round_trip_and_hub_path_on_a_local_dir(tok, trained, tmp_pat
 
 
 @pytest.mark.slow
-def test_smollm2_gguf_loads_and_generates():
+def test_smollm2_gguf_loads_and_generates_and_its_cached_copy_is_the_dequantized_model(tmp_path, monkeypatch):
+    """The real GGUF file: converted into an empty cache, loaded from it, and compared with the weights
+    and tokenizer transformers de-quantizes from the file itself: identical tensors, logits, encodings."""
+    monkeypatch.setenv("BIASAMP_CACHE", str(tmp_path / "cache"))
     cfg = ModelConfig(kind="gguf", name="smollm2")
-    tok = load_tokenizer(cfg)
-    model = load_base_model(cfg, len(tok)).eval()
+    tok = load_tokenizer(cfg)  # converts
+    model = load_base_model(cfg, len(tok)).eval()  # from the cache
+    folder = models.gguf_converted(cfg)
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name, folder.name + ".lock"]
     assert type(model).__name__ == "LlamaForCausalLM" and sum(p.numel() for p in model.parameters()) > 100e6
     out = greedy_continuations(model, [tok.encode("The president said")], 8, 1, tok.pad_token_id, tok.eos_token_id)
     assert len(tok.decode(out[0]).split()) >= 2
+    name, gguf = models._gguf_location(cfg)
+    reference = models.dequantized(name, gguf).eval()
+    ref_tok = models._with_pad(AutoTokenizer.from_pretrained(name, gguf_file=gguf))
+    cached, direct = model.state_dict(), reference.state_dict()
+    assert cached.keys() == direct.keys() and all(torch.equal(cached[k], direct[k]) for k in cached)
+    text = "The Senate voted 52-48 on Tuesday. Café “quotes”, naïve\n\nA new paragraph"
+    ids = torch.tensor([tok.encode(text)])
+    assert tok.encode(text) == ref_tok.encode(text) and (tok.pad_token, len(tok)) == (ref_tok.pad_token, len(ref_tok))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)
+
+
+def _tiny_gguf(folder, monkeypatch, conversions=None):
+    """A GGUF model config whose conversion is a tiny GPT-2 (the real file's takes a minute: the slow
+    test above converts it); `conversions`: a file each conversion appends a line to."""
+    (folder / "m").mkdir(parents=True)
+    (folder / "m" / "x.gguf").write_bytes(b"GGUF file bytes")  # hashed for the cache key
+
+    def dequantized(name, gguf):
+        if conversions is not None:
+            with open(conversions, "a") as fh:
+                fh.write("converted\n")
+        time.sleep(1)  # long enough for a second process to arrive while the first converts
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=1, n_embd=8, n_head=2, n_positions=32))
+
+    tok = load_tokenizer(TINY)
+    monkeypatch.setattr(models, "dequantized", dequantized)
+    monkeypatch.setattr(models.AutoTokenizer, "from_pretrained", lambda *a, gguf_file=None, **k: tok)
+    return ModelConfig(kind="gguf", name=str(folder / "m"), gguf_file="x.gguf", tokenizer=None)
+
+
+def _converted(cfg, queue):
+    queue.put(str(models.gguf_converted(cfg)))
+
+
+def test_the_gguf_cache_converts_once_when_two_processes_start_together(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIASAMP_CACHE", str(tmp_path / "cache"))
+    conversions = tmp_path / "conversions"
+    cfg = _tiny_gguf(tmp_path, monkeypatch, conversions)
+    fork = multiprocessing.get_context("fork")  # the children keep the stand-in conversion
+    queue = fork.Queue()
+    procs = [fork.Process(target=_converted, args=(cfg, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    folders = {queue.get(timeout=5), queue.get(timeout=5)}
+    assert conversions.read_text() == "converted\n"  # one conversion; the other process waited for it
+    (folder,) = folders
+    assert models.checkpoint_damage(models.Path(folder)) is None
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp")]
+    key = models.sha256(tmp_path / "m" / "x.gguf")[:24]
+    assert models.Path(folder).name == f"{key}-transformers{models.transformers.__version__}"
+    assert models.gguf_converted(cfg) == models.Path(folder) and conversions.read_text() == "converted\n"
+
+
+def test_the_gguf_cache_on_a_full_disk_is_one_error_and_leaves_nothing(small_disk, tmp_path, monkeypatch):
+    monkeypatch.setenv("BIASAMP_CACHE", str(small_disk / "cache"))
+    cfg = _tiny_gguf(tmp_path, monkeypatch)
+    with pytest.raises(OSError) as e:
+        load_tokenizer(cfg)
+    assert e.value.errno == errno.ENOSPC and "needs about" in e.value.strerror and "BIASAMP_CACHE" in e.value.strerror
+    assert e.value.filename.startswith(str(small_disk / "cache" / "gguf"))
+    assert [p.name for p in (small_disk / "cache" / "gguf").iterdir()] == [models.Path(e.value.filename).name + ".lock"]

@@ -1,7 +1,7 @@
 """Studies sent with `ray_jobs/submit.sh` (`ray job submit`) to a Ray started with `ray start` on
-127.0.0.2 with token authentication: a single head that runs it, and (slow) a 0-CPU head with two
-worker nodes, where a study stopped with `ray job stop` leaves nothing on the cluster and its
-resubmission resumes it to the uninterrupted run's tables."""
+127.0.0.2 with token authentication: a single head that runs it (slow: CI runs it), and (extended:
+make test-all) a 0-CPU head with two worker nodes, where a study stopped with `ray job stop` leaves
+nothing on the cluster and its resubmission resumes it to the uninterrupted run's tables."""
 
 import contextlib
 import os
@@ -101,6 +101,7 @@ def _submit(address: str, env: dict, out: Path, *args: str, **popen) -> subproce
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow  # a `ray start` head and a study through the jobs API: two minutes; CI runs it
 def test_submit_smoke_study_to_a_local_head_with_token_auth(tmp_path):
     with ray_cluster(tmp_path, head_cpus=2) as (address, env):
         out = tmp_path / "study"
@@ -145,7 +146,7 @@ print("left:", left)
 """
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # three `ray start` nodes; the submission and a real SIGTERM stop are in CI
 def test_a_study_stopped_with_ray_job_stop_leaves_nothing_and_resumes(tmp_path, smoke_study):
     """On a 0-CPU head with two worker nodes: `ray job stop` while trajectories train G1; nothing of
     the job is left on the cluster (no actor, placement group or running task); the same study

@@ -34,9 +34,9 @@ def _ray_processes(marker: str) -> list[int]:
     return found
 
 
-# SIGINT takes the same path (and a minute): with the slow tests, and in bench/chaos.py
+# SIGINT takes SIGTERM's path (and a minute): make test-all runs it, and bench/chaos.py
 @pytest.mark.parametrize(
-    "sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)], ids=lambda s: s.name
+    "sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.extended)], ids=lambda s: s.name
 )
 def test_a_stopped_run_ends_in_one_line_leaves_no_ray_and_resumes(tmp_path, study_dict, sig):
     config = tmp_path / "study.yaml"
@@ -64,22 +64,6 @@ def test_a_stopped_run_ends_in_one_line_leaves_no_ray_and_resumes(tmp_path, stud
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "out" / "summary_arms.parquet").exists()
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MB tmpfs, or a skip where this machine cannot mount one."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    try:
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
-        why = None if res.returncode == 0 else res.stderr.decode().strip() or "mount failed"
-    except OSError as e:  # no mount command
-        why = str(e)
-    if why:
-        pytest.skip(f"cannot mount a tmpfs here: {why}")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)])
 
 
 def test_a_full_disk_is_one_error_naming_the_file_and_leaves_no_temp(small_disk):

@@ -171,24 +171,23 @@ def test_scores_made_with_other_settings_never_mix(study_dict):
         write_summaries(out, pd.read_parquet(out / "scores"), 20)
 
 
-def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(smoke_study, monkeypatch):
-    """`biasamp run configs/smoke.yaml` twice into two folders: identical articles tables."""
+def _ran_cleanly(res, out, systmp, cache) -> None:
+    """A smoke study's `biasamp run`: all 8 trajectories, on a loopback Ray, nothing left in the temp
+    dir or the user's cache, no temp file or scratch folder left in OUT."""
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "finished (8/8 trajectories)" in res.stdout
+    assert "Ray at 127.0.0.1:" in res.stdout  # the private Ray listens on loopback only
+    assert list(systmp.iterdir()) == [] and not list(cache.rglob("*")), (list(systmp.iterdir()), list(cache.rglob("*")))
+    assert not list(out.rglob(".*.tmp")) and not (out / artifacts.SCRATCH).exists()
+
+
+def test_smoke_study_via_ray_writes_every_table_then_analysis_and_report(smoke_study):
+    """`biasamp run configs/smoke.yaml` (the session's study), then `analyze` and `report` on it."""
     cfg = load_config(ROOT / "configs" / "smoke.yaml")
-    systmp, cache, env = smoke_study.systmp, smoke_study.cache, smoke_study.env
-    outs = [smoke_study.out, smoke_study.out.with_name("smoke-study-with-a-long-path-b")]
-    again = cli("run", "configs/smoke.yaml", "--out", str(outs[1]), "--set", "wandb.mode=offline", env=env)
-    for out, res in zip(outs, (smoke_study.run, again)):
-        assert res.returncode == 0, res.stdout + res.stderr
-        assert "finished (8/8 trajectories)" in res.stdout
-        assert "Ray at 127.0.0.1:" in res.stdout  # the private Ray listens on loopback only
-        assert list(systmp.iterdir()) == [] and not list(cache.rglob("*")), (
-            list(systmp.iterdir()),
-            list(cache.rglob("*")),
-        )
-        assert not list(out.rglob(".*.tmp")) and not (out / artifacts.SCRATCH).exists()
-    a, b = _articles(outs[0]), _articles(outs[1])
+    outs, res = [smoke_study.out], smoke_study.run
+    _ran_cleanly(res, outs[0], smoke_study.systmp, smoke_study.cache)
+    a = _articles(outs[0])
     assert len(a) == len(cfg.arms) * len(cfg.seeds) * cfg.generations * 12
-    pd.testing.assert_frame_equal(a, b)
     assert a.groupby(["arm", "seed"])["text"].apply(lambda s: s.nunique()).min() > 1
     for arm in cfg.arms:
         assert (outs[0] / "logs" / f"{arm}__seed0.log").exists()
@@ -196,7 +195,6 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(smoke_study, m
     for f in outs[0].rglob("*"):  # the W&B key in the environment is never written to an artifact or a log
         if f.is_file() and f.stat().st_size < 50_000_000:
             assert SMOKE_KEY.encode() not in f.read_bytes(), f
-    pd.testing.assert_frame_equal(_sorted(outs[0] / "scores"), _sorted(outs[1] / "scores"))
     # What each generation trained on: the preserve arms mix in round(real_fraction x N) real articles
     # a generation, the curation arm resamples D_(g-1) to N, every arm's G0 is the real corpus.
     training = pd.read_parquet(outs[0] / "training")
@@ -259,6 +257,18 @@ def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(smoke_study, m
     for arm in cfg.arms:
         assert arm in (outs[0] / "report" / "leaning_shares.svg").read_text()
     assert len(list((outs[0] / "wandb").glob("offline-run-*"))) >= 8 + 2  # trajectories, summary, analyze
+
+
+@pytest.mark.slow  # a second smoke study (a minute and a half on 2 cores); CI runs it (make test-slow)
+def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(smoke_study, monkeypatch):
+    """`biasamp run configs/smoke.yaml` again into a second folder: identical articles and scores
+    tables; then resuming there finds nothing to do but the debris an interrupted run left."""
+    systmp, env = smoke_study.systmp, smoke_study.env
+    outs = [smoke_study.out, smoke_study.out.with_name("smoke-study-with-a-long-path-b")]
+    again = cli("run", "configs/smoke.yaml", "--out", str(outs[1]), "--set", "wandb.mode=offline", env=env)
+    _ran_cleanly(again, outs[1], systmp, smoke_study.cache)
+    pd.testing.assert_frame_equal(_articles(outs[0]), _articles(outs[1]))
+    pd.testing.assert_frame_equal(_sorted(outs[0] / "scores"), _sorted(outs[1] / "scores"))
     # Resuming, on the second folder (the first is the session's, read by other tests).
     (outs[1] / "summary_arms.parquet").unlink()  # as if killed after the last trajectory, ...
     monkeypatch.setenv("TMPDIR", str(systmp))  # the scratch folder the CLI uses (OUT's path is long: in TMPDIR)
@@ -305,6 +315,7 @@ def test_generation_progress_is_logged_at_most_once_a_minute(monkeypatch):
     assert log == ["[a/seed0] G1/2: 20/40 prompts, 1 min left"]
 
 
+@pytest.mark.slow  # Ray Train and DeepSpeed in every trajectory: two minutes; CI runs it (make test-slow)
 def test_study_with_deepspeed_training_queues_trajectories_around_their_workers(tmp_path):
     """The smoke study with train.backend deepspeed (2 CPU workers, ZeRO-2), each trajectory a Ray
     task launching a Ray Train run: on 2 CPUs one trajectory at a time, no deadlock, same tables."""

@@ -43,7 +43,7 @@ class Trajectory:
     synthetic: list[pd.DataFrame]  # D_0 .. D_{g-1}
     model: object
     tokenizer: object
-    instruments: Instruments | None
+    instruments: Instruments | None = None  # loaded at the first scoring: training need not wait for them
     g: int = 0
     metrics: dict = field(default_factory=dict)  # this generation's, for W&B and the log
     scores: pd.DataFrame | None = None  # this generation's, for W&B
@@ -145,7 +145,10 @@ def write_stage(t: Trajectory) -> None:
         mean_article_tokens=float(table["n_tokens"].mean()),
         gen_tokens_per_s=float(table["n_tokens"].sum() / max(t.seconds["generate"], 1e-9)),
     )
-    if t.instruments is not None:
+    if cfg.scoring.enabled:
+        if t.instruments is None:
+            t.say("loading the scoring instruments")
+            t.instruments = load_instruments(cfg.scoring, cfg.model)
         t.say(f"scoring {len(table)} articles")
         start = time.time()
         scores = score_articles(t.instruments, table, t.real, own=(t.model, t.tokenizer))
@@ -192,10 +195,6 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
         log(f"{tag} resuming after G{done - 1}")
         model, tokenizer = load_checkpoint(artifacts.checkpoint_dir(out, arm_name, seed, done - 1))
         _prune_checkpoints(cfg, arm_name, seed, done - 1)  # left by a kill, or by a study that kept all
-    instruments = None
-    if cfg.scoring.enabled:
-        log(f"{tag} loading the scoring instruments")
-        instruments = load_instruments(cfg.scoring, cfg.model)
     t = Trajectory(
         cfg,
         arm_name,
@@ -208,7 +207,6 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
         ],
         model=model,
         tokenizer=tokenizer,
-        instruments=instruments,
     )
     run = tracking.trajectory_run(cfg, arm_name, seed, log)
     for g in range(done, n):
