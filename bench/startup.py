@@ -56,11 +56,11 @@ def measure(repeats: int) -> list[dict]:
     base.mkdir()
     archive = subprocess.run(["git", "archive", BASELINE], cwd=ROOT, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BIASAMP_CACHE": str(work / "cache")}
+    os.environ["BIASAMP_CACHE"] = str(work / "cache")  # this process's conversion and both sides' runs
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     from biasamp.config import ModelConfig
     from biasamp.models import gguf_converted
 
-    os.environ["BIASAMP_CACHE"] = env["BIASAMP_CACHE"]
     t0 = time.perf_counter()
     gguf_converted(ModelConfig(kind="gguf", name="smollm2"))  # the one conversion this machine makes
     print(f"startup: the GGUF file converted into the cache in {time.perf_counter() - t0:.0f}s (once per machine)")

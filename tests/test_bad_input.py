@@ -6,7 +6,7 @@ in --out changed.
 Each case is its own process (its exit code, file descriptors 1 and 2, working folder and
 environment), forked from one that imported the command line once (multiprocessing's forkserver with
 the CLI preloaded): a case then starts in milliseconds, not in the seconds of importing torch, pandas
-and pydantic again. The cases in SUBPROCESS also run as `python -m biasamp.cli` from a fresh
+and pydantic again. The cases in SUBPROCESS also run from a fresh
 interpreter (the `biasamp` console script), and their forked run must say exactly what that one says."""
 
 import gzip

@@ -1,15 +1,18 @@
 import errno
 import multiprocessing
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+import transformers
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from biasamp import models
 from biasamp.config import GenerationConfig, ModelConfig
 from biasamp.corpus import read_source
+from biasamp.files import sha256
 from biasamp.models import load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
 from biasamp.stages import generate
 from biasamp.stages.generate import article_prompts, greedy_continuations, write_articles
@@ -191,11 +194,11 @@ def test_the_gguf_cache_converts_once_when_two_processes_start_together(tmp_path
     folders = {queue.get(timeout=5), queue.get(timeout=5)}
     assert conversions.read_text() == "converted\n"  # one conversion; the other process waited for it
     (folder,) = folders
-    assert models.checkpoint_damage(models.Path(folder)) is None
+    assert models.checkpoint_damage(Path(folder)) is None
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp")]
-    key = models.sha256(tmp_path / "m" / "x.gguf")[:24]
-    assert models.Path(folder).name == f"{key}-transformers{models.transformers.__version__}"
-    assert models.gguf_converted(cfg) == models.Path(folder) and conversions.read_text() == "converted\n"
+    key = sha256(tmp_path / "m" / "x.gguf")[:24]
+    assert Path(folder).name == f"{key}-transformers{transformers.__version__}"
+    assert models.gguf_converted(cfg) == Path(folder) and conversions.read_text() == "converted\n"
 
 
 def test_the_gguf_cache_on_a_full_disk_is_one_error_and_leaves_nothing(small_disk, tmp_path, monkeypatch):
@@ -205,4 +208,4 @@ def test_the_gguf_cache_on_a_full_disk_is_one_error_and_leaves_nothing(small_dis
         load_tokenizer(cfg)
     assert e.value.errno == errno.ENOSPC and "needs about" in e.value.strerror and "BIASAMP_CACHE" in e.value.strerror
     assert e.value.filename.startswith(str(small_disk / "cache" / "gguf"))
-    assert [p.name for p in (small_disk / "cache" / "gguf").iterdir()] == [models.Path(e.value.filename).name + ".lock"]
+    assert [p.name for p in (small_disk / "cache" / "gguf").iterdir()] == [Path(e.value.filename).name + ".lock"]
