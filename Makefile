@@ -32,9 +32,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The slow tests CI runs: each guards a promise no default test guards (README, "Tests").
+# The slow tests CI runs: each guards a promise no default test guards (README, "Tests"). Two workers:
+# most of their time is Ray and DeepSpeed starting and waiting.
 test-slow: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow -n 2
 
 # Everything: the default suite, the slow tests, the vLLM tests, and the extended tests CI leaves out.
 test-all: test test-slow test-vllm

@@ -69,17 +69,45 @@ def scratch_space(out: Path):
 
 
 def remove_stale(out: Path) -> int:
-    """Remove what interrupted writers left in OUT (temp files and folders, the scratch folder);
-    only the folder's owner calls this. Returns how many were removed."""
-    stale = [p for p in Path(out).rglob(".*.tmp") if SCRATCH not in p.relative_to(out).parts]
+    """Remove what interrupted biasamp writers left in the study folder OUT: hidden temp files at its
+    top and inside the parts it writes (tables, checkpoints, logs), and its scratch folder. Nothing in
+    a folder that is not a study (no manifest.json) or in a part the study does not own (a user's
+    notes, W&B's files) is touched. Only the folder's owner calls this. Returns how many were removed."""
+    out = Path(out)
+    if not (out / "manifest.json").is_file():
+        return 0
+    stale = list(out.glob(".*.tmp"))
+    for part in sorted(STUDY_PARTS - {"wandb", "manifest.json"}):
+        if (out / part).is_dir() and not (out / part).is_symlink():
+            stale += (out / part).rglob(".*.tmp")
     if scratch_dir(out).exists():
         stale.append(scratch_dir(out))
     for p in stale:  # a temp file inside a temp folder is gone with its folder
-        if p.is_dir():
+        if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
-        elif p.exists():
+        elif p.exists() or p.is_symlink():
             p.unlink()
     return len(stale)
+
+
+def check_not_foreign(out: Path) -> None:
+    """A folder that is not a study may be anything: biasamp's own names in it (its scratch folder,
+    its lock file) must be absent or biasamp's, or the command would use and then delete them."""
+    if not out.is_dir() or (out / "manifest.json").is_file():
+        return
+    scratch, lock = scratch_dir(out), out / ".lock"
+    if scratch.exists() and scratch.parent == out.resolve():
+        raise ValueError(
+            f"{scratch} exists and {out} is not a study folder (no manifest.json): biasamp keeps its temp "
+            "files there and removes it when done; move it, or use another folder"
+        )
+    if lock.is_symlink() or (
+        lock.exists() and not (lock.is_file() and lock.read_text(errors="replace").strip().isdigit())
+    ):
+        raise ValueError(
+            f"{lock} exists and is not a biasamp lock (a process id), and {out} is not a study folder; "
+            "move it, or use another folder"
+        )
 
 
 def check_output_dir(out: Path) -> None:
@@ -136,6 +164,7 @@ def own_output_dir(out: Path, log=print):
     first removes what an interrupted run left (temp files, scratch), works with its temp space in
     the scratch folder, and removes that on the way out."""
     check_output_dir(out)
+    check_not_foreign(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".lock", "a+") as fh:

@@ -648,7 +648,8 @@ _stopped_by: list = [None, None]  # the signal that raised the KeyboardInterrupt
 
 
 def _stop(signum, frame):
-    """SIGINT or SIGTERM (a scheduler's, `ray job stop`'s) raise KeyboardInterrupt: no `except Exception`
+    """SIGINT, SIGTERM (a scheduler's, `ray job stop`'s) and SIGHUP (a closed terminal or SSH session)
+    raise KeyboardInterrupt: no `except Exception`
     swallows it, every `finally` on the way out runs (Ray's placement groups removed, Ray shut down),
     and Ray's compiled calls (ray.wait) pass it on, which they do not for an exception of our own.
     Until the command has unwound, descriptor 2 goes to /dev/null: Ray's C++ core writes there what
@@ -674,13 +675,27 @@ def _torch_cache_dir() -> Path:
     )
 
 
+def _empty_argument(args: list[str]) -> str | None:
+    """The first argument that is empty or only spaces (`--out ''`, `--out=`, `analyze ''`), named."""
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if arg.startswith("--") and eq and not value.strip():
+            return flag
+        if not arg.strip():
+            return args[i - 1] if i and args[i - 1].startswith("--") else f"argument {i + 1}"
+    return None
+
+
 def cli() -> None:
     """The `biasamp` command. A usage error (an unknown flag, a bad value) is one line and exit 2,
-    like every other user error; programming errors keep their traceback. SIGINT and SIGTERM end it
-    with one line and exit 130 / 143 (Ray's own SIGTERM handler would dump C++ frames: the Ray layer
+    like every other user error; programming errors keep their traceback. SIGINT, SIGTERM and SIGHUP
+    end it with one line and exit 130 / 143 / 129 (Ray's own SIGTERM handler would dump C++ frames: the Ray layer
     puts this one back after starting Ray)."""
     usage_error = typer.BadParameter.__bases__[0]  # typer vendors click; its UsageError is not exported
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    if empty := _empty_argument(sys.argv[1:]):  # click reads an empty path as ".", the current folder
+        typer.secho(f"error: biasamp: {empty} is empty; give a path or value (see biasamp --help)", err=True, fg="red")
+        sys.exit(2)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _stop)
     inductor = _torch_cache_dir()
     made_inductor = not inductor.exists()

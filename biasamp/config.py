@@ -55,6 +55,18 @@ class _Frozen(BaseModel):
     # allow_inf_nan: no study means lr=.inf or epochs=.nan (one ran to the end with loss 0 and `!!!!` articles)
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value, info):
+        """`generations: true` is a slip, not 1: pydantic would take a boolean where a number is meant."""
+        if isinstance(value, bool):
+            kinds = set(typing.get_args(cls.model_fields[info.field_name].annotation)) or {
+                cls.model_fields[info.field_name].annotation
+            }
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError("a number, not true or false")
+        return value
+
 
 class TinyGPT2(_Frozen):
     n_layer: int = Field(2, ge=1, le=256)
@@ -618,9 +630,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> None:
             raise ConfigError(f"--set {item}: expected KEY.PATH=VALUE")
         key, value = item.split("=", 1)
         try:
-            parsed = yaml.safe_load(value)
+            parsed = load_yaml(value)
         except yaml.YAMLError:
             raise ConfigError(f"--set {item}: the value is not valid YAML") from None
+        except ConfigError as e:
+            raise ConfigError(f"--set {key.strip()}: {e}") from None
         _set_path(raw, key.strip(), parsed)
 
 
@@ -701,23 +715,81 @@ def from_dict(raw: dict, source: str = "<dict>") -> StudyConfig:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key written twice in one mapping (plain YAML keeps the last, silently)."""
+    """YAML's safe loader, refusing a key written twice in one mapping (plain YAML keeps the last,
+    silently) and a key that is a list or mapping."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be written again here
+                continue
             key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (list, dict)):
+                raise ConfigError(
+                    f"line {key_node.start_mark.line + 1}: a key must be a name, not a {type(key).__name__}"
+                )
             if key in seen:
                 raise ConfigError(f"line {key_node.start_mark.line + 1}: key '{key}' appears twice in one mapping")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
+YAML_MAX_VALUES = 10_000  # a study config holds a few hundred; each use of an alias counts again
+YAML_MAX_DEPTH = 32  # its deepest key path is 5 levels
+
+
+def load_yaml(text: str):
+    """Configs and `--set` values: YAML's safe loader (_UniqueKeyLoader), refusing before anything is
+    built a document nested deeper than YAML_MAX_DEPTH, one that expands to more than
+    YAML_MAX_VALUES values through aliases (a "billion laughs"), and an alias inside itself."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise ConfigError(f"nested deeper than {YAML_MAX_DEPTH} levels") from None
+        if node is None:
+            return None
+        _check_yaml_shape(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_yaml_shape(root) -> None:
+    """Expanded size and depth of a composed YAML node graph (aliases share nodes: a DAG, or with a
+    recursive alias a cycle), each node visited once, without recursion."""
+    size, depth, on_path = {}, {}, set()
+    stack = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        children = node.value if isinstance(node, yaml.SequenceNode) else []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if finished:
+            on_path.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(c)] for c in children)
+            depth[id(node)] = 1 + max((depth[id(c)] for c in children), default=0)
+            line = node.start_mark.line + 1
+            if depth[id(node)] > YAML_MAX_DEPTH:
+                raise ConfigError(f"line {line}: nested deeper than {YAML_MAX_DEPTH} levels")
+            if size[id(node)] > YAML_MAX_VALUES:
+                raise ConfigError(
+                    f"line {line}: expands to more than {YAML_MAX_VALUES:,} values (each use of an alias counts)"
+                )
+        elif id(node) in on_path:
+            raise ConfigError(f"line {node.start_mark.line + 1}: an alias used inside its own anchor")
+        elif id(node) not in size:
+            on_path.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in size)
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
     path = Path(path)
     try:
         check_regular_file(path)
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -95,14 +95,28 @@ def _read_table(path: Path) -> pd.DataFrame:
                         rows.append(json.loads(line))
                     except ValueError:
                         raise ValueError(f"{path}: line {i} is not JSON") from None
+                    if not isinstance(rows[-1], dict):  # one article per line: an object of its fields
+                        raise ValueError(f"{path}: line {i} is {_json_kind(rows[-1])}, not an object of fields")
         return pd.DataFrame(rows)
     if name.endswith(".json"):
-        return pd.DataFrame(json.loads(path.read_text(encoding="utf-8")))
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(rows, list):  # a list of articles (else pandas reads an object of columns)
+            for i, row in enumerate(rows):
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}: item {i} is {_json_kind(row)}, not an object of fields")
+        elif not isinstance(rows, dict):
+            raise ValueError(f"{path}: {_json_kind(rows)}, not a list of articles")
+        return pd.DataFrame(rows)
     if name.endswith((".csv", ".csv.gz")):
         return pd.read_csv(path)
     if name.endswith(".parquet"):
         return pd.read_parquet(path)
     raise ValueError(f"{path}: unknown format (jsonl[.gz], json, csv, parquet; for corpora also a folder or hf:NAME)")
+
+
+def _json_kind(value) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
 def _canonical(df: pd.DataFrame, where: str) -> pd.DataFrame:

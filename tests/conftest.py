@@ -64,7 +64,19 @@ def _forked_cli(args: list[str], cwd: Path, env: dict, stdout: Path, stderr: Pat
 
 
 FORKS = multiprocessing.get_context("forkserver")
-FORKS.set_forkserver_preload(["biasamp.cli", "biasamp.study", "biasamp.stages.report"])
+# The stages that import torch, transformers and datasets too: each `run`, `score` or `classify` child
+# would import them again (7 CPU-s). Not ray (its import reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, which
+# biasamp sets per address first), nor wandb (its import makes a media folder in the TMPDIR of the time).
+FORKS.set_forkserver_preload(
+    [
+        "biasamp.cli",
+        "biasamp.study",
+        "biasamp.stages.report",
+        "biasamp.stages.train",
+        "biasamp.stages.score",
+        "biasamp.stages.generate",
+    ]
+)
 
 
 SMOKE_KEY = "local-" + "0123456789abcdef" * 2 + "01234567"  # a W&B key in the environment

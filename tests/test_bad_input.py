@@ -37,6 +37,12 @@ def _run(*flags):  # `biasamp run` of the smoke study into {tmp}/out with these 
     return ["run", SMOKE, "--out", "{tmp}/out", *(f"--set={f}" for f in flags)]
 
 
+# A "billion laughs": 10 levels of 10 aliases each, 10**10 values once expanded, in 400 bytes.
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefghi", "bcdefghij")
+)
+
+
 # (id, files the case writes under {tmp} first, the command, what its one line must say)
 CASES = [
     # the config file
@@ -56,6 +62,38 @@ CASES = [
         ["validate", "{tmp}/c.yaml"],
         "c.yaml: line 5: key 'lr' appears twice in one mapping",
     ),
+    # the shape of a YAML document (config file or --set value), refused before it is built
+    (
+        "config of nested aliases",
+        {"c.yaml": LAUGHS},
+        ["validate", "--config-only", "{tmp}/c.yaml"],
+        "c.yaml: line 4: expands to more than 10,000 values (each use of an alias counts)",
+    ),
+    (
+        "config nested 5,000 deep",
+        {"c.yaml": "study: " + "[" * 5000 + "]" * 5000},
+        ["validate", "--config-only", "{tmp}/c.yaml"],
+        "c.yaml: nested deeper than 32 levels",
+    ),
+    (
+        "config alias inside itself",
+        {"c.yaml": "study: &a [*a]\n"},
+        ["validate", "--config-only", "{tmp}/c.yaml"],
+        "c.yaml: line 1: an alias used inside its own anchor",
+    ),
+    (
+        "config key a list",
+        {"c.yaml": "study: a\n? [train, lr]\n: 0.1\n"},
+        ["validate", "--config-only", "{tmp}/c.yaml"],
+        "c.yaml: line 2: a key must be a name, not a list",
+    ),
+    ("--set nested deep", {}, _run("train=" + "[" * 3000 + "]" * 3000), "--set train: nested deeper than 32 levels"),
+    (
+        "--set of nested aliases",
+        {},
+        _run("sweep={key: train.lr, values: &v [" + ", ".join(["1e-3"] * 11000) + "]}"),
+        "--set sweep: line 1: expands to more than 10,000 values",
+    ),
     ("infinite lr", {}, _run("train.lr=.inf"), "train.lr: Input should be a finite number"),
     (
         "more CPU engines than cores",
@@ -64,6 +102,8 @@ CASES = [
         "generation.backend.engines: 2 CPU engines share the trajectory's 1 CPUs",
     ),
     ("NaN epochs", {}, _run("train.epochs=.nan"), "train.epochs: Input should be a finite number"),
+    ("generations a boolean", {}, _run("generations=true"), "generations: a number, not true or false"),
+    ("epochs a boolean", {}, _run("train.epochs=false"), "train.epochs: a number, not true or false"),
     (
         "config is a list",
         {"c.yaml": "- study\n- smoke\n"},
@@ -303,6 +343,31 @@ CASES = [
         ["classify", "{tmp}/a.csv", "--out", "{tmp}/o.parquet"],
         "a.csv: No such file or directory",
     ),
+    # rows that are not objects of fields
+    (
+        "corpus row a number",
+        {"c.jsonl": '{"text": "a", "label": "left"}\n42\n'},
+        _run("corpora.main.source={tmp}/c.jsonl"),
+        "c.jsonl: line 2 is a number, not an object of fields",
+    ),
+    (
+        "corpus row an array",
+        {"c.jsonl.gz": gzip.compress(b'["a", "left"]\n')},
+        _run("corpora.main.source={tmp}/c.jsonl.gz"),
+        "c.jsonl.gz: line 1 is an array, not an object of fields",
+    ),
+    (
+        "classify: a row null",
+        {"a.jsonl": '{"text": "a"}\nnull\n'},
+        ["classify", "{tmp}/a.jsonl", "--out", "{tmp}/o.parquet"],
+        "a.jsonl: line 2 is null, not an object of fields",
+    ),
+    (
+        "classify: JSON of strings",
+        {"a.json": '["a", "b"]'},
+        ["classify", "{tmp}/a.json", "--out", "{tmp}/o.parquet"],
+        "a.json: item 0 is a string, not an object of fields",
+    ),
     (
         "classify: no text column",
         {"a.csv": "title\nx\n"},
@@ -526,6 +591,9 @@ CASES = [
         "--out {tmp}/p: a file; a folder is written here",
     ),
     # flags
+    ("--out empty", {}, ["validate", SMOKE, "--out", ""], "biasamp: --out is empty; give a path or value"),
+    ("--out= empty", {}, ["run", SMOKE, "--out="], "biasamp: --out is empty"),
+    ("analyze: path only spaces", {}, ["analyze", "  "], "biasamp: argument 2 is empty"),
     ("unknown flag", {}, ["run", SMOKE, "--bogus"], "No such option: --bogus"),
     ("bad flag value", {}, ["analyze", "{tmp}", "--mode", "sideways"], "Invalid value for --mode"),
     ("missing argument", {}, ["run"], "Missing argument 'config'"),

@@ -1,7 +1,8 @@
-"""How a run ends when it cannot go on: SIGTERM (schedulers, `ray job stop`) and SIGINT (Ctrl-C) sent
-to a real `biasamp run` end it with one line and exit 143 / 130, with no Ray process of its own left,
-and the same command resumes it; a full disk (a real tmpfs, where this machine can mount one) is one
-line naming the file, what it needed and what was free, with nothing half-written left."""
+"""How a run ends when it cannot go on: SIGTERM (schedulers, `ray job stop`), SIGHUP (a closed terminal)
+and SIGINT (Ctrl-C) sent to a real `biasamp run` end it with one line and exit 143 / 129 / 130, with
+no Ray process of its own left, and the same command resumes it; a full disk (a real tmpfs, where this
+machine can mount one) is one line naming the file, what it needed and what was free, with nothing
+half-written left."""
 
 import errno
 import os
@@ -34,9 +35,16 @@ def _ray_processes(marker: str) -> list[int]:
     return found
 
 
-# SIGINT takes SIGTERM's path (and a minute): make test-all runs it, and bench/chaos.py
+# Two real runs on a private Ray (two minutes beside the other tests): CI runs SIGTERM and SIGHUP (make
+# test-slow); SIGINT takes SIGTERM's path, make test-all runs it, and bench/chaos.py.
 @pytest.mark.parametrize(
-    "sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.extended)], ids=lambda s: s.name
+    "sig",
+    [
+        pytest.param(signal.SIGTERM, marks=pytest.mark.slow),
+        pytest.param(signal.SIGHUP, marks=pytest.mark.slow),
+        pytest.param(signal.SIGINT, marks=pytest.mark.extended),
+    ],
+    ids=lambda s: s.name,
 )
 def test_a_stopped_run_ends_in_one_line_leaves_no_ray_and_resumes(tmp_path, study_dict, sig):
     config = tmp_path / "study.yaml"

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -353,6 +354,78 @@ def test_a_run_that_fails_on_its_data_does_not_claim_the_folder(tmp_path):
     assert not (out / "manifest.json").exists()  # so the corrected config is not refused
 
 
+FOREIGN = {  # another tool's hidden files, named as biasamp names its temp files, where biasamp writes
+    ".draft.tmp": "a",
+    "notes/.cache.tmp": "b",
+    "logs/.rotate.tmp": "c",
+    "wandb/.w.tmp": "d",
+}
+
+
+def _plant(folder: Path, files: dict) -> dict:
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return _tree(folder)
+
+
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_folder_that_is_not_a_study_loses_nothing(tmp_path):
+    """`run` and `analyze` on a folder that is not a study delete nothing in it, refused or not; a
+    foreign `.scratch` or `.lock` (names biasamp would use, then remove) is refused in one line."""
+    foreign = tmp_path / "foreign"
+    before = _plant(foreign, {**FOREIGN, "scores.parquet": "not parquet"})
+    refused = cli("run", "configs/smoke.yaml", "--out", str(foreign), "--set", "corpora.main.source=/no/such/corpus")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    analyzed = cli("analyze", str(foreign))
+    assert analyzed.returncode == 2 and len(analyzed.stderr.strip().splitlines()) == 1, analyzed.stderr
+    assert _tree(foreign) == before
+    # A folder of the authors' numbers (analyze reads it; it is no study): at a short path, where
+    # OUT/.scratch would be biasamp's temp space.
+    paper = Path(tempfile.mkdtemp(prefix="bp", dir="/tmp")) / "p"
+    made = cli(
+        "import-paper",
+        str(ROOT.parent / "shared/data/paper-results/Bias_Performance_and_Generation_Quality"),
+        "--out",
+        str(paper),
+        "--bootstrap",
+        "20",
+    )
+    assert made.returncode == 0, made.stderr
+    for name, what in ((".scratch/keep.txt", ".scratch exists"), (".lock", "not a biasamp lock")):
+        kept = _plant(paper, {name: "theirs"})
+        res = cli("analyze", str(paper), "--bootstrap", "20")
+        assert res.returncode == 2 and what in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert _tree(paper) == kept
+        (paper / ".lock").unlink(missing_ok=True)
+        shutil.rmtree(paper / ".scratch", ignore_errors=True)
+    assert cli("analyze", str(paper), "--bootstrap", "20").returncode == 0 and not (paper / ".lock").exists()
+    shutil.rmtree(paper.parent)
+
+
+def test_a_study_folder_loses_only_what_its_writers_left(study_dict):
+    """In a study folder, the owner removes the temp files interrupted biasamp writers left (at the
+    top, in its tables, checkpoints and logs) and its scratch folder; a user's folder and W&B's stay."""
+    cfg = from_dict(study_dict())
+    prepare_study(cfg, log=lambda m: None)
+    out = cfg.output_dir
+    ours = {".summary.parquet.x1.tmp": "", "articles/.part.parquet.tmp": "", "checkpoints/.gen0.tmp/w": ""}
+    _plant(out, ours)
+    _plant(artifacts.scratch_dir(out), {"tmpdir/x": ""})  # OUT/.scratch, or in TMPDIR for a long path
+    kept = _plant(out, {"notes/.cache.tmp": "b", "wandb/.w.tmp": "d"})
+    lines = []
+    with artifacts.own_output_dir(out, log=lines.append):
+        pass
+    assert lines == [f"removed 4 temp file(s) an interrupted run left in {out}"]
+    after = _tree(out)
+    assert not any(name in after for name in ours) and not artifacts.scratch_dir(out).exists()
+    assert {k: v for k, v in kept.items() if k not in ours} == after
+    assert after["notes/.cache.tmp"] == b"b" and after["wandb/.w.tmp"] == b"d"
+
+
 def test_outputs_are_readable_as_the_umask_allows(tmp_path):
     old = os.umask(0o022)
     try:
@@ -478,6 +551,7 @@ def test_an_extension_interrupted_after_its_last_trajectory_resumes_to_current_s
     assert run_study(longer, never, log=quiet).per_arm is None  # current now: nothing is rebuilt
 
 
+@pytest.mark.slow  # two runs of two trajectories on a private Ray: two minutes; CI runs it (make test-slow)
 def test_one_failing_trajectory_stops_only_itself_and_a_rerun_runs_only_it(tmp_path):
     """A planted failure in one arm (its log path is a folder: it cannot write a line): the other arm
     finishes and is summarized, the run lists the failure and exits 1, the report names what is missing,
