@@ -68,13 +68,17 @@ def scratch_space(out: Path):
         tempfile.tempdir = None
 
 
+def is_study_folder(out: Path) -> bool:
+    return (Path(out) / "manifest.json").is_file()
+
+
 def remove_stale(out: Path) -> int:
     """Remove what interrupted biasamp writers left in the study folder OUT: hidden temp files at its
     top and inside the parts it writes (tables, checkpoints, logs), and its scratch folder. Nothing in
     a folder that is not a study (no manifest.json) or in a part the study does not own (a user's
     notes, W&B's files) is touched. Only the folder's owner calls this. Returns how many were removed."""
     out = Path(out)
-    if not (out / "manifest.json").is_file():
+    if not is_study_folder(out):
         return 0
     stale = list(out.glob(".*.tmp"))
     for part in sorted(STUDY_PARTS - {"wandb", "manifest.json"}):
@@ -93,7 +97,7 @@ def remove_stale(out: Path) -> int:
 def check_not_foreign(out: Path) -> None:
     """A folder that is not a study may be anything: biasamp's own names in it (its scratch folder,
     its lock file) must be absent or biasamp's, or the command would use and then delete them."""
-    if not out.is_dir() or (out / "manifest.json").is_file():
+    if not out.is_dir() or is_study_folder(out):
         return
     scratch, lock = scratch_dir(out), out / ".lock"
     if scratch.exists() and scratch.parent == out.resolve():
@@ -147,7 +151,7 @@ def check_output_path(out: Path, kind: str, flag: str = "--out") -> None:
         raise ValueError(f"{flag} {out}: a file; a folder is written here")
     absolute = out.resolve()
     for study in absolute.parents:
-        if (study / "manifest.json").is_file():
+        if is_study_folder(study):
             part = absolute.relative_to(study).parts[0]
             if part in STUDY_PARTS:
                 raise ValueError(

@@ -649,9 +649,9 @@ _stopped_by: list = [None, None]  # the signal that raised the KeyboardInterrupt
 
 def _stop(signum, frame):
     """SIGINT, SIGTERM (a scheduler's, `ray job stop`'s) and SIGHUP (a closed terminal or SSH session)
-    raise KeyboardInterrupt: no `except Exception`
-    swallows it, every `finally` on the way out runs (Ray's placement groups removed, Ray shut down),
-    and Ray's compiled calls (ray.wait) pass it on, which they do not for an exception of our own.
+    raise KeyboardInterrupt: no `except Exception` swallows it, every `finally` on the way out runs
+    (Ray's placement groups removed, Ray shut down), and Ray's compiled calls (ray.wait) pass it on,
+    which they do not for an exception of our own.
     Until the command has unwound, descriptor 2 goes to /dev/null: Ray's C++ core writes there what
     it can no longer tell a stopping driver (`task_manager.cc: Failed to push error to driver`)."""
     if _stopped_by[1] is None:

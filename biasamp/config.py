@@ -60,9 +60,8 @@ class _Frozen(BaseModel):
     def _no_boolean_numbers(cls, value, info):
         """`generations: true` is a slip, not 1: pydantic would take a boolean where a number is meant."""
         if isinstance(value, bool):
-            kinds = set(typing.get_args(cls.model_fields[info.field_name].annotation)) or {
-                cls.model_fields[info.field_name].annotation
-            }
+            annotation = cls.model_fields[info.field_name].annotation
+            kinds = set(typing.get_args(annotation)) or {annotation}
             if bool not in kinds and kinds & {int, float}:
                 raise ValueError("a number, not true or false")
         return value

@@ -1,5 +1,6 @@
 import atexit
 import fcntl
+import hashlib
 import json
 import multiprocessing
 import os
@@ -96,6 +97,16 @@ def built_once(tmp_path_factory, name: str, build) -> dict:
             folder.mkdir(exist_ok=True)  # (a worker whose build failed left it)
             result.write_text(json.dumps(build(folder)))
     return json.loads(result.read_text())
+
+
+def folder_tree(folder: Path) -> dict[str, str]:
+    """Every file under a folder with the hash of its bytes, and every folder (an empty one too)."""
+    if not folder.is_dir():
+        return {}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def _completed(res: subprocess.CompletedProcess) -> dict:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import built_once, cli
+from conftest import built_once, cli, folder_tree
 
 ROOT = Path(__file__).parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -600,16 +600,6 @@ CASES = [
 ]
 
 
-def _tree(folder: Path) -> dict[str, str]:
-    """Every file under a folder with the hash of its bytes, and every folder (an empty one too)."""
-    if not folder.is_dir():
-        return {}
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
-        for p in sorted(folder.rglob("*"))
-    }
-
-
 def _write(tmp: Path, files: dict) -> None:
     for name, content in files.items():
         f = tmp / name
@@ -631,9 +621,9 @@ def _case(tmp: Path, files: dict, args: list[str], fresh: bool = False):
     _write(tmp, files)
     (tmp / "systmp").mkdir()
     env = {"HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp / "systmp"), "RAY_TMPDIR": "/tmp", "COLUMNS": "200"}
-    before = _tree(tmp)
+    before = folder_tree(tmp)
     res = cli(*(a.replace("{tmp}", str(tmp)) for a in args), env=env, cwd=tmp, fresh=fresh)
-    return res, before, _tree(tmp)
+    return res, before, folder_tree(tmp)
 
 
 @pytest.fixture(scope="module")
