@@ -26,17 +26,18 @@ quickstart: $(STAMP)
 # what several tests read (the smoke study, the bad-input batch) is built once (tests/conftest.py).
 TEST_WORKERS ?= 3
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The slow tests CI runs: each guards a promise no default test guards (README, "Tests"). One at a time:
-# on 2 workers they took longer (1,666 s for 11 against 1,199 s for 8 serially), each one's Ray and
-# DeepSpeed workers competing for the same 2 cores.
+# The slow tests CI runs: each guards a promise no default test guards (node loss, a real signal, a Ray
+# job, one failure failing alone, ZeRO-2/3, the real model; README, "Tests"). One at a time: on 2
+# workers they took longer (1,666 s for 11 against 1,199 s for 8 serially), each one's Ray and
+# DeepSpeed workers competing for the same 2 cores. --durations: CI's log says where the time goes.
 test-slow: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow --durations=0
 
 # Everything: the default suite, the slow tests, the vLLM tests, and the extended tests CI leaves out.
 test-all: test test-slow test-vllm

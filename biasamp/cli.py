@@ -96,6 +96,37 @@ def validate(
         f"{config}: OK — study '{cfg.study}', {len(cfg.arms)} arms x {len(cfg.seeds)} seeds = {n} trajectories, "
         f"G0..G{cfg.generations - 1}, model {cfg.model.kind}:{cfg.model.name}, hash {cfg.science_hash()}"
     )
+    typer.echo(_power_line(cfg))
+
+
+def _power_line(cfg: StudyConfig) -> str:
+    """What change of right share the study can see: from the classifier's power record (the spread of
+    a planted change's calibrated estimate under each decay, bench/leaning_calibration.py) and the
+    study's articles per generation and seeds."""
+    from biasamp.instruments.leaning import load_power
+    from biasamp.instruments.prevalence import PAPER_CHANGE, articles_needed, detectable_change
+
+    record = load_power(cfg.scoring.classifier)
+    c = cfg.scoring.classifier
+    if record is None:
+        return f"power: unknown, no power record for classifier {c.kind}:{c.name} (docs/measuring.md, 'Power')"
+    per_gen = min(sum(cfg.corpora[arm.corpus].per_label.values()) for arm in cfg.arms.values())
+    seeds = len(cfg.seeds)
+    sds = [record["sd"][decay]["calibrated"] for decay in ("none", "collapse")]
+    low, high = (detectable_change(sd, record["articles"], per_gen, seeds) for sd in sds)
+    need = [articles_needed(sd, record["articles"], PAPER_CHANGE, seeds) for sd in sds]
+    seeds_note = f"{seeds} seeds (their run-to-run variation not counted)" if seeds > 1 else "1 seed"
+    line = (
+        f"power: with {per_gen} articles per generation and {seeds_note}, the smallest change of right share "
+        f"from G0 seen at 80% power (alpha 0.05) is {low:.2f} on intact text, {high:.2f} under collapse-like "
+        f"decay (calibrated reading)"
+    )
+    if high <= PAPER_CHANGE:
+        return line + f"; the paper's +{PAPER_CHANGE} is within reach"
+    return (
+        line + f"; the paper's +{PAPER_CHANGE} needs {need[0]:,}-{need[1]:,} articles per generation "
+        "(corpora.*.per_label)"
+    )
 
 
 @app.command()
@@ -106,6 +137,7 @@ def run(
 ):
     """Run (or resume) a study: every (arm, seed) trajectory as a Ray task."""
     cfg = _load(config, set_, out)  # first: a bad config is refused before the study's imports
+    typer.echo(_power_line(cfg))
     from biasamp.backends.ray_cluster import execute
     from biasamp.study import TrajectoriesFailed, run_study
 
@@ -139,11 +171,18 @@ def _closing_lines(cfg: StudyConfig, per_arm) -> None:
             if np.isfinite(r.prev_right) and r.prev_right_hi - r.prev_right_lo < MAX_PRINTED_CI
             else ""
         )
+        calibrated = (
+            f", right calibrated to its decay {r.share_right_calibrated:.1%} [{r.share_right_calibrated_lo:.1%}, "
+            f"{r.share_right_calibrated_hi:.1%}]"
+            if np.isfinite(r.share_right_calibrated)
+            else ""
+        )
         typer.echo(
             f"[{r.arm}] G{r.generation}: right (argmax) {r.share_right:.1%} [{r.share_right_lo:.1%}, "
             f"{r.share_right_hi:.1%}] (degradation alone: {r.null_share_right:.1%}), lean index "
             f"{r.lean_index:+.3f} [{r.lean_index_lo:+.3f}, {r.lean_index_hi:+.3f}] (degradation alone: "
-            f"{r.null_lean_index:+.3f}){prev}, " + ", ".join(f"{m} {getattr(r, f'{m}_mean'):.2f}" for m in MEASURES)
+            f"{r.null_lean_index:+.3f}){prev}{calibrated}, "
+            + ", ".join(f"{m} {getattr(r, f'{m}_mean'):.2f}" for m in MEASURES)
         )
     typer.echo(f"summaries -> {cfg.output_dir / 'summary.parquet'}, {cfg.output_dir / 'summary_arms.parquet'}")
 
@@ -207,7 +246,13 @@ def score(
 
 
 def _classifier_config(
-    kind: str, model: str, labels: str | None, max_tokens: int, calibration: str = "", method: str = "pcc"
+    kind: str,
+    model: str,
+    labels: str | None,
+    max_tokens: int,
+    calibration: str = "",
+    method: str = "pcc",
+    read: str = "body",
 ) -> ClassifierConfig:
     """The classifier the flags describe; a bad value is named by its flag."""
 
@@ -222,6 +267,7 @@ def _classifier_config(
         labels=dict(pairs) if pairs else ClassifierConfig().labels,
         max_tokens=max_tokens,
         calibration=calibration,
+        read=read,
         prevalence=method,
     )
 
@@ -401,6 +447,11 @@ def classifier_check(
         "bias/source_label). Default: --data's articles of outlets the shipped "
         "model never saw.",
     ),
+    study: Optional[Path] = typer.Option(
+        None,
+        help="Check on a study's own corpus instead: a study folder (its corpus tables) or a study config "
+        "(its corpora as drawn): the outlets a fine-tuned generator imitates.",
+    ),
     data: Path = typer.Option(ABP_DIR, help="Article-Bias-Prediction folder, for the default articles."),
     per_label: int = typer.Option(300, min=10, help="Articles per label at most."),
     seed: int = typer.Option(0, help="Which articles the default draw takes, and the bootstrap."),
@@ -408,18 +459,55 @@ def classifier_check(
     calibration: str = typer.Option("", help="Calibration table for pacc/acc (default: the offline model's own)."),
     bootstrap: int = typer.Option(1000, min=10, help="Paired bootstrap resamples for the shifts' CIs."),
     batch_size: int = typer.Option(16, min=1),
+    read: str = typer.Option("body", help="What is read of each article: body (a study's default) or title_body."),
     out: Optional[Path] = typer.Option(
         None, help="Also write the table (Markdown) here, and its rows beside it (.parquet)."
     ),
 ):
     """Does the leaning instrument read text degradation as a leaning? Reads labelled articles intact
     and shortened, looped, shuffled, padded with repeated phrases and with gibberish, and prints the
-    shift of every reading the summaries report, with paired bootstrap CIs, and intact macro-F1."""
-    from biasamp.study import check_classifier
+    shift of every reading the summaries report, with paired bootstrap CIs, and intact macro-F1; then
+    the largest shift within the articles of each true label."""
+    from biasamp.study import check_classifier, study_articles
 
-    cfg = _classifier_config(kind, model, labels, max_tokens, calibration, method)
-    result = check_classifier(cfg, articles, data, per_label, seed, bootstrap, batch_size, out)
+    cfg = _classifier_config(kind, model, labels, max_tokens, calibration, method, read)
+    if study is not None and articles is not None:
+        raise ValueError("--study and --articles: give one")
+    pool = study_articles(study) if study is not None else None
+    result = check_classifier(cfg, articles, data, per_label, seed, bootstrap, batch_size, out, pool=pool)
     typer.echo(result.text)
+
+
+@app.command("leaning-change")
+def leaning_change(
+    before: Path = typer.Argument(
+        ..., help="Real articles (JSONL/CSV/Parquet: article_id, title, text; label if known)."
+    ),
+    after: Path = typer.Argument(..., help="Articles continuing BEFORE's, id for id (a generation's articles)."),
+    out: Path = typer.Option(..., help="The changes as JSON: readings.<reading>.raw/beyond_null/calibrated."),
+    reference: Optional[Path] = typer.Option(
+        None,
+        help="Labelled articles (label: left/center/right) to calibrate on, each cut and looped as AFTER is. "
+        "Default: BEFORE's labels; without them, --data's articles of outlets the shipped model never saw.",
+    ),
+    data: Path = typer.Option(ABP_DIR, help="Article-Bias-Prediction folder, for the default reference."),
+    per_label: int = typer.Option(300, min=10, help="Default reference articles per label at most."),
+    kind: str = typer.Option("offline", help="offline: the project's classifier; hf: any sequence classifier."),
+    model: str = typer.Option("", help="Model file (offline) or hub id / local folder (hf); empty: the default."),
+    labels: Optional[str] = typer.Option(None, help="--kind hf: model label map (default: the authors' classifier's)."),
+    max_tokens: int = typer.Option(500, min=8, help="--kind hf: input length."),
+    bootstrap: int = typer.Option(1000, min=10, help="Bootstrap draws (article ids resampled, paired)."),
+    batch_size: int = typer.Option(16, min=1),
+    seed: int = typer.Option(0),
+    read: str = typer.Option("body", help="What is read of each article: body (a study's default) or title_body."),
+):
+    """The change of leaning from BEFORE to AFTER, as a study computes a generation's change from G0:
+    raw, beyond the degradation null (BEFORE cut and looped to AFTER's length and repetition), and
+    calibrated to AFTER's decay in label units, each with a 95% CI."""
+    from biasamp.study import leaning_change as change
+
+    cfg = _classifier_config(kind, model, labels, max_tokens, read=read)
+    typer.echo(change(before, after, out, cfg, reference, data, per_label, bootstrap, batch_size, seed).text)
 
 
 @quality_app.command("train")
@@ -557,9 +645,8 @@ def _neuron_lines(counts, what: str, null_draws: int) -> None:
 
 def _contrast_lines(contrasts, study_dir: Path) -> None:
     last = contrasts.sort_values(["study", "arm", "target", "generation"]).groupby(["study", "arm", "target"]).tail(1)
-    for r in last[
-        last["target"].isin(["share_right", "lean_index", "lean_index_beyond_null", "tqi_mean"])
-    ].itertuples():
+    printed = ["share_right", "share_right_calibrated", "lean_index", "lean_index_beyond_null", "tqi_mean"]
+    for r in last[last["target"].isin(printed)].itertuples():
         ci = "" if r.seed_variation_in_ci else "  (one seed: articles only)"
         p = "p<0.0001" if r.p < 1e-4 else f"p={r.p:.2g}"
         typer.echo(

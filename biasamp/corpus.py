@@ -30,8 +30,9 @@ _ALIASES = {
 _NUMERIC_LABELS = {0: "left", 1: "center", 2: "right"}  # Article-Bias-Prediction's coding
 
 
-def read_source(source: str) -> pd.DataFrame:
-    """Read articles from a file, folder or `datasets` dataset into the canonical columns."""
+def read_source(source: str, labelled: bool = True) -> pd.DataFrame:
+    """Read articles from a file, folder or `datasets` dataset into the canonical columns (labelled:
+    False, a file without labels reads with source_label empty)."""
     if source == "bundled":
         path = BUNDLED
     elif source.startswith("hf:"):
@@ -39,7 +40,7 @@ def read_source(source: str) -> pd.DataFrame:
 
         name = source[3:]
         ds = datasets.load_dataset(name, split="train") if not Path(name).is_dir() else datasets.load_from_disk(name)
-        return _canonical(ds.to_pandas(), source)
+        return _canonical(ds.to_pandas(), source, labelled)
     else:
         path = Path(source)
     if not path.exists():
@@ -53,8 +54,8 @@ def read_source(source: str) -> pd.DataFrame:
             files = sorted(path.glob("*.json"))
             if not files:
                 raise FileNotFoundError(f"corpus source {path}: no articles.jsonl.gz or *.json files")
-            return _canonical(pd.DataFrame([_one_json(f) for f in files]), str(path))
-    return _canonical(read_table(path), str(path))
+            return _canonical(pd.DataFrame([_one_json(f) for f in files]), str(path), labelled)
+    return _canonical(read_table(path), str(path), labelled)
 
 
 def _one_json(path: Path):
@@ -119,12 +120,14 @@ def _json_kind(value) -> str:
     return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
-def _canonical(df: pd.DataFrame, where: str) -> pd.DataFrame:
+def _canonical(df: pd.DataFrame, where: str, labelled: bool = True) -> pd.DataFrame:
     out = {}
     for col, names in _ALIASES.items():
         found = next((n for n in names if n in df.columns), None)
         if found is not None:
             out[col] = df[found]
+    if not labelled and "source_label" not in out:
+        out["source_label"] = pd.Series("", index=df.index)
     for col in ("text", "source_label"):
         if col not in out:
             raise ValueError(f"{where}: no {col} column (looked for {', '.join(_ALIASES[col])})")
@@ -140,7 +143,7 @@ def _canonical(df: pd.DataFrame, where: str) -> pd.DataFrame:
         )
     out["title"] = out.get("title", pd.Series("", index=out.index)).fillna("").astype(str)
     out["text"] = out["text"].fillna("").astype(str)
-    out["source_label"] = out["source_label"].map(lambda v: _label(v, where))
+    out["source_label"] = out["source_label"].map(lambda v: "" if v == "" and not labelled else _label(v, where))
     for col in ("outlet", "date"):
         out[col] = out.get(col, pd.Series("", index=out.index)).fillna("").astype(str)
     return out[["article_id", "title", "text", "source_label", "outlet", "date"]]

@@ -14,11 +14,11 @@ from typing import Callable
 import pandas as pd
 
 from biasamp import artifacts
-from biasamp.config import ClassifierConfig, ModelConfig, StudyConfig, apply_overrides, from_dict, updated
+from biasamp.config import ClassifierConfig, ModelConfig, StudyConfig, apply_overrides, from_dict, load_config, updated
 from biasamp.files import sha256
 from biasamp.instruments.leaning import load_calibration
 from biasamp.preflight import check_libraries, check_resources, check_study, local_machine
-from biasamp.stages.summarize import SETTINGS_KEY, write_summaries
+from biasamp.stages.summarize import SETTINGS_KEY, settings_of_scores, write_summaries
 from biasamp.tables import TABLES, file_metadata, parquet_damage, write_parquet
 
 # The model stack (torch, transformers: about 8 s) is imported inside the functions that use it, so
@@ -74,6 +74,7 @@ Executor = Callable[[StudyConfig, list[tuple[str, int]], Callable[[str], None]],
 def run_study(cfg: StudyConfig, execute: Executor, log=print) -> RunResult:
     """Run every unfinished trajectory of the study with `execute` (one writer per folder), then the
     study-level summaries."""
+    cfg = keep_recorded_reading(cfg, log)
     with artifacts.own_output_dir(cfg.output_dir, log):
         pending = prepare_study(cfg, log)
         total = len(cfg.arms) * len(cfg.seeds)
@@ -101,6 +102,27 @@ def run_study(cfg: StudyConfig, execute: Executor, log=print) -> RunResult:
         if failed:
             raise TrajectoriesFailed(len(failed), len(pending), failed)
         return RunResult(total, len(pending), ran, split, per_arm)
+
+
+def recorded_reading(out: Path) -> str | None:
+    """What a study's scores were read as (scoring.classifier.read; title_body before the setting
+    existed); None where it has no recorded scores, or scores read both ways."""
+    reads = {json.loads(s).get("classifier_reads", "title_body") for s in settings_of_scores(out) if s != "unrecorded"}
+    return reads.pop() if len(reads) == 1 else None
+
+
+def keep_recorded_reading(cfg: StudyConfig, log=print) -> StudyConfig:
+    """A study resumed with the default reading (body) keeps the reading its scores were made with:
+    a study from before scoring.classifier.read goes on reading title and body. Another reading is
+    `biasamp score OUT --set scoring.classifier.read=...`, which rescores every generation."""
+    recorded = recorded_reading(cfg.output_dir) if cfg.output_dir.is_dir() else None
+    if recorded is None or recorded == cfg.scoring.classifier.read or cfg.scoring.classifier.read != "body":
+        return cfg
+    log(
+        f"{cfg.output_dir}: its scores read {recorded}, and so do its new generations (to read bodies: "
+        f"biasamp score {cfg.output_dir} --set scoring.classifier.read=body)"
+    )
+    return updated(cfg, {"scoring.classifier.read": recorded})
 
 
 class TrajectoriesFailed(Exception):
@@ -184,6 +206,9 @@ def study_config(study_dir: Path, overrides: list[str] = (), changes: dict | Non
     if not manifest.exists():
         raise ValueError(f"{manifest} not found: not a study folder")
     raw = artifacts.read_manifest(study_dir)["config"]
+    classifier = raw.get("scoring", {}).get("classifier")
+    if isinstance(classifier, dict) and "read" not in classifier:  # a study from before `read`: as it was read
+        classifier["read"] = recorded_reading(study_dir) or "title_body"
     apply_overrides(raw, list(overrides))
     cfg = from_dict(raw, str(manifest))
     return updated(cfg, {"out_dir": str(Path(study_dir).resolve()), **(changes or {})})
@@ -490,8 +515,10 @@ def check_classifier(
     bootstrap: int,
     batch_size: int,
     out: Path | None = None,
+    pool: pd.DataFrame | None = None,
 ) -> CheckResult:
-    """Does the leaning instrument read text degradation as a leaning? (biasamp.instruments.invariance)"""
+    """Does the leaning instrument read text degradation as a leaning? (biasamp.instruments.invariance)
+    On `pool` (labelled articles, e.g. study_articles) where given."""
     from biasamp.corpus import read_source
     from biasamp.instruments import invariance, load_classifier
     from biasamp.instruments.leaning import LeaningModel
@@ -500,7 +527,9 @@ def check_classifier(
 
     if out is not None:
         artifacts.check_output_path(out, "file")
-    if articles is not None:
+    if pool is not None:
+        pass
+    elif articles is not None:
         pool = read_source(str(articles))
     else:
         seen = LeaningModel.load("bundled").outlets
@@ -515,8 +544,8 @@ def check_classifier(
     cal = load_calibration(cfg) if method not in UNCORRECTED else None
     if cal is None and method not in UNCORRECTED:
         raise ValueError(f"--method {method}: needs --calibration for --kind {cfg.kind}")
-    probs = invariance.readings(clf, pool, batch_size)
-    table = invariance.shift_table(probs, method, cal, bootstrap, seed)
+    probs = invariance.readings(clf, pool, batch_size, cfg.read)
+    table = invariance.shift_table(probs, method, cal, bootstrap, seed, labels=pool["source_label"])
     counts = pool["source_label"].value_counts().to_dict()
     text = invariance.render(
         table, invariance.macro_f1(probs["intact"], pool["source_label"]), counts, f"{cfg.kind}:{cfg.name}"
@@ -526,3 +555,111 @@ def check_classifier(
         out.write_text(text + "\n")
         write_parquet(table, out.with_suffix(".parquet"))
     return CheckResult(table, text)
+
+
+def study_articles(source: Path) -> pd.DataFrame:
+    """The real articles of a study: a study folder's corpus tables, or the corpora a config draws."""
+    from biasamp.corpus import read_source, sample_corpus
+
+    source = Path(source)
+    if source.is_dir():
+        if not artifacts.is_study_folder(source):
+            raise ValueError(f"--study {source}: not a study folder (no manifest.json)")
+        where = TABLES["corpus"].where(source)
+        files = sorted(where.glob("*.parquet")) if where.is_dir() else []
+        if not files:
+            raise ValueError(f"--study {source}: no corpus tables under {where}")
+        parts = [pd.read_parquet(f) for f in files]
+    else:
+        cfg = load_config(source)
+        parts = [sample_corpus(read_source(c.source), c, name) for name, c in cfg.corpora.items()]
+    return pd.concat(parts, ignore_index=True).drop_duplicates("article_id").reset_index(drop=True)
+
+
+@dataclass
+class ChangeResult:
+    readings: dict  # reading -> {"raw" | "beyond_null" | "calibrated": {estimate, lo, hi}}
+    text: str
+
+
+def leaning_change(
+    before: Path,
+    after: Path,
+    out: Path,
+    cfg: ClassifierConfig,
+    reference: Path | None = None,
+    data: Path = Path("../shared/data/article-bias-prediction"),
+    per_label: int = 300,
+    bootstrap: int = 1000,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> ChangeResult:
+    """The change of leaning from BEFORE (real articles) to AFTER (articles continuing their ids),
+    raw, beyond the degradation null and calibrated to AFTER's decay: a study's own computation
+    (score.change_scores, analyze.arm_contrasts) for any two article files. Calibration articles:
+    BEFORE's labels where it has them, and `reference`'s; with neither, the shipped classifier's
+    held-out check articles (of `data`, as `biasamp classifier check`)."""
+    from biasamp.corpus import read_source
+    from biasamp.instruments import invariance, load_classifier
+    from biasamp.instruments.leaning import LeaningModel
+    from biasamp.instruments.prevalence import READINGS
+    from biasamp.stages.analyze import arm_contrasts
+    from biasamp.stages.score import change_scores
+
+    artifacts.check_output_path(out, "file")
+    first, then = read_source(str(before), labelled=False), read_source(str(after), labelled=False)
+    for name, part in (("BEFORE", first), ("AFTER", then)):
+        if part.empty:
+            raise ValueError(f"{name} {before if name == 'BEFORE' else after}: no articles")
+    unknown = sorted(set(then["article_id"]) - set(first["article_id"]))
+    if unknown:
+        raise ValueError(
+            f"AFTER {after}: {len(unknown)} article id(s) not in BEFORE (e.g. {unknown[0]!r}); AFTER continues "
+            "BEFORE's articles, id for id"
+        )
+    labelled = (first["source_label"] != "").all()
+    ref = None
+    if reference is not None:
+        ref = read_source(str(reference))
+    elif not labelled:
+        seen = LeaningModel.load("bundled").outlets
+        ref = invariance.unseen_articles(read_source(str(data)), seen, per_label, seed)
+    clf = load_classifier(cfg.kind, cfg.name, cfg.labels, cfg.max_tokens, ModelConfig(), "classifier")
+    scores = change_scores(clf, first, then, ref, batch_size, cfg.read, seed)
+    trends = arm_contrasts(scores, n_boot=bootstrap, seed=seed)[1].set_index("target")
+    readings = {}
+    for r in READINGS:
+        readings[r] = {
+            kind: {
+                k: float(trends.loc[target, c])
+                for k, c in (("estimate", "change"), ("lo", "change_lo"), ("hi", "change_hi"))
+            }
+            for kind, target in (("raw", r), ("beyond_null", f"{r}_beyond_null"), ("calibrated", f"{r}_calibrated"))
+        }
+    calibration = "BEFORE's labels" if labelled else ""
+    if ref is not None:
+        calibration += (" and " if calibration else "") + f"{len(ref)} labelled articles of {reference or data}"
+    artifacts.write_json(
+        {
+            "before": str(before),
+            "after": str(after),
+            "articles": {"before": len(first), "after": len(then)},
+            "calibration": calibration,
+            "classifier": f"{cfg.kind}:{cfg.name}",
+            "read": cfg.read,
+            "bootstrap": bootstrap,
+            "readings": readings,
+        },
+        out,
+    )
+    lines = [
+        f"leaning change from BEFORE ({len(first)} articles) to AFTER ({len(then)}), {cfg.kind}:{cfg.name} "
+        f"reading {cfg.read.replace('_', ' + ')}; "
+        f"calibrated on {calibration}; 95% CIs ({bootstrap} draws, paired by article id)",
+        f"  {'reading':14} {'raw':>24} {'beyond the null':>24} {'calibrated':>24}",
+    ]
+    for r, kinds in readings.items():
+        cells = [f"{v['estimate']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]" for v in kinds.values()]
+        lines.append(f"  {r:14} " + " ".join(f"{c:>24}" for c in cells))
+    lines.append(f"-> {out}")
+    return ChangeResult(readings, "\n".join(lines))

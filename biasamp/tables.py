@@ -41,6 +41,8 @@ _STATS = (
     _ci(*_READINGS, "prev_left", "prev_center", "prev_right")
     + " {measure_means} "
     + _ci(*(f"null_{r}" for r in _READINGS))
+    + " "
+    + _ci(*(f"{r}_calibrated" for r in _READINGS))
     + " {measure_rhos}"
 )
 _CHECK = {
@@ -195,7 +197,8 @@ TABLES = {
             f"{ADDRESS} n_articles:int {_STATS} ppl_mean:float ppl_ref_mean:float",
             ("study", "arm", "seed", "generation"),
             "per version: argmax label shares, lean index (mean p_right - p_left), prevalence (prev_*), each "
-            "measure's mean (tqi_mean), the same readings under the degradation null (null_*), all with 95% "
+            "measure's mean (tqi_mean), the same readings under the degradation null (null_*), the readings in label "
+            "units calibrated on those degraded real articles (*_calibrated), all with 95% "
             "bootstrap CIs; tqi_rho_*: each measure vs p_*",
         ),
         Table(

@@ -11,6 +11,13 @@ def training_text(title: str, body: str) -> str:
     return f"title: {title}\nbody: {body}"  # the authors' article format
 
 
+def classifier_text(title: str, body: str, read: str) -> str:
+    """What the leaning classifier reads of an article: its body ("body"), or title and body in the
+    authors' format ("title_body"). A generated article's title is its prompt, the same at every
+    generation: read with the body it dilutes every change (python bench/leaning_calibration.py)."""
+    return body if read == "body" else training_text(title, body)
+
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 

@@ -2,6 +2,8 @@
 study scores beside each generation, and `biasamp classifier check`."""
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -184,6 +186,38 @@ def test_check_passes_an_invariant_instrument_and_fails_a_confounded_one():
             assert bad["shift"] > 0.5 and bad["shift_lo"] > 0.4
 
 
+def _marker_reads(text):  # reads a marker word: right articles' reads right, left articles' left
+    return 0.5 + 0.4 * ("zzright" in text) - 0.4 * ("zzleft" in text)
+
+
+def test_check_finds_shifts_within_each_label_that_a_balanced_corpus_averages_away():
+    """Each article's leaning sits at its end (a marker word): cut to its first 50 words, right articles
+    read 0.6 less right in lean index and left ones 0.6 more, which over all articles is no shift."""
+    articles = read_source("bundled")
+    marker = articles["source_label"].map({"left": " zzleft", "center": "", "right": " zzright"})
+    articles = articles.assign(text=articles["text"] + marker)
+    table = invariance.shift_table(
+        invariance.readings(_Reads(_marker_reads), articles), n_boot=100, labels=articles["source_label"]
+    )
+    cut = table[(table["condition"] == "first 50 words") & (table["reading"] == "lean_index")].set_index("articles")
+    assert abs(cut.loc["all", "shift"]) < 0.01 and cut.loc["all", "within_tolerance"]
+    assert cut.loc["right", "shift"] == pytest.approx(-0.6) and cut.loc["left", "shift"] == pytest.approx(0.6)
+    assert abs(cut.loc["center", "shift"]) < 1e-9
+    text = invariance.render(table, 1.0, {"left": 60, "center": 60, "right": 60}, "markers")
+    assert (
+        "Within the articles of each true label" in text and "largest shift within a label 1.000: NOT" in text
+    )  # argmax flips
+
+
+def test_check_on_a_study_corpus(tmp_path):
+    """--study CONFIG: the articles its corpora draw (the smoke study's 12), per label too."""
+    r = CliRunner().invoke(app, ["classifier", "check", "--study", "configs/smoke.yaml", "--bootstrap", "30"])
+    assert r.exit_code == 0, r.output
+    assert "12 articles (left 4, center 4, right 4)" in r.output and "| condition | left | center | right |" in r.output
+    r = CliRunner().invoke(app, ["classifier", "check", "--study", str(tmp_path)])
+    assert r.exit_code == 2 and "not a study folder (no manifest.json)" in r.output, r.output
+
+
 @pytest.mark.parametrize("kind", ["offline", "hf"])
 def test_check_command_runs_on_the_shipped_and_a_local_hub_classifier(tmp_path, local_classifier, kind):
     out = tmp_path / "check.md"
@@ -196,7 +230,8 @@ def test_check_command_runs_on_the_shipped_and_a_local_hub_classifier(tmp_path, 
     for name in DEGRADATIONS:
         assert f"| {name} |" in r.output
     rows = pd.read_parquet(out.with_suffix(".parquet"))
-    assert len(rows) == (1 + len(DEGRADATIONS)) * 7 and r.output.strip().endswith(out.read_text().strip())
+    assert len(rows) == (1 + len(DEGRADATIONS)) * 7 * 4 and r.output.strip().endswith(out.read_text().strip())
+    assert set(rows["articles"]) == {"all", *LABELS}  # all articles, then each label's
 
 
 def test_check_names_a_file_without_labels(tmp_path):
@@ -204,3 +239,115 @@ def test_check_names_a_file_without_labels(tmp_path):
     pd.DataFrame({"title": ["a"], "text": ["b c"]}).to_json(path, orient="records", lines=True)
     r = CliRunner().invoke(app, ["classifier", "check", "--articles", str(path)])
     assert r.exit_code == 2 and "x.jsonl" in r.output, r.output
+
+
+ABP = Path(__file__).parents[1].parent / "shared" / "data" / "article-bias-prediction"
+
+
+@pytest.fixture(scope="module")
+def change_pairs(tmp_path_factory):
+    """BEFORE: 300 real articles of outlets the shipped classifier trained on (100 per label), not read
+    in its training; AFTER, planted: half the non-right articles replaced by right ones (+0.29 right
+    share, the number drawn), null: each by another article of its own label; every AFTER body cut to
+    40 words looped to 120, as collapse writes, under BEFORE's titles."""
+    if not ABP.exists():
+        pytest.skip("../shared/data/article-bias-prediction not present")
+    from biasamp.instruments.leaning import LeaningModel
+
+    d = read_source(str(ABP))
+    d = d[d["outlet"].isin(set(LeaningModel.load("bundled").outlets)) & (d["text"].str.split().str.len() >= 120)]
+    rng = np.random.default_rng(0)
+    before = pd.concat([d[d["source_label"] == lab].sample(100, random_state=1) for lab in LABELS])
+    rest = {lab: part for lab, part in d[~d["article_id"].isin(before["article_id"])].groupby("source_label")}
+    flip = (before["source_label"].to_numpy() != "right") & (rng.random(len(before)) < 0.5)
+    folder = tmp_path_factory.mktemp("change")
+    before[["article_id", "title", "text", "source_label"]].to_json(
+        folder / "before.jsonl", orient="records", lines=True
+    )
+    before[["article_id", "title", "text"]].to_csv(folder / "before_unlabelled.csv", index=False)
+    for name, labels in (
+        ("planted", np.where(flip, "right", before["source_label"])),
+        ("null", before["source_label"]),
+    ):
+        bodies = [
+            degrade_to_profile(rest[lab]["text"].iloc[rng.integers(len(rest[lab]))], 120, 2 / 3) for lab in labels
+        ]
+        after = pd.DataFrame({"article_id": before["article_id"], "title": before["title"], "text": bodies})
+        after.to_parquet(folder / f"{name}.parquet")
+    return folder, float(flip.mean())
+
+
+@pytest.mark.parametrize("before", ["before.jsonl", "before_unlabelled.csv"])
+def test_leaning_change_recovers_a_planted_change_under_collapse_and_reads_zero_on_a_null_pair(change_pairs, before):
+    """Through the CLI: the calibrated change of right share covers the planted one where the raw
+    reading shows a fraction of it, and covers 0 on the null pair; calibrated on BEFORE's labels, or
+    without them on the shipped classifier's held-out check articles (the default reference)."""
+    folder, truth = change_pairs
+    found = {}
+    for pair in ("planted", "null"):
+        out = folder / f"{before}.{pair}.json"
+        res = CliRunner().invoke(
+            app,
+            [
+                "leaning-change",
+                str(folder / before),
+                str(folder / f"{pair}.parquet"),
+                "--out",
+                str(out),
+                "--bootstrap",
+                "400",
+                "--per-label",
+                "60",
+            ],
+        )
+        assert res.exit_code == 0, res.output
+        assert "share_right" in res.output and ("BEFORE's labels" in res.output) == (before == "before.jsonl")
+        found[pair] = json.loads(out.read_text())["readings"]
+    planted, null = found["planted"]["share_right"], found["null"]["share_right"]
+    cal = planted["calibrated"]
+    assert cal["lo"] <= truth <= cal["hi"], (cal, truth)
+    # On BEFORE's own articles the change is seen; on other outlets' (the default reference, 60 per
+    # label) the calibration is known less well and its CI is wider (docs/measuring.md).
+    assert cal["lo"] > 0 or before == "before_unlabelled.csv", cal
+    assert planted["raw"]["estimate"] < 0.6 * truth, planted["raw"]  # decay and the title shrink the raw reading
+    assert null["calibrated"]["lo"] <= 0 <= null["calibrated"]["hi"], null
+    assert set(found["null"]) == {"share_left", "share_center", "share_right", "lean_index"}
+
+
+def test_leaning_change_refuses_after_articles_that_continue_nothing(change_pairs, tmp_path):
+    folder, _ = change_pairs
+    stray = pd.DataFrame({"article_id": ["nowhere"], "title": ["t"], "text": ["some words here"]})
+    stray.to_json(tmp_path / "after.jsonl", orient="records", lines=True)
+    res = CliRunner().invoke(
+        app,
+        [
+            "leaning-change",
+            str(folder / "before.jsonl"),
+            str(tmp_path / "after.jsonl"),
+            "--out",
+            str(tmp_path / "j.json"),
+        ],
+    )
+    assert res.exit_code != 0 and "1 article id(s) not in BEFORE (e.g. 'nowhere')" in res.output, res.output
+    assert not (tmp_path / "j.json").exists()
+
+
+def test_validate_states_the_smallest_change_the_study_can_see():
+    """From the shipped classifier's power record: the quickstart (18 articles, 1 seed) cannot see the
+    paper's +0.14 and says how many articles would; 1,000 per label can. The spread shrinks as
+    1/sqrt(articles x seeds), and articles_needed is the smallest count that reaches the change."""
+    from biasamp.instruments.prevalence import articles_needed, detectable_change
+
+    quick = CliRunner().invoke(app, ["validate", "configs/quickstart.yaml", "--config-only"])
+    assert quick.exit_code == 0, quick.output
+    line = next(x for x in quick.output.splitlines() if x.startswith("power:"))
+    assert "with 18 articles per generation and 1 seed" in line and "the paper's +0.14 needs" in line, line
+    big = "corpora.main.per_label={left: 1000, center: 1000, right: 1000}"
+    res = CliRunner().invoke(app, ["validate", "configs/quickstart.yaml", "--config-only", "--set", big])
+    assert "with 3000 articles per generation" in res.output and "+0.14 is within reach" in res.output, res.output
+    assert detectable_change(0.05, 300, 1200, 1) == pytest.approx(detectable_change(0.05, 300, 300, 1) / 2)
+    assert detectable_change(0.05, 300, 300, 4) == pytest.approx(detectable_change(0.05, 300, 1200, 1))
+    n = articles_needed(0.07, 300, 0.14, 1)
+    assert detectable_change(0.07, 300, n, 1) <= 0.14 < detectable_change(0.07, 300, n - 1, 1)
+    hub = CliRunner().invoke(app, ["validate", "configs/paper.yaml", "--config-only"])
+    assert "power: unknown, no power record for classifier hf:" in hub.output, hub.output

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+import biasamp.instruments  # noqa: F401  (registers tqi: the tables' measure columns; alone, this module would not)
 from biasamp.cli import app
 from biasamp.config import LABELS
 from biasamp.tables import TABLES
@@ -29,6 +30,8 @@ def _study(out: Path, gens=4, seeds=(0, 1)) -> Path:
             for lab, v in zip(LABELS, rng.dirichlet([3, 3, 3])):
                 r.update({f"share_{lab}": v, f"share_{lab}_lo": v - 0.05, f"share_{lab}_hi": v + 0.05})
                 r.update({f"prev_{lab}": v, f"prev_{lab}_lo": v - 0.08, f"prev_{lab}_hi": v + 0.08})
+                c = f"share_{lab}_calibrated"
+                r.update({c: v * 1.1, f"{c}_lo": v * 1.1 - 0.1, f"{c}_hi": v * 1.1 + 0.1})
                 r.update(
                     {
                         f"null_share_{lab}": v * 0.9,
@@ -43,7 +46,11 @@ def _study(out: Path, gens=4, seeds=(0, 1)) -> Path:
                         f"tqi_rho_{lab}_hi": -0.05 * g + 0.1,
                     }
                 )
-            for col, v in (("lean_index", 0.02 * g), ("null_lean_index", 0.01 * g)):
+            for col, v in (
+                ("lean_index", 0.02 * g),
+                ("null_lean_index", 0.01 * g),
+                ("lean_index_calibrated", 0.05 * g),
+            ):
                 r.update({col: v, f"{col}_lo": v - 0.03, f"{col}_hi": v + 0.03})
             r.update(
                 tqi_mean=2.0 - 0.1 * g,
@@ -139,7 +146,9 @@ def test_report_draws_every_figure_naming_every_arm(tmp_path):
     assert res.exit_code == 0, res.output
     page = (tmp_path / "r" / "index.html").read_text()
     figures = [
-        f for f in ("leaning_shares", "quality", "quality_vs_leaning", "training_loss", "arm_contrasts", "neurons")
+        f
+        for f in ("leaning_shares", "leaning_calibrated", "quality", "quality_vs_leaning", "training_loss")
+        + ("arm_contrasts", "neurons")
     ]
     for f in figures:
         assert f'src="{f}.png"' in page and (tmp_path / "r" / f"{f}.svg").exists()
@@ -147,6 +156,8 @@ def test_report_draws_every_figure_naming_every_arm(tmp_path):
     for arm in ARMS:
         assert arm in leaning_svg
     assert "expected from degradation alone" in leaning_svg and "lean index" in leaning_svg
+    calibrated_svg = (tmp_path / "r" / "leaning_calibrated.svg").read_text()
+    assert all(arm in calibrated_svg for arm in ARMS) and "thin: the raw reading" in calibrated_svg
     assert not (tmp_path / "r" / "dose_response.png").exists()  # no sweep, no dose-response figure
 
 

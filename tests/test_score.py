@@ -162,3 +162,44 @@ def test_classify_cli_on_a_csv(local_classifier, tmp_path):
     assert flags.exit_code == 2 and flags.output.startswith("error: --labels:")
     flags = CliRunner().invoke(app, ["classify", str(src), "--out", str(out), "--kind", "nope"])
     assert flags.exit_code == 2 and flags.output.startswith("error: --kind:")
+
+
+def test_a_study_from_before_the_read_setting_keeps_reading_title_and_body(tmp_path):
+    """New studies read bodies (scoring.classifier.read: body); a study whose scores were made before
+    the setting (their recorded settings name no reading) goes on reading title and body, on resume
+    with the default and in every command that takes the folder; `--set` changes it for a rescore."""
+    import json
+
+    from biasamp import artifacts
+    from biasamp.config import load_config, updated
+    from biasamp.stages.summarize import SETTINGS_KEY, scoring_settings
+    from biasamp.study import keep_recorded_reading, recorded_reading, study_config
+
+    cfg = updated(load_config(Path("configs/smoke.yaml")), {"out_dir": str(tmp_path)})
+    assert (
+        cfg.scoring.classifier.read == "body"
+        and json.loads(scoring_settings(cfg.scoring))["classifier_reads"] == "body"
+    )
+    old = updated(cfg, {"scoring.classifier.read": "title_body"})
+    assert "classifier_reads" not in json.loads(scoring_settings(old.scoring))  # exactly the settings before
+    artifacts.claim_output_dir(cfg, tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["config"]["scoring"]["classifier"]["read"]  # as a manifest from before the setting
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert recorded_reading(tmp_path) is None  # no scores yet
+    scores = pd.DataFrame(
+        {"study": "smoke", "arm": "synthetic", "seed": 0, "generation": 0, "article_id": ["a"], "label": ["left"]}
+    )
+    scores = scores.assign(**{c: 0.0 for c in TABLES["scores"].columns if c not in scores})
+    TABLES["scores"].write(
+        scores, tmp_path, metadata={SETTINGS_KEY: scoring_settings(old.scoring)}, arm="synthetic", seed=0, generation=0
+    )
+    assert recorded_reading(tmp_path) == "title_body"
+    lines = []
+    assert (
+        keep_recorded_reading(cfg, lines.append).scoring.classifier.read == "title_body"
+        and "its scores read title_body" in lines[0]
+    )
+    assert study_config(tmp_path).scoring.classifier.read == "title_body"
+    over = study_config(tmp_path, ["scoring.classifier.read=body"])
+    assert over.scoring.classifier.read == "body"  # what `biasamp score OUT --set ...` rescores with

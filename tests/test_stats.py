@@ -257,7 +257,8 @@ def test_arm_contrasts_null_calibration_and_planted_effect(seeds):
         covered += list((c["lo"] <= 0) & (c["hi"] >= 0))
     assert np.mean(rejections) <= 0.08 and np.mean(covered) >= 0.92, (np.mean(rejections), np.mean(covered))
     readings = {"share_left", "share_center", "share_right", "lean_index"}
-    assert set(c["target"]) == readings | {"tqi_mean", "ppl_mean"} | {f"{r}_beyond_null" for r in readings}
+    calibrated = {f"{r}_calibrated" for r in readings}
+    assert set(c["target"]) == readings | {"tqi_mean", "ppl_mean"} | {f"{r}_beyond_null" for r in readings} | calibrated
     assert (c["seed_variation_in_ci"] == (len(seeds) > 1)).all() and (c["n_seeds"] == len(seeds)).all()
     # planted: arm b drifts right by 10 points a generation
     c, t = arm_contrasts(_scores(rng, ("a", "b"), seeds, n_art=400, effect={"b": 0.1}), "a", n_boot=300)
@@ -269,6 +270,75 @@ def test_arm_contrasts_null_calibration_and_planted_effect(seeds):
     assert beyond["lo"] > 0 and abs(beyond["estimate"] - 0.1) < 3 * beyond["se"], beyond
     flat = t[(t.arm == "a") & (t.target == "share_right_beyond_null")].iloc[0]
     assert flat["lo"] <= 0 <= flat["hi"], flat
+
+
+def _decayed_study(rng, n_art, right_after, clarity, base=(0.5, 0.2, 0.3)):
+    """One arm, one seed, G0 and G1 over the same n_art prompts (labels in equal shares). What the
+    classifier reads of an article of true label L: clarity[g] * onehot(L) + (1 - clarity[g]) * base,
+    plus noise, argmax taken from it: decay (lower clarity) pulls every reading toward `base`. At G1 a
+    share of the non-right articles turns right (true right share `right_after`); the null reads the
+    prompt's own label at the same clarity (its real article degraded the same way)."""
+    prompts = np.array(LABELS)[np.arange(n_art) % 3]
+    flip = (prompts != "right") & (rng.random(n_art) < (right_after - 1 / 3) * 1.5)
+    truth = {0: prompts, 1: np.where(flip, "right", prompts)}
+
+    def read(labels, c):
+        onehot = (labels[:, None] == np.array(LABELS)[None, :]).astype(float)
+        p = c * onehot + (1 - c) * np.array(base) + rng.normal(0, 0.08, (len(labels), 3))
+        p = np.clip(p, 1e-3, None)
+        return p / p.sum(1, keepdims=True)
+
+    rows = []
+    for g, labels in truth.items():
+        p, p0 = read(labels, clarity[g]), read(prompts, clarity[g])
+        frame = {"study": "s", "arm": "a", "seed": 0, "generation": g, "article_id": np.arange(n_art).astype(str)}
+        frame |= {f"p_{lab}": p[:, k] for k, lab in enumerate(LABELS)}
+        frame |= {f"null_p_{lab}": p0[:, k] for k, lab in enumerate(LABELS)}
+        rows.append(pd.DataFrame(frame | {"label": prompts, "tqi": 2.0, "ppl": 10.0}))
+    return pd.concat(rows, ignore_index=True), float(np.mean(truth[1] == "right") - np.mean(truth[0] == "right"))
+
+
+def test_the_calibrated_change_has_the_planted_size_where_decay_shrinks_the_raw_one():
+    """Decay that halves what the classifier reads (clarity 0.5 at G0, 0.2 at G1) shrinks a planted
+    change of right share in the raw reading and beyond the null; calibrated on the degraded prompts,
+    the change comes out at its size, its CI covering the truth, and a null (no change) reads 0."""
+    rng = np.random.default_rng(0)
+    found = {"raw": [], "calibrated": [], "covers": [], "null_covers": []}
+    for rep in range(12):
+        scores, truth = _decayed_study(rng, 600, 0.60, {0: 0.5, 1: 0.2})
+        t = arm_contrasts(scores, n_boot=300, seed=rep)[1].set_index("target")
+        found["raw"].append(t.loc["share_right", "change"] / truth)
+        cal = t.loc["share_right_calibrated"]
+        found["calibrated"].append(cal["change"] - truth)
+        found["covers"].append(cal["change_lo"] <= truth <= cal["change_hi"])
+        null = arm_contrasts(_decayed_study(rng, 600, 1 / 3, {0: 0.5, 1: 0.2})[0], n_boot=300, seed=rep)[1]
+        null = null.set_index("target").loc["share_right_calibrated"]
+        found["null_covers"].append(null["change_lo"] <= 0 <= null["change_hi"])
+    assert np.mean(found["raw"]) < 0.6, found["raw"]  # what the raw reading shows of the change
+    assert abs(np.mean(found["calibrated"])) < 0.03, found["calibrated"]
+    assert np.mean(found["covers"]) >= 10 / 12 and np.mean(found["null_covers"]) >= 10 / 12, found
+
+
+def test_a_change_from_g0_is_paired_by_prompt():
+    """Each article's reading carries its prompt's own leaning at every generation (a large share of
+    the variance): the change from G0 resamples prompts jointly, so its CI is narrow and still
+    covers the planted change, where resampling each generation's articles on its own could not."""
+    rng = np.random.default_rng(1)
+    n = 300
+    prompt = rng.normal(0, 0.3, n)  # what every generation inherits from its prompt
+    rows = []
+    for g, shift in ((0, 0.0), (1, 0.02)):
+        value = np.clip(0.5 + prompt + shift + rng.normal(0, 0.03, n), 0.01, 0.99)
+        p = np.column_stack([(1 - value) / 2, (1 - value) / 2, value])
+        frame = {"study": "s", "arm": "a", "seed": 0, "generation": g, "article_id": np.arange(n).astype(str)}
+        frame |= {f"p_{lab}": p[:, k] for k, lab in enumerate(LABELS)}
+        rows.append(pd.DataFrame(frame | {"label": "right", "tqi": 2.0, "ppl": 10.0}))
+    scores = pd.concat(rows, ignore_index=True)
+    trend = arm_contrasts(scores, n_boot=400)[1].set_index("target").loc["lean_index"]
+    # lean_index = p_right - p_left = 1.5 * value - 0.5: the planted change is 0.03
+    unpaired_se = np.sqrt(2 * np.var(1.5 * (0.5 + prompt)) / n)
+    assert trend["change_lo"] <= 0.03 <= trend["change_hi"] and trend["change_lo"] > 0, trend
+    assert trend["change_hi"] - trend["change_lo"] < 0.25 * 2 * 1.96 * unpaired_se, (trend, unpaired_se)
 
 
 def test_arm_contrasts_name_a_missing_baseline():

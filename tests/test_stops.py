@@ -35,13 +35,13 @@ def _ray_processes(marker: str) -> list[int]:
     return found
 
 
-# Two real runs on a private Ray (two minutes beside the other tests): CI runs SIGTERM and SIGHUP (make
-# test-slow); SIGINT takes SIGTERM's path, make test-all runs it, and bench/chaos.py.
+# Two real runs on a private Ray (two minutes beside the other tests): CI runs SIGTERM (make test-slow);
+# SIGHUP and SIGINT take SIGTERM's path, make test-all runs them, and bench/chaos.py.
 @pytest.mark.parametrize(
     "sig",
     [
         pytest.param(signal.SIGTERM, marks=pytest.mark.slow),
-        pytest.param(signal.SIGHUP, marks=pytest.mark.slow),
+        pytest.param(signal.SIGHUP, marks=pytest.mark.extended),
         pytest.param(signal.SIGINT, marks=pytest.mark.extended),
     ],
     ids=lambda s: s.name,

@@ -260,7 +260,7 @@ def test_smoke_study_via_ray_writes_every_table_then_analysis_and_report(smoke_s
     assert len(list((outs[0] / "wandb").glob("offline-run-*"))) >= 8 + 2  # trajectories, summary, analyze
 
 
-@pytest.mark.slow  # a second smoke study (a minute and a half on 2 cores); CI runs it (make test-slow)
+@pytest.mark.extended  # a second smoke study (a minute and a half on 2 cores): make test-all; resume tests guard bytes
 def test_smoke_study_via_ray_is_deterministic_and_rerun_is_a_noop(smoke_study, monkeypatch):
     """`biasamp run configs/smoke.yaml` again into a second folder: identical articles and scores
     tables; then resuming there finds nothing to do but the debris an interrupted run left."""
@@ -316,7 +316,7 @@ def test_generation_progress_is_logged_at_most_once_a_minute(monkeypatch):
     assert log == ["[a/seed0] G1/2: 20/40 prompts, 1 min left"]
 
 
-@pytest.mark.slow  # Ray Train and DeepSpeed in every trajectory: two minutes; CI runs it (make test-slow)
+@pytest.mark.extended  # Ray Train and DeepSpeed in every trajectory: two minutes; make test-all (CI: the ZeRO tests)
 def test_study_with_deepspeed_training_queues_trajectories_around_their_workers(tmp_path):
     """The smoke study with train.backend deepspeed (2 CPU workers, ZeRO-2), each trajectory a Ray
     task launching a Ray Train run: on 2 CPUs one trajectory at a time, no deadlock, same tables."""

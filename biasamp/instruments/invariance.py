@@ -15,7 +15,7 @@ import pandas as pd
 from biasamp.config import LABELS
 from biasamp.instruments import prevalence
 from biasamp.instruments.degrade import DEGRADATIONS, degrade
-from biasamp.text import training_text
+from biasamp.text import classifier_text
 
 TOLERANCE = 0.05  # the largest shift of a reading counted as "does not move"
 MIN_WORDS = 200  # default articles: long enough that every degradation changes them
@@ -29,16 +29,17 @@ def unseen_articles(data: pd.DataFrame, seen_outlets, per_label: int, seed: int 
     return df.groupby("source_label").head(per_label).sort_values("article_id").reset_index(drop=True)
 
 
-def readings(clf, articles: pd.DataFrame, batch_size: int = 16) -> dict[str, np.ndarray]:
+def readings(clf, articles: pd.DataFrame, batch_size: int = 16, read: str = "body") -> dict[str, np.ndarray]:
     """Condition ('intact', then each degradation) -> the classifier's probabilities (n, 3) of every
-    article, in LABELS order. Titles are kept: a study's generated articles keep the real title."""
+    article, in LABELS order, read as a study reads (text.classifier_text: with "title_body" the title
+    is kept, as a study's generated articles keep the real title)."""
     from biasamp.instruments.hf import leaning
 
     conditions = {"intact": list(articles["text"])}
     for name in DEGRADATIONS:
         conditions[name] = [degrade(body, name, seed=i) for i, body in enumerate(articles["text"])]
     return {
-        name: leaning(clf, [training_text(t, b) for t, b in zip(articles["title"], bodies)], batch_size)[
+        name: leaning(clf, [classifier_text(t, b, read) for t, b in zip(articles["title"], bodies)], batch_size)[
             [f"p_{lab}" for lab in LABELS]
         ].to_numpy()
         for name, bodies in conditions.items()
@@ -46,11 +47,31 @@ def readings(clf, articles: pd.DataFrame, batch_size: int = 16) -> dict[str, np.
 
 
 def shift_table(
-    probs: dict[str, np.ndarray], method: str = "pcc", calibration=None, n_boot: int = 1000, seed: int = 0
+    probs: dict[str, np.ndarray],
+    method: str = "pcc",
+    calibration=None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    labels=None,
 ) -> pd.DataFrame:
-    """One row per condition and reading: its value, its shift from intact with a paired bootstrap
-    95% CI (the same article draws for both), and whether |shift| <= TOLERANCE. The prevalence
-    method's shares (prev_*) are read too where the method can be computed (pcc and cc always)."""
+    """One row per (articles, condition, reading): its value, its shift from intact with a paired
+    bootstrap 95% CI (the same article draws for both), and whether |shift| <= TOLERANCE. Articles:
+    "all", and with `labels` (each article's true label) also the articles of each label, whose shifts
+    a balanced corpus averages away. The prevalence method's shares (prev_*) are read too where the
+    method can be computed (pcc and cc always)."""
+    groups = {"all": np.arange(len(probs["intact"]))}
+    if labels is not None:
+        labels = np.asarray(labels)
+        groups |= {lab: np.flatnonzero(labels == lab) for lab in LABELS if (labels == lab).any()}
+    parts = [
+        _shifts({c: p[idx] for c, p in probs.items()}, method, calibration, n_boot, seed).assign(articles=name)
+        for name, idx in groups.items()
+    ]
+    table = pd.concat(parts, ignore_index=True)
+    return table[["articles", *(c for c in table.columns if c != "articles")]]
+
+
+def _shifts(probs: dict[str, np.ndarray], method: str, calibration, n_boot: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     n = len(next(iter(probs.values())))
     draws = rng.integers(0, n, size=(n_boot, n))
@@ -100,7 +121,11 @@ def macro_f1(probs: np.ndarray, labels) -> float:
 
 
 def render(table: pd.DataFrame, f1: float, n: dict[str, int], instrument: str) -> str:
-    """The check as a Markdown table: one row per condition, per reading its value and shift [CI]."""
+    """The check as a Markdown table: one row per condition, per reading its value and shift [CI]
+    over all articles; then, where the table has them, each condition's largest shift within the
+    articles of each true label."""
+    by_label = table[table["articles"] != "all"]
+    table = table[table["articles"] == "all"]
     readings = list(dict.fromkeys(table["reading"]))
     lines = [
         f"{instrument}: {sum(n.values())} articles ({', '.join(f'{k} {v}' for k, v in n.items())}), "
@@ -126,5 +151,29 @@ def render(table: pd.DataFrame, f1: float, n: dict[str, int], instrument: str) -
         f"largest shift {worst:.3f}: "
         + ("every reading within" if worst <= TOLERANCE else "NOT within")
         + f" {TOLERANCE} under every degradation",
+    ]
+    if by_label.empty:
+        return "\n".join(lines)
+    labels = list(dict.fromkeys(by_label["articles"]))
+    lines += [
+        "",
+        "Within the articles of each true label: the largest shift of any reading (which one)",
+        "",
+        "| condition | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    for condition, part in by_label[by_label["condition"] != "intact"].groupby("condition", sort=False):
+        cells = []
+        for lab in labels:
+            one = part[part["articles"] == lab]
+            row = one.loc[one["shift"].abs().idxmax()]
+            cells.append(f"{row['shift']:+.3f} ({row['reading']})")
+        lines.append(f"| {condition} | " + " | ".join(cells) + " |")
+    worst_label = by_label["shift"].abs().max()
+    lines += [
+        "",
+        f"largest shift within a label {worst_label:.3f}: "
+        + ("within" if worst_label <= TOLERANCE else "NOT within")
+        + f" {TOLERANCE}",
     ]
     return "\n".join(lines)

@@ -24,6 +24,7 @@ TF-IDF baseline, as article-level macro-F1 and as the error of corpus-level shar
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +67,19 @@ def calibration_path(model: str | Path) -> Path:
     """Where a model file's calibration table lives: beside it."""
     p = model_file(model)
     return p.with_name(p.stem + ".calibration.parquet")
+
+
+def power_path(model: str | Path) -> Path:
+    """Where a model file's power record lives: beside it (bench/leaning_calibration.py --record)."""
+    p = model_file(model)
+    return p.with_name(p.stem + ".power.json")
+
+
+def load_power(cfg) -> dict | None:
+    """A ClassifierConfig's power record (the spread of a planted change's calibrated estimate per
+    decay, at a number of articles), or None: a hub classifier, or an offline one never benchmarked."""
+    path = power_path(cfg.name) if cfg.kind == "offline" else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
 def load_calibration(cfg) -> pd.DataFrame | None:

@@ -25,6 +25,7 @@ pred_left/center/right (argmax counts).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,58 @@ def estimate(
     boot = np.array([adjust(v, m) for v, m in zip(boot_values, draws_m) if np.isfinite(v).all()])
     lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
     return point, lo, hi
+
+
+# --- the reading calibrated to the corpus's own decay -------------------------------------------
+# A generated article continues a real, labelled one; the degradation null is that real article cut
+# and looped to the generated one's length and repetition. Per article, CALIBRATION_VALUES are its
+# probabilities, the null's probabilities placed in the column block of the real article's label, and
+# that label one-hot. Their means over a corpus (or a bootstrap draw of it) give the corpus's mean
+# output and M, column i the mean output on real articles of label i degraded as this corpus is:
+# adjust() then gives the share of the corpus that reads as left / center / right articles degraded
+# the same way do (pacc with a confusion matched to each generation's decay, docs/measuring.md).
+CALIBRATED = [f"{r}_calibrated" for r in READINGS]
+N_CALIBRATION_VALUES = 3 + 9 + 3
+
+
+def calibration_values(probs: np.ndarray, null_probs: np.ndarray, labels) -> np.ndarray:
+    """(n, 15) per article: p (3), null p by the real article's label (3 x 3, label-major), label one-hot
+    (3). The p block is NaN where p is, the other two where the null or the label is missing (imported
+    numbers have neither): an article can be read, a calibration article, or both (as in a study)."""
+    probs, null_probs = np.asarray(probs, float), np.asarray(null_probs, float)
+    onehot = (np.asarray(labels, dtype=object)[:, None] == np.array(LABELS, dtype=object)[None, :]).astype(float)
+    calibration = np.column_stack([(onehot[:, :, None] * null_probs[:, None, :]).reshape(len(probs), 9), onehot])
+    calibration[np.isnan(null_probs).any(1) | (onehot.sum(1) == 0)] = np.nan
+    return np.column_stack([np.where(np.isnan(probs).any(1, keepdims=True), np.nan, probs), calibration])
+
+
+def calibrated_readings(means: np.ndarray) -> np.ndarray:
+    """CALIBRATED (..., 4) from means of calibration_values (..., 15): the label shares and
+    share_right - share_left. NaN where a label has no calibration article in the draw."""
+    means = np.asarray(means, float)
+    flat = means.reshape(-1, N_CALIBRATION_VALUES)
+    out = np.full((len(flat), len(CALIBRATED)), np.nan)
+    for row, v in enumerate(flat):
+        observed, sums, n = v[:3], v[3:12].reshape(3, 3), v[12:]
+        if not (np.isfinite(v).all() and (n > 0).all()):
+            continue
+        shares = adjust(observed, (sums / n[:, None]).T)  # M's column i: label i's mean null output
+        out[row] = [*shares, shares[LABELS.index("right")] - shares[LABELS.index("left")]]
+    return out.reshape(*means.shape[:-1], len(CALIBRATED))
+
+
+# --- power: the smallest change a study can see ---------------------------------------------------
+Z_POWER = 1.959964 + 0.841621  # two-sided alpha 0.05 and power 0.8, normal approximation
+PAPER_CHANGE = 0.14  # the paper's headline change of right share (53.7% -> 67.6% by G6)
+
+
+def detectable_change(sd: float, at: int, articles: int, seeds: int) -> float:
+    """The smallest change of a reading detected at 80% power, from the spread `sd` of its estimate
+    at `at` articles (one seed): the spread shrinks as 1 / sqrt(articles x seeds). Run-to-run
+    variation between seeds is not in `sd`: with several seeds this is a lower bound."""
+    return Z_POWER * sd * math.sqrt(at / (articles * seeds))
+
+
+def articles_needed(sd: float, at: int, change: float, seeds: int) -> int:
+    """Articles per generation for detectable_change(...) <= change."""
+    return math.ceil(at * (Z_POWER * sd / change) ** 2 / seeds)

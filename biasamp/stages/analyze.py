@@ -20,11 +20,13 @@ no information about any neuron. The mean count flagged there is the false-disco
 expect when there is nothing to find; the authors' pooled-levels procedure flags many.
 
 Arm contrasts and trends (`arm_contrasts`, `arm_trends`) come from the per-article scores, with
-bootstrap CIs: seeds resampled, then articles within each drawn seed (biasamp.stages.summarize.boot_means).
+bootstrap CIs: seeds resampled, then articles within each drawn seed, paired by prompt (one draw
+weighs each article id alike in every generation and arm: `_study_draws`).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -33,9 +35,9 @@ from scipy.special import ndtr
 from scipy.stats import t as student_t
 from statsmodels.stats.multitest import multipletests
 
-from biasamp.instruments.prevalence import READINGS, reading_values
+from biasamp.instruments.prevalence import CALIBRATED, READINGS, calibrated_readings, calibration_values, reading_values
 from biasamp.instruments.registry import MEASURES
-from biasamp.stages.summarize import NULL_PROBS, PROBS, boot_means
+from biasamp.stages.summarize import NULL_PROBS, PROBS
 from biasamp.tables import TABLES
 
 Mode = Literal["within", "paper"]
@@ -277,36 +279,78 @@ def overlap_summary(tests: pd.DataFrame) -> dict:
 
 
 def contrast_targets() -> list[str]:
-    """The leaning readings, each measure's mean (tqi_mean), perplexity, and each reading beyond its
-    degradation null (measured minus null, article by article): an arm's trend in
-    `lean_index_beyond_null` is its drift in leaning that shortening and looping alone would not produce."""
+    """The leaning readings, each measure's mean (tqi_mean), perplexity, each reading beyond its
+    degradation null (measured minus null, article by article: an arm's trend in
+    `lean_index_beyond_null` is its drift in leaning that shortening and looping alone would not
+    produce), and each reading calibrated to the generation's decay, in label units (`*_calibrated`)."""
+    return _mean_targets() + CALIBRATED
+
+
+def _mean_targets() -> list[str]:
+    """The targets that are means of per-article values (_article_values' first columns)."""
     return READINGS + [f"{m}_mean" for m in MEASURES] + ["ppl_mean"] + [f"{r}_beyond_null" for r in READINGS]
 
 
 def _article_values(part: pd.DataFrame) -> np.ndarray:
-    """Per article, the values whose means are contrast_targets() (NaN beyond the null where scores
-    have no null, e.g. imported numbers)."""
-    measured = reading_values(part[PROBS].to_numpy(float))
-    null = (
-        reading_values(part[NULL_PROBS].to_numpy(float))
-        if set(NULL_PROBS) <= set(part.columns)
-        else np.full_like(measured, np.nan)
-    )
+    """Per article, the values whose means are _mean_targets() (NaN beyond the null where scores
+    have no null, e.g. imported numbers), then the calibration values (prevalence.calibration_values)."""
+    probs = part[PROBS].to_numpy(float)
+    measured = reading_values(probs)
+    has_null = set(NULL_PROBS) <= set(part.columns)
+    null_probs = part[NULL_PROBS].to_numpy(float) if has_null else np.full_like(probs, np.nan)
     measures = [part[m].to_numpy(dtype=float) if m in part else np.full(len(part), np.nan) for m in MEASURES]
-    return np.column_stack([measured, *measures, part["ppl"].to_numpy(dtype=float), measured - null])
+    return np.column_stack(
+        [
+            measured,
+            *measures,
+            part["ppl"].to_numpy(dtype=float),
+            measured - reading_values(null_probs),
+            calibration_values(probs, null_probs, _labels(part)),
+        ]
+    )
 
 
-def _arm_draws(part: pd.DataFrame, rng, n_boot: int) -> dict[int, tuple]:
-    """generation -> (point (k,), bootstrap means (n_boot, k), n_seeds) for one arm. The seeds drawn
-    are the same for every generation of a draw, so that a trend's draws keep whole trajectories."""
-    seeds = sorted(part["seed"].unique())
-    seed_draws = rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
-    out = {}
-    for g, gpart in part.groupby("generation", sort=True):
-        by_seed = {s: _article_values(x) for s, x in gpart.groupby("seed", sort=True)}
-        same = list(by_seed) == seeds
-        point, boot = boot_means(list(by_seed.values()), rng, n_boot, seed_draws if same and len(seeds) > 1 else None)
-        out[int(g)] = (point, boot, len(by_seed))
+def _labels(part: pd.DataFrame) -> np.ndarray:
+    """The real articles' labels, the calibration's (none in a table without them: no calibration)."""
+    return part["label"].to_numpy() if "label" in part else np.full(len(part), "")
+
+
+def _targets(means: np.ndarray) -> np.ndarray:
+    """contrast_targets() (..., T) from means of _article_values (..., k)."""
+    k = len(_mean_targets())
+    return np.concatenate([means[..., :k], calibrated_readings(means[..., k:])], axis=-1)
+
+
+def _study_draws(spart: pd.DataFrame, rng, n_boot: int) -> dict[str, dict[int, tuple]]:
+    """arm -> generation -> (point (T,), bootstrap draws (n_boot, T), n_seeds) of contrast_targets().
+
+    Paired by prompt: every generation of every arm continues the same real articles (article_id),
+    so one draw weighs each article id the same way everywhere (a multinomial count per id), and a
+    generation's change from G0 and an arm's difference from the baseline keep the part of the
+    variance the shared prompts cancel. Seeds: drawn per arm, the same for every generation of a draw,
+    so that a trend's draws keep whole trajectories; articles within each drawn seed by the weights."""
+    ids = {a: i for i, a in enumerate(sorted(spart["article_id"].unique()))}
+    weights = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=n_boot).astype(float)
+    out: dict[str, dict[int, tuple]] = {}
+    for arm, apart in spart.groupby("arm", sort=True):
+        seeds = sorted(apart["seed"].unique())
+        seed_draws = rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
+        out[arm] = {}
+        for g, gpart in apart.groupby("generation", sort=True):
+            sums = counts = 0.0
+            pooled = []
+            for s, x in gpart.groupby("seed", sort=True):
+                v = _article_values(x)
+                pooled.append(v)
+                ok = np.isfinite(v)
+                w = weights[:, x["article_id"].map(ids).to_numpy()]  # (n_boot, articles of this seed)
+                times = (seed_draws == seeds.index(s)).sum(1)[:, None]  # how often this seed is drawn
+                sums = sums + times * (w @ np.where(ok, v, 0.0))
+                counts = counts + times * (w @ ok)
+            with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a value no article has (e.g. no tqi) stays NaN
+                point, boot = np.nanmean(np.concatenate(pooled), axis=0), sums / counts
+            out[arm][int(g)] = (_targets(point), _targets(boot), len(pooled))
     return out
 
 
@@ -326,7 +370,7 @@ def arm_contrasts(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per study: each arm minus the baseline arm, per generation and target, and each arm's linear
     trend over generations (slope per generation) with its change from the first generation to the
-    last. All with 95% bootstrap CIs (seeds, then articles within each drawn seed) and p-values from
+    last. All with 95% bootstrap CIs (seeds, then articles within each drawn seed, paired by prompt) and p-values from
     the bootstrap standard error.
 
     `seed_variation_in_ci` is False where an arm has one seed: the CI then covers only which
@@ -339,7 +383,7 @@ def arm_contrasts(
         base = baseline or arms[0]
         if base not in arms:
             raise ValueError(f"baseline arm '{base}' is not in study {study} (arms: {', '.join(arms)})")
-        draws = {arm: _arm_draws(apart, rng, n_boot) for arm, apart in spart.groupby("arm", sort=True)}
+        draws = _study_draws(spart, rng, n_boot)
         for arm in arms:
             for g in sorted(draws[arm]):
                 if arm == base or g not in draws[base]:

@@ -130,6 +130,24 @@ def _band(ax, part, col, colour, style, label, percent=False):
 NULL_STYLE = (0, (1, 1.5))  # dotted: what degradation alone would read
 
 
+def _leaning_panels(studies, paper, lean_title: str, draw):
+    """The four leaning panels (each label's share, the lean index): draw(ax, part, col, k, colour,
+    style, label) per series and panel; returns the figure and its axes."""
+    panels = [(f"share_{lab}", f"share of {SHARE_TITLES[lab]} articles", 100) for lab in LABELS]
+    panels.append(("lean_index", lean_title, 1))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2), layout="constrained")
+    for ax, (col, title, k) in zip(axes, panels):
+        for label, colour, style, part in _series(studies, paper):
+            draw(ax, part, col, k, colour, style, label)
+        ax.set_title(title, fontsize=10)
+        _generations(ax)
+    for ax in axes[1:3]:
+        ax.sharey(axes[0])
+    axes[0].set_ylabel("% of the generation's articles (95% CI)")
+    axes[3].axhline(0, color="0.3", lw=0.8)
+    return fig, axes
+
+
 def fig_leaning(studies, paper, out: Path) -> str:
     """Argmax shares and the lean index, each beside its degradation null (dotted): the same reading
     of the real articles cut and looped to each generation's length and repetition. A drift the
@@ -137,25 +155,15 @@ def fig_leaning(studies, paper, out: Path) -> str:
 
     Not the confusion-corrected prev_*: on generated text the offline classifier's outputs can lie
     outside what its calibration spans, and the correction then pins a share at 0 or 100%."""
-    panels = [(f"share_{lab}", f"share of {SHARE_TITLES[lab]} articles", 100) for lab in LABELS]
-    panels.append(("lean_index", "lean index: mean p(right) - mean p(left)", 1))
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2), layout="constrained")
-    drew_null = False
-    for ax, (col, title, k) in zip(axes, panels):
-        for label, colour, style, part in _series(studies, paper):
-            if col in part and part[col].notna().any():
-                _band(ax, part, col, colour, style, label, percent=k == 100)
-            null = f"null_{col}"
-            if null in part and part[null].notna().any():
-                ax.plot(part["generation"], part[null] * k, ls=NULL_STYLE, color=colour, lw=1.6)
-                drew_null = True
-        ax.set_title(title, fontsize=10)
-        _generations(ax)
-    for ax in axes[1:3]:
-        ax.sharey(axes[0])
-    axes[0].set_ylabel("% of the generation's articles (95% CI)")
-    axes[3].axhline(0, color="0.3", lw=0.8)
-    if drew_null:
+
+    def draw(ax, part, col, k, colour, style, label):
+        if col in part and part[col].notna().any():
+            _band(ax, part, col, colour, style, label, percent=k == 100)
+        if f"null_{col}" in part and part[f"null_{col}"].notna().any():
+            ax.plot(part["generation"], part[f"null_{col}"] * k, ls=NULL_STYLE, color=colour, lw=1.6)
+
+    fig, axes = _leaning_panels(studies, paper, "lean index: mean p(right) - mean p(left)", draw)
+    if _measured(studies, paper, "null_share_right"):
         axes[0].plot([], [], ls=NULL_STYLE, color="0.3", label="dotted: expected from degradation alone")
     _legend_below(fig, axes[0])
     fig.suptitle(
@@ -163,6 +171,26 @@ def fig_leaning(studies, paper, out: Path) -> str:
         "beside what its degradation alone would read"
     )
     return _save(fig, out, "leaning_shares")
+
+
+def fig_leaning_calibrated(studies, paper, out: Path) -> str | None:
+    """The same readings in label units: each generation's label shares calibrated on the real articles
+    it continues, degraded as it is (prevalence.calibrated_readings), with the raw reading thin beside
+    it. Where decay shrinks the raw reading's response to a change of leaning, the calibrated one
+    does not. None where no table holds calibrated readings (imported numbers, older summaries)."""
+    if not _measured(studies, paper, "share_right_calibrated"):
+        return None
+
+    def draw(ax, part, col, k, colour, style, label):
+        if f"{col}_calibrated" in part and part[f"{col}_calibrated"].notna().any():
+            _band(ax, part, f"{col}_calibrated", colour, style, label, percent=k == 100)
+            ax.plot(part["generation"], part[col] * k, ls=style, color=colour, lw=0.8, alpha=0.6)
+
+    fig, axes = _leaning_panels(studies, paper, "lean index: share right - share left", draw)
+    axes[0].plot([], [], color="0.3", lw=0.8, alpha=0.6, label="thin: the raw reading (argmax share, lean index)")
+    _legend_below(fig, axes[0])
+    fig.suptitle("Leaning in label units: calibrated on real articles degraded as each generation's text is")
+    return _save(fig, out, "leaning_calibrated")
 
 
 def _measured(studies, paper, col: str) -> bool:
@@ -490,7 +518,11 @@ def fig_dose_response(studies, out: Path) -> str | None:
 # Functions, not constants: a measure registered after import (biasamp.instruments.registry) counts.
 def line_metrics() -> list[str]:
     """The trajectory runs' metrics the Report draws by generation, each with its logged 95% CI."""
-    return [f"share_{lab}" for lab in LABELS] + ["lean_index", "prev_right"] + [f"{m}_mean" for m in MEASURES]
+    return (
+        [f"share_{lab}" for lab in LABELS]
+        + ["lean_index", "share_right_calibrated", "lean_index_calibrated", "prev_right"]
+        + [f"{m}_mean" for m in MEASURES]
+    )
 
 
 def bar_metrics() -> list[str]:
@@ -500,7 +532,9 @@ def bar_metrics() -> list[str]:
 
 def report_targets() -> list[str]:
     """The arm contrasts the Report's text states."""
-    return ["share_right", "lean_index", "lean_index_beyond_null"] + [f"{m}_mean" for m in MEASURES]
+    return ["share_right", "share_right_calibrated", "lean_index", "lean_index_beyond_null"] + [
+        f"{m}_mean" for m in MEASURES
+    ]
 
 
 def wandb_entity(spec: str, studies: list[dict]) -> tuple[str, str]:
@@ -704,6 +738,14 @@ def build(
             "arm's colour: the degradation null, the same reading of the real articles cut and looped to that "
             "generation's length and repetition; the gap between the two lines is the drift beyond decay (no null "
             "where the tables hold no generated text, e.g. the authors' imported numbers).",
+        ),
+        (
+            fig_leaning_calibrated(studies, paper_study, out),
+            "The same readings calibrated to each generation's decay, in label units: the share of articles that "
+            "read as left / center / right real articles of the study's corpus read once cut and looped like that "
+            "generation's text (95% CI bands: articles and their calibration articles resampled together). Thin: "
+            "the raw reading above. The raw reading responds to a true change at a fraction of its size, smaller "
+            "as text decays (docs/measuring.md); the calibrated one at its size.",
         ),
         (
             fig_quality(studies, paper_study, out),

@@ -25,7 +25,7 @@ from biasamp.instruments.registry import MEASURES, Reader
 from biasamp.models import load_base_model, load_tokenizer, perplexities
 from biasamp.stages.summarize import NULL_PROBS, PROBS, scoring_settings
 from biasamp.tables import TABLES
-from biasamp.text import training_text
+from biasamp.text import classifier_text, training_text
 
 
 @dataclass
@@ -53,13 +53,13 @@ def load_instruments(cfg: ScoringConfig, study_model: ModelConfig) -> Instrument
     )
 
 
-def degradation_null(articles: pd.DataFrame, real: pd.DataFrame) -> list[str]:
+def degradation_null(articles: pd.DataFrame, real: pd.DataFrame, read: str = "title_body") -> list[str]:
     """Per generated article: its real article (same article_id; the real title), the body cut and
-    looped to the generated body's profile, in the format the classifier reads."""
+    looped to the generated body's profile, as the classifier reads it (text.classifier_text)."""
     by_id = real.drop_duplicates("article_id").set_index("article_id")
     source = by_id.reindex(articles["article_id"])
     return [
-        training_text(title, degrade_to_profile(body, *profile(generated)))
+        classifier_text(title, degrade_to_profile(body, *profile(generated)), read)
         for title, body, generated in zip(source["title"].fillna(""), source["text"].fillna(""), articles["text"])
     ]
 
@@ -68,14 +68,15 @@ def score_articles(inst: Instruments, articles: pd.DataFrame, real: pd.DataFrame
     """Scores of an articles table (study, arm, seed, generation, article_id, title, text); `real`:
     the real corpus they continue (article_id, title, text), for the degradation null.
 
-    The classifier reads each article as the models were trained on it (`title: ...\\nbody: ...`),
-    each measure reads the generated text, perplexity the same text as the classifier.
+    The classifier reads each article's body, or its title and body as the models were trained on them
+    (`scoring.classifier.read`), each measure reads the generated text, perplexity title and body.
     """
-    bs = inst.cfg.batch_size
+    bs, read = inst.cfg.batch_size, inst.cfg.classifier.read
     full = [training_text(t, b) for t, b in zip(articles["title"], articles["text"])]
     out = articles[["study", "arm", "seed", "generation", "article_id"]].reset_index(drop=True)
-    out = pd.concat([out, leaning(inst.leaning, full, bs)], axis=1)
-    null = leaning(inst.leaning, degradation_null(articles, real), bs)
+    texts = [classifier_text(t, b, read) for t, b in zip(articles["title"], articles["text"])]
+    out = pd.concat([out, leaning(inst.leaning, texts, bs)], axis=1)
+    null = leaning(inst.leaning, degradation_null(articles, real, read), bs)
     out[NULL_PROBS] = null[PROBS].to_numpy()
     for column, reader in inst.measures.items():
         out[column] = MEASURES[column].measure(reader, list(articles["text"]), bs)
@@ -86,3 +87,38 @@ def score_articles(inst: Instruments, articles: pd.DataFrame, real: pd.DataFrame
     out["ppl"] = perplexities(*own, full, mt, ppl_bs) if own is not None else np.nan
     out["ppl_ref"] = perplexities(*inst.reference, full, mt, ppl_bs)
     return TABLES["scores"].check(out)
+
+
+def change_scores(
+    clf: Reader, before: pd.DataFrame, after: pd.DataFrame, reference, batch_size: int, read: str, seed: int = 0
+):
+    """`biasamp leaning-change`'s two versions as a study's scores (generations 0 and 1 of one arm), so
+    that arm_contrasts reads their change as it reads a study's. BEFORE: real articles, read intact,
+    each its own null; AFTER: articles continuing BEFORE's ids, read with their titles, the null BEFORE's
+    article cut and looped to each one's profile (degradation_null). Calibration articles carry labels:
+    BEFORE's own (as in a study), or else `reference`'s (labelled articles), each cut and looped to the
+    profile of an article of the version it calibrates, as rows of their own with nothing read."""
+    frames = []
+    for g, part in enumerate((before, after)):
+        texts = [classifier_text(t, b, read) for t, b in zip(part["title"], part["text"])]
+        probs, null = leaning(clf, texts, batch_size), leaning(clf, degradation_null(part, before, read), batch_size)
+        label = before.set_index("article_id")["source_label"].reindex(part["article_id"]).to_numpy()
+        frames.append(_change_rows(g, part["article_id"], probs[PROBS], null[PROBS], label))
+        if reference is not None:
+            rng = np.random.default_rng(seed + g)
+            profiles = [profile(t) for t in part["text"].iloc[rng.integers(0, len(part), len(reference))]]
+            cut = [
+                classifier_text(t, degrade_to_profile(b, *prof), read)
+                for t, b, prof in zip(reference["title"], reference["text"], profiles)
+            ]
+            null = leaning(clf, cut, batch_size)[PROBS]
+            ids = "reference:" + reference["article_id"].astype(str)
+            frames.append(_change_rows(g, ids, null * np.nan, null, reference["source_label"].to_numpy()))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _change_rows(g: int, ids, probs: pd.DataFrame, null: pd.DataFrame, labels) -> pd.DataFrame:
+    out = pd.DataFrame({"study": "change", "arm": "after", "seed": 0, "generation": g, "article_id": list(ids)})
+    out[PROBS] = probs.to_numpy()
+    out[NULL_PROBS] = null.to_numpy()
+    return out.assign(label=labels, ppl=np.nan)

@@ -5,7 +5,9 @@ articles whose argmax label it is), lean_index (mean p_right - mean p_left), pre
 (the shares by the configured prevalence method, biasamp.instruments.prevalence; empty without a
 calibration table where the method needs one) and each measure's mean (tqi_mean); the degradation null: null_share_*
 and null_lean_index, the same readings of the real articles cut and looped to this generation's
-length and repetition (biasamp.stages.score); each with _lo/_hi 95% bootstrap bounds (articles;
+length and repetition (biasamp.stages.score); share_*_calibrated and lean_index_calibrated, the
+readings in label units, calibrated on those same degraded real articles and their labels
+(prevalence.calibrated_readings); each with _lo/_hi 95% bootstrap bounds (articles;
 for prev_* also the calibration outlets and the shift of the corpus's own sources); tqi_rho_*
 (each measure's), the within-generation Spearman correlation of the measure with p_* (95% Fisher-z bounds);
 ppl_mean, ppl_ref_mean.
@@ -42,15 +44,19 @@ NULL_PROBS = [f"null_{p}" for p in PROBS]
 
 def _values(part: pd.DataFrame, method: str) -> np.ndarray:
     """Per article: the READINGS, each measure, the READINGS of its degradation null -> their means
-    are the summary statistics (_stats()); then what the prevalence method averages (3 columns)."""
+    are the summary statistics (_stats()); then what the prevalence method averages (3 columns) and
+    what the calibrated readings are computed from (prevalence.N_CALIBRATION_VALUES columns)."""
+    probs = part[PROBS].to_numpy(float)
+    labels = part["label"].to_numpy() if "label" in part else np.full(len(part), "")  # none: no calibration
     null = part[NULL_PROBS].to_numpy(float) if set(NULL_PROBS) <= set(part.columns) else np.full((len(part), 3), np.nan)
     measures = [part[m].to_numpy(dtype=float) if m in part else np.full(len(part), np.nan) for m in MEASURES]
     return np.column_stack(
         [
-            reading_values(part[PROBS].to_numpy(float)),
+            reading_values(probs),
             *measures,
             reading_values(null),
-            prevalence.article_values(part[PROBS].to_numpy(float), method),
+            prevalence.article_values(probs, method),
+            prevalence.calibration_values(probs, null, labels),
         ]
     )
 
@@ -75,19 +81,17 @@ def quality_association(part: pd.DataFrame) -> dict:
     return row
 
 
-def boot_means(values_per_seed: list[np.ndarray], rng, n_boot: int, seed_draws: np.ndarray | None = None):
+def boot_means(values_per_seed: list[np.ndarray], rng, n_boot: int):
     """Means of per-article values (k columns) over every seed's articles, and n_boot bootstrap
-    means (n_boot, k): seeds resampled (or `seed_draws`, (n_boot, n_seeds) indices, given), then
-    articles within each drawn seed. NaN values (a score not measured) are left out."""
+    means (n_boot, k): seeds resampled, then articles within each drawn seed. NaN values (a score
+    not measured) are left out."""
     pooled = np.concatenate(values_per_seed)
     s = len(values_per_seed)
     n = np.array([len(v) for v in values_per_seed])
     padded = np.full((s, n.max(), pooled.shape[1]), np.nan)
     for i, v in enumerate(values_per_seed):
         padded[i, : len(v)] = v
-    seeds = seed_draws
-    if seeds is None:
-        seeds = rng.integers(0, s, size=(n_boot, s)) if s > 1 else np.zeros((n_boot, 1), dtype=int)
+    seeds = rng.integers(0, s, size=(n_boot, s)) if s > 1 else np.zeros((n_boot, 1), dtype=int)
     arts = np.floor(rng.random((n_boot, s, n.max())) * n[seeds][:, :, None]).astype(int)
     arts = np.where(np.arange(n.max())[None, None, :] < n[seeds][:, :, None], arts, -1)
     draws = np.where((arts >= 0)[..., None], padded[seeds[:, :, None], np.maximum(arts, 0)], np.nan)
@@ -107,12 +111,19 @@ def _row(values_per_seed: list[np.ndarray], rng, n_boot: int, calibration, metho
     stats = _stats()
     for k, name in enumerate(stats):
         row[name], row[f"{name}_lo"], row[f"{name}_hi"] = point[k], lo[k], hi[k]
-    k = len(stats)
+    k, kc = len(stats), len(stats) + len(LABELS)
     est, plo, phi = prevalence.estimate(
-        point[k:], boot[:, k:], calibration, method, rng, sum(len(v) for v in values_per_seed)
+        point[k:kc], boot[:, k:kc], calibration, method, rng, sum(len(v) for v in values_per_seed)
     )
     for i, lab in enumerate(LABELS):
         row[f"prev_{lab}"], row[f"prev_{lab}_lo"], row[f"prev_{lab}_hi"] = est[i], plo[i], phi[i]
+    # Calibrated to this version's own decay: the same article draws carry its calibration articles.
+    cal_point, cal_boot = prevalence.calibrated_readings(point[kc:]), prevalence.calibrated_readings(boot[:, kc:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cal_lo, cal_hi = np.nanpercentile(cal_boot, [2.5, 97.5], axis=0)
+    for i, name in enumerate(prevalence.CALIBRATED):
+        row[name], row[f"{name}_lo"], row[f"{name}_hi"] = cal_point[i], cal_lo[i], cal_hi[i]
     return row
 
 
@@ -150,6 +161,8 @@ def scoring_settings(cfg: ScoringConfig) -> str:
     return json.dumps(
         {
             "classifier": instrument_settings(cfg.classifier, offline_leaning.model_file),
+            # title_body is how every scores file was made before `read` existed: left out, it keeps their settings
+            **({"classifier_reads": cfg.classifier.read} if cfg.classifier.read != "title_body" else {}),
             **{m.key or column: m.settings(cfg) for column, m in MEASURES.items()},
             "perplexity_max_tokens": cfg.perplexity_max_tokens,
         },
