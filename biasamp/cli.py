@@ -83,6 +83,7 @@ def validate(
     """Check a study config without running it: the config, and what `run` needs from the world
     (output folder, corpora, model and its limits, instruments, this machine's CPUs/GPUs)."""
     cfg = _load(config, set_, out)  # first: a bad config is refused before the study's imports
+    from biasamp.instruments.leaning import power_statement
     from biasamp.study import check_before_run
 
     if not config_only:
@@ -96,37 +97,7 @@ def validate(
         f"{config}: OK — study '{cfg.study}', {len(cfg.arms)} arms x {len(cfg.seeds)} seeds = {n} trajectories, "
         f"G0..G{cfg.generations - 1}, model {cfg.model.kind}:{cfg.model.name}, hash {cfg.science_hash()}"
     )
-    typer.echo(_power_line(cfg))
-
-
-def _power_line(cfg: StudyConfig) -> str:
-    """What change of right share the study can see: from the classifier's power record (the spread of
-    a planted change's calibrated estimate under each decay, bench/leaning_calibration.py) and the
-    study's articles per generation and seeds."""
-    from biasamp.instruments.leaning import load_power
-    from biasamp.instruments.prevalence import PAPER_CHANGE, articles_needed, detectable_change
-
-    record = load_power(cfg.scoring.classifier)
-    c = cfg.scoring.classifier
-    if record is None:
-        return f"power: unknown, no power record for classifier {c.kind}:{c.name} (docs/measuring.md, 'Power')"
-    per_gen = min(sum(cfg.corpora[arm.corpus].per_label.values()) for arm in cfg.arms.values())
-    seeds = len(cfg.seeds)
-    sds = [record["sd"][decay]["calibrated"] for decay in ("none", "collapse")]
-    low, high = (detectable_change(sd, record["articles"], per_gen, seeds) for sd in sds)
-    need = [articles_needed(sd, record["articles"], PAPER_CHANGE, seeds) for sd in sds]
-    seeds_note = f"{seeds} seeds (their run-to-run variation not counted)" if seeds > 1 else "1 seed"
-    line = (
-        f"power: with {per_gen} articles per generation and {seeds_note}, the smallest change of right share "
-        f"from G0 seen at 80% power (alpha 0.05) is {low:.2f} on intact text, {high:.2f} under collapse-like "
-        f"decay (calibrated reading)"
-    )
-    if high <= PAPER_CHANGE:
-        return line + f"; the paper's +{PAPER_CHANGE} is within reach"
-    return (
-        line + f"; the paper's +{PAPER_CHANGE} needs {need[0]:,}-{need[1]:,} articles per generation "
-        "(corpora.*.per_label)"
-    )
+    typer.echo(power_statement(cfg))
 
 
 @app.command()
@@ -137,7 +108,9 @@ def run(
 ):
     """Run (or resume) a study: every (arm, seed) trajectory as a Ray task."""
     cfg = _load(config, set_, out)  # first: a bad config is refused before the study's imports
-    typer.echo(_power_line(cfg))
+    from biasamp.instruments.leaning import power_statement
+
+    typer.echo(power_statement(cfg))
     from biasamp.backends.ray_cluster import execute
     from biasamp.study import TrajectoriesFailed, run_study
 

@@ -161,6 +161,21 @@ def test_report_draws_every_figure_naming_every_arm(tmp_path):
     assert not (tmp_path / "r" / "dose_response.png").exists()  # no sweep, no dose-response figure
 
 
+def test_report_states_the_study_power(tmp_path):
+    """A study folder with its manifest: the page says what change of right share the study can see,
+    as `biasamp validate` does (from the config's articles per generation and seeds)."""
+    from biasamp import artifacts
+    from biasamp.config import load_config, updated
+
+    study = _study(tmp_path / "study")
+    cfg = updated(load_config(Path("configs/quickstart.yaml")), {"out_dir": str(study)})
+    artifacts.claim_output_dir(cfg, study)
+    res = CliRunner().invoke(app, ["report", str(study), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "power: with 18 articles per generation and 1 seed" in page and "+0.14 needs" in page
+
+
 def test_report_errors_are_one_line(tmp_path):
     res = CliRunner().invoke(app, ["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "no summary_arms.parquet" in res.output and "Traceback" not in res.output

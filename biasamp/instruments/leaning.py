@@ -82,6 +82,32 @@ def load_power(cfg) -> dict | None:
     return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
+def power_statement(cfg) -> str:
+    """What change of right share a study (a StudyConfig) can see: from its classifier's power record
+    and its articles per generation and seeds (`biasamp validate`, `biasamp run`, the report)."""
+    c = cfg.scoring.classifier
+    record = load_power(c)
+    if record is None:
+        return f"power: unknown, no power record for classifier {c.kind}:{c.name} (docs/measuring.md, 'Power')"
+    per_gen = min(sum(cfg.corpora[arm.corpus].per_label.values()) for arm in cfg.arms.values())
+    seeds = len(cfg.seeds)
+    sds = [record["sd"][decay]["calibrated"] for decay in ("none", "collapse")]
+    low, high = (prevalence.detectable_change(sd, record["articles"], per_gen, seeds) for sd in sds)
+    need = [prevalence.articles_needed(sd, record["articles"], prevalence.PAPER_CHANGE, seeds) for sd in sds]
+    seeds_note = f"{seeds} seeds (their run-to-run variation not counted)" if seeds > 1 else "1 seed"
+    line = (
+        f"power: with {per_gen} articles per generation and {seeds_note}, the smallest change of right share "
+        f"from G0 seen at 80% power (alpha 0.05) is {low:.2f} on intact text, {high:.2f} under collapse-like "
+        f"decay (calibrated reading)"
+    )
+    if high <= prevalence.PAPER_CHANGE:
+        return line + f"; the paper's +{prevalence.PAPER_CHANGE} is within reach"
+    return line + (
+        f"; the paper's +{prevalence.PAPER_CHANGE} needs {need[0]:,}-{need[1]:,} articles per generation "
+        "(corpora.*.per_label)"
+    )
+
+
 def load_calibration(cfg) -> pd.DataFrame | None:
     """A ClassifierConfig's calibration table: the configured one, the one beside an offline model,
     or none (a hub classifier without one)."""

@@ -22,8 +22,9 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
-from biasamp.config import LABELS, SweepConfig  # noqa: E402
+from biasamp.config import LABELS, SweepConfig, from_dict  # noqa: E402
 from biasamp.files import atomic  # noqa: E402
+from biasamp.instruments.leaning import power_statement  # noqa: E402
 from biasamp.instruments.registry import MEASURES  # noqa: E402
 from biasamp.tables import TABLES  # noqa: E402
 
@@ -793,6 +794,11 @@ def build(
         body.append("<h2>Top neurons (smallest p per target)</h2>" + top_html)
     for s in studies:
         body.append(f"<h2>{html.escape(s['label'])}</h2>")
+        if s["manifest"]:
+            try:  # the study's power, as `biasamp validate` stated it
+                body.append(f"<p>{html.escape(power_statement(from_dict(_config(s))))}</p>")
+            except ValueError:  # a config this version no longer reads: the page goes on without it
+                pass
         if missing := unfinished(s):
             body.append(
                 f"<p><strong>Not in these tables</strong> (failed or not run yet; `biasamp run` runs only them): "
