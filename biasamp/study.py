@@ -527,11 +527,9 @@ def check_classifier(
 
     if out is not None:
         artifacts.check_output_path(out, "file")
-    if pool is not None:
-        pass
-    elif articles is not None:
+    if pool is None and articles is not None:
         pool = read_source(str(articles))
-    else:
+    elif pool is None:
         seen = LeaningModel.load("bundled").outlets
         if not len(seen):
             raise ValueError("the shipped leaning model records no training outlets: pass --articles")
@@ -608,9 +606,9 @@ def leaning_change(
 
     artifacts.check_output_path(out, "file")
     first, then = read_source(str(before), labelled=False), read_source(str(after), labelled=False)
-    for name, part in (("BEFORE", first), ("AFTER", then)):
+    for name, path, part in (("BEFORE", before, first), ("AFTER", after, then)):
         if part.empty:
-            raise ValueError(f"{name} {before if name == 'BEFORE' else after}: no articles")
+            raise ValueError(f"{name} {path}: no articles")
     unknown = sorted(set(then["article_id"]) - set(first["article_id"]))
     if unknown:
         raise ValueError(

@@ -37,7 +37,7 @@ from statsmodels.stats.multitest import multipletests
 
 from biasamp.instruments.prevalence import CALIBRATED, READINGS, calibrated_readings, calibration_values, reading_values
 from biasamp.instruments.registry import MEASURES
-from biasamp.stages.summarize import NULL_PROBS, PROBS
+from biasamp.stages.summarize import PROBS, null_probs, real_labels
 from biasamp.tables import TABLES
 
 Mode = Literal["within", "paper"]
@@ -294,25 +294,18 @@ def _mean_targets() -> list[str]:
 def _article_values(part: pd.DataFrame) -> np.ndarray:
     """Per article, the values whose means are _mean_targets() (NaN beyond the null where scores
     have no null, e.g. imported numbers), then the calibration values (prevalence.calibration_values)."""
-    probs = part[PROBS].to_numpy(float)
+    probs, null = part[PROBS].to_numpy(float), null_probs(part)
     measured = reading_values(probs)
-    has_null = set(NULL_PROBS) <= set(part.columns)
-    null_probs = part[NULL_PROBS].to_numpy(float) if has_null else np.full_like(probs, np.nan)
     measures = [part[m].to_numpy(dtype=float) if m in part else np.full(len(part), np.nan) for m in MEASURES]
     return np.column_stack(
         [
             measured,
             *measures,
             part["ppl"].to_numpy(dtype=float),
-            measured - reading_values(null_probs),
-            calibration_values(probs, null_probs, _labels(part)),
+            measured - reading_values(null),
+            calibration_values(probs, null, real_labels(part)),
         ]
     )
-
-
-def _labels(part: pd.DataFrame) -> np.ndarray:
-    """The real articles' labels, the calibration's (none in a table without them: no calibration)."""
-    return part["label"].to_numpy() if "label" in part else np.full(len(part), "")
 
 
 def _targets(means: np.ndarray) -> np.ndarray:

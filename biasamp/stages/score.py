@@ -99,19 +99,18 @@ def change_scores(
     BEFORE's own (as in a study), or else `reference`'s (labelled articles), each cut and looped to the
     profile of an article of the version it calibrates, as rows of their own with nothing read."""
     frames = []
+    labels = before.set_index("article_id")["source_label"]
     for g, part in enumerate((before, after)):
         texts = [classifier_text(t, b, read) for t, b in zip(part["title"], part["text"])]
         probs, null = leaning(clf, texts, batch_size), leaning(clf, degradation_null(part, before, read), batch_size)
-        label = before.set_index("article_id")["source_label"].reindex(part["article_id"]).to_numpy()
+        label = labels.reindex(part["article_id"]).to_numpy()
         frames.append(_change_rows(g, part["article_id"], probs[PROBS], null[PROBS], label))
         if reference is not None:
+            # each reference article cut and looped like an article of this version drawn for it
             rng = np.random.default_rng(seed + g)
-            profiles = [profile(t) for t in part["text"].iloc[rng.integers(0, len(part), len(reference))]]
-            cut = [
-                classifier_text(t, degrade_to_profile(b, *prof), read)
-                for t, b, prof in zip(reference["title"], reference["text"], profiles)
-            ]
-            null = leaning(clf, cut, batch_size)[PROBS]
+            drawn = part["text"].iloc[rng.integers(0, len(part), len(reference))].to_numpy()
+            like = pd.DataFrame({"article_id": reference["article_id"].to_numpy(), "text": drawn})
+            null = leaning(clf, degradation_null(like, reference, read), batch_size)[PROBS]
             ids = "reference:" + reference["article_id"].astype(str)
             frames.append(_change_rows(g, ids, null * np.nan, null, reference["source_label"].to_numpy()))
     return pd.concat(frames, ignore_index=True)

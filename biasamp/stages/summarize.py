@@ -42,13 +42,21 @@ PROBS = [f"p_{lab}" for lab in LABELS]
 NULL_PROBS = [f"null_{p}" for p in PROBS]
 
 
+def null_probs(part: pd.DataFrame) -> np.ndarray:
+    """The degradation null's probabilities (n, 3); NaN where the scores have none (imported numbers)."""
+    return part[NULL_PROBS].to_numpy(float) if set(NULL_PROBS) <= set(part.columns) else np.full((len(part), 3), np.nan)
+
+
+def real_labels(part: pd.DataFrame) -> np.ndarray:
+    """The labels of the real articles the scored ones continue (the calibration's); none: no calibration."""
+    return part["label"].to_numpy() if "label" in part else np.full(len(part), "")
+
+
 def _values(part: pd.DataFrame, method: str) -> np.ndarray:
     """Per article: the READINGS, each measure, the READINGS of its degradation null -> their means
     are the summary statistics (_stats()); then what the prevalence method averages (3 columns) and
     what the calibrated readings are computed from (prevalence.N_CALIBRATION_VALUES columns)."""
-    probs = part[PROBS].to_numpy(float)
-    labels = part["label"].to_numpy() if "label" in part else np.full(len(part), "")  # none: no calibration
-    null = part[NULL_PROBS].to_numpy(float) if set(NULL_PROBS) <= set(part.columns) else np.full((len(part), 3), np.nan)
+    probs, null = part[PROBS].to_numpy(float), null_probs(part)
     measures = [part[m].to_numpy(dtype=float) if m in part else np.full(len(part), np.nan) for m in MEASURES]
     return np.column_stack(
         [
@@ -56,7 +64,7 @@ def _values(part: pd.DataFrame, method: str) -> np.ndarray:
             *measures,
             reading_values(null),
             prevalence.article_values(probs, method),
-            prevalence.calibration_values(probs, null, labels),
+            prevalence.calibration_values(probs, null, real_labels(part)),
         ]
     )
 
