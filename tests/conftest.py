@@ -1,5 +1,6 @@
 import atexit
 import fcntl
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -18,6 +19,13 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 
 ROOT = Path(__file__).parents[1]
+
+
+def pytest_collection_finish(session):
+    """The test modules' imports (torch, transformers, pandas) are never garbage: frozen, the full
+    collections that each in-process training runs (accelerate's) do not walk them again, as in a
+    trajectory's Ray worker (biasamp.backends.ray_cluster)."""
+    gc.freeze()
 
 
 TIMEOUT = 900  # seconds a command may take before it counts as a hang

@@ -5,6 +5,7 @@ the HF generator."""
 
 import importlib.util
 import os
+import time
 
 import pandas as pd
 import pytest
@@ -17,6 +18,7 @@ from biasamp.corpus import read_source
 from biasamp.models import load_base_model, load_checkpoint, load_tokenizer, save_checkpoint
 from biasamp.stages.neurons import layer_modules, weight_rows
 from biasamp.stages.train import TRAINERS, fine_tune
+from biasamp.tables import TABLES
 
 TINY = ModelConfig(kind="tiny_gpt2", tokenizer="gpt2-bpe")
 LOSS_TOLERANCE = 0.02  # nats per step; the difference is each worker averaging over its own tokens
@@ -204,23 +206,38 @@ def test_zero3_at_size_through_biasamp_run_agrees_with_plain(tmp_path):
 @pytest.mark.skipif(NO_VLLM, reason="vLLM does not import here (make test-vllm runs it)")
 def test_vllm_study_writes_the_articles_the_hf_backend_writes(tmp_path):
     """The quickstart study with `generation.backend: vllm` (CPU engines in each trajectory's core)
-    writes every generation's articles as the HF backend does, in float32; it prints each
-    generation's generate seconds for both. One arm and G0, G1: G1 writes from G1's trained weights (an
-    engine that kept G0's would write G0's articles); more arms and generations repeat the same path."""
-    articles, seconds = {}, {}
-    for backend in ("hf", "vllm"):
-        out = tmp_path / backend
-        run = cli(
-            "run", "configs/quickstart.yaml", "--out", str(out), "--set", f"generation.backend={backend}",
-            "--set", "wandb.mode=disabled", "--set", "generations=2", "--set", "arms={synthetic: {mix: replace}}",
-            env={"HF_HUB_OFFLINE": "1"},
-        )  # fmt: skip
-        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-        keys = ["arm", "seed", "generation", "article_id"]
-        articles[backend] = pd.read_parquet(out / "articles").sort_values(keys).reset_index(drop=True)
-        metrics = pd.read_parquet(out / "train_metrics").drop_duplicates(["arm", "seed", "generation"])
-        seconds[backend] = metrics.groupby("generation")["generate_seconds"].mean().round(1).tolist()
-        print(f"{backend}: {run.stdout.strip().splitlines()[-1]}")
-    print(f"generate seconds per generation (mean of the arms): hf {seconds['hf']}, vllm {seconds['vllm']}")
-    assert len(articles["hf"]) == 1 * 2 * 18 and articles["hf"]["n_tokens"].gt(0).all()
-    pd.testing.assert_frame_equal(articles["hf"], articles["vllm"])
+    writes every generation's articles as the HF backend writes them from the same generation's
+    checkpoint, in float32: the study's own write_articles with backend hf, in this process on one
+    thread as in a trajectory (a second, HF study would train the same weights again: minutes). One
+    arm and G0, G1: G1 writes from G1's trained weights (an engine that kept G0's would write G0's
+    articles); more arms and generations repeat the same path. Prints the generate seconds of both."""
+    from biasamp.stages.generate import write_articles
+
+    out = tmp_path / "vllm"
+    run = cli(
+        "run", "configs/quickstart.yaml", "--out", str(out), "--set", "generation.backend=vllm",
+        "--set", "wandb.mode=disabled", "--set", "generations=2", "--set", "arms={synthetic: {mix: replace}}",
+        "--set", "keep_checkpoints=all", env={"HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    hf_generation = load_config(ROOT / "configs" / "quickstart.yaml").generation  # backend: hf, its default
+    assert hf_generation.backend.kind == "hf"
+    corpus = pd.read_parquet(TABLES["corpus"].file(out, corpus="main"))
+    vllm_articles = pd.read_parquet(out / "articles").sort_values(["generation", "article_id"])
+    metrics = pd.read_parquet(out / "train_metrics").drop_duplicates(["generation"]).sort_values("generation")
+    threads, seconds = torch.get_num_threads(), []
+    torch.set_num_threads(1)  # a trajectory's one core (cpus_per_trajectory: 1)
+    try:
+        for g in (0, 1):
+            model, tok = load_checkpoint(out / "checkpoints" / "synthetic" / "seed0" / f"gen{g}")
+            start = time.time()
+            hf = write_articles(model.eval(), tok, corpus, hf_generation)
+            seconds.append(round(time.time() - start, 1))
+            hf = hf.sort_values("article_id")
+            mine = vllm_articles[vllm_articles["generation"] == g]
+            assert len(hf) == 18 and hf["n_tokens"].gt(0).all()
+            for column in hf.columns:
+                assert hf[column].tolist() == mine[column].tolist(), (g, column)
+    finally:
+        torch.set_num_threads(threads)
+    print(f"generate seconds per generation: hf {seconds}, vllm {metrics['generate_seconds'].round(1).tolist()}")
