@@ -34,7 +34,7 @@ def _identical_without_orphans_or_debris(out: str, expected: int) -> None:
     assert "orphaned Ray processes: 0; trials leaving debris: 0" in out
 
 
-@pytest.mark.slow  # one node kill (a study of its own and its reference: six minutes on 2 cores); CI runs it
+@pytest.mark.slow  # one node kill (a study of its own and its reference: five minutes on 2 cores); CI runs it
 def test_a_worker_node_lost_while_training_where_the_queue_once_lived_ends_identical():
     # The first worker node alone when the run connected (the driver's progress queue lived there
     # before it was pinned), SIGKILLed while a trajectory on it trains: the same run finished.
