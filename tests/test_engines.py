@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import ROOT, cli
 
+from biasamp import artifacts
 from biasamp.backends import deepspeed_train  # noqa: F401 (registers the deepspeed trainer)
 from biasamp.config import ModelConfig, TrainConfig, load_config
 from biasamp.corpus import read_source
@@ -229,7 +230,7 @@ def test_vllm_study_writes_the_articles_the_hf_backend_writes(tmp_path):
     torch.set_num_threads(1)  # a trajectory's one core (cpus_per_trajectory: 1)
     try:
         for g in (0, 1):
-            model, tok = load_checkpoint(out / "checkpoints" / "synthetic" / "seed0" / f"gen{g}")
+            model, tok = load_checkpoint(artifacts.checkpoint_dir(out, "synthetic", 0, g))
             start = time.time()
             hf = write_articles(model.eval(), tok, corpus, hf_generation)
             seconds.append(round(time.time() - start, 1))

@@ -254,10 +254,8 @@ def change_pairs(tmp_path_factory):
         pytest.skip("../shared/data/article-bias-prediction not present")
     from biasamp.instruments.leaning import LeaningModel
 
-    every = read_source(str(ABP))
-    d = every[
-        every["outlet"].isin(set(LeaningModel.load("bundled").outlets)) & (every["text"].str.split().str.len() >= 120)
-    ]
+    every, seen = read_source(str(ABP)), set(LeaningModel.load("bundled").outlets)
+    d = every[every["outlet"].isin(seen) & (every["text"].str.split().str.len() >= 120)]
     rng = np.random.default_rng(0)
     before = pd.concat([d[d["source_label"] == lab].sample(100, random_state=1) for lab in LABELS])
     rest = {lab: part for lab, part in d[~d["article_id"].isin(before["article_id"])].groupby("source_label")}
@@ -269,8 +267,7 @@ def change_pairs(tmp_path_factory):
     before[["article_id", "title", "text"]].to_csv(folder / "before_unlabelled.csv", index=False)
     # --data: outlets the classifier never saw, 300 a label (what the default reference draws its 60 a
     # label from), rather than reading all 26,962 articles again in every call.
-    unseen = every[~every["outlet"].isin(set(LeaningModel.load("bundled").outlets))]
-    unseen = unseen.groupby("source_label").sample(300, random_state=2)
+    unseen = invariance.unseen_articles(every, seen, 300, seed=2)
     unseen.to_json(folder / "unseen_outlets.jsonl", orient="records", lines=True)
     for name, labels in (
         ("planted", np.where(flip, "right", before["source_label"])),

@@ -37,7 +37,7 @@ from statsmodels.stats.multitest import multipletests
 
 from biasamp.instruments.prevalence import CALIBRATED, READINGS, calibrated_readings, calibration_values, reading_values
 from biasamp.instruments.registry import MEASURES
-from biasamp.stages.summarize import PROBS, null_probs, real_labels
+from biasamp.stages.summarize import PROBS, measure_values, null_probs, real_labels
 from biasamp.tables import TABLES
 
 Mode = Literal["within", "paper"]
@@ -296,11 +296,10 @@ def _article_values(part: pd.DataFrame) -> np.ndarray:
     have no null, e.g. imported numbers), then the calibration values (prevalence.calibration_values)."""
     probs, null = part[PROBS].to_numpy(float), null_probs(part)
     measured = reading_values(probs)
-    measures = [part[m].to_numpy(dtype=float) if m in part else np.full(len(part), np.nan) for m in MEASURES]
     return np.column_stack(
         [
             measured,
-            *measures,
+            *measure_values(part),
             part["ppl"].to_numpy(dtype=float),
             measured - reading_values(null),
             calibration_values(probs, null, real_labels(part)),

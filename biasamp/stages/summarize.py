@@ -52,16 +52,20 @@ def real_labels(part: pd.DataFrame) -> np.ndarray:
     return part["label"].to_numpy() if "label" in part else np.full(len(part), "")
 
 
+def measure_values(part: pd.DataFrame) -> list[np.ndarray]:
+    """Each registered measure's column per article; NaN where the scores lack it."""
+    return [part[m].to_numpy(dtype=float) if m in part else np.full(len(part), np.nan) for m in MEASURES]
+
+
 def _values(part: pd.DataFrame, method: str) -> np.ndarray:
     """Per article: the READINGS, each measure, the READINGS of its degradation null -> their means
     are the summary statistics (_stats()); then what the prevalence method averages (3 columns) and
     what the calibrated readings are computed from (prevalence.N_CALIBRATION_VALUES columns)."""
     probs, null = part[PROBS].to_numpy(float), null_probs(part)
-    measures = [part[m].to_numpy(dtype=float) if m in part else np.full(len(part), np.nan) for m in MEASURES]
     return np.column_stack(
         [
             reading_values(probs),
-            *measures,
+            *measure_values(part),
             reading_values(null),
             prevalence.article_values(probs, method),
             prevalence.calibration_values(probs, null, real_labels(part)),
