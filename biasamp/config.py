@@ -138,7 +138,9 @@ class DeepSpeedConfig(_Frozen):
 class TrainConfig(_Frozen):
     epochs: float = Field(5, gt=0, le=1000)
     batch_size: int = Field(8, ge=1, le=BATCH_MAX)
-    lr: float = Field(5e-5, gt=0, le=10)  # AdamW past 10 diverges at once (lr=1e9 ran, writing `!!!!`)
+    # AdamW past 10 diverges at once (lr=1e9 ran, writing `!!!!`); an AdamW step moves a weight by about
+    # lr, and below 1e-9 that is under float32's resolution at GPT-2's weight scale (0.02 x 1.2e-7): no step.
+    lr: float = Field(5e-5, ge=1e-9, le=10)
     weight_decay: float = Field(0.01, ge=0, le=1)  # AdamW's decay past 1 flips each weight's sign
     max_length: int = Field(512, ge=8, le=TOKENS_MAX)
     # previous: G_{i+1} continues from G_i's weights (as the authors do); base: from the base model.
@@ -437,6 +439,16 @@ class ResourcesConfig(_Frozen):
     max_retries: int = Field(3, ge=0, le=100)
 
     _ray = field_validator("gpus_per_trajectory")(lambda cls, v: _ray_quantity(v))
+
+    @field_validator("ray_address")
+    @classmethod
+    def _address(cls, value):
+        if value is None or value == "auto":
+            return value
+        host, _, port = value.removeprefix("ray://").rpartition(":")
+        if not host or any(c.isspace() or c in "/?#" for c in host) or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"'{value}' is not auto, HOST:PORT or ray://HOST:PORT")
+        return value
 
 
 class WandbConfig(_Frozen):

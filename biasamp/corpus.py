@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import numbers
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -116,8 +118,32 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def _json_kind(value) -> str:
-    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
-    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+    if value is None:
+        return "null"
+    if isinstance(value, (bool, np.bool_)):
+        return "a boolean"
+    if isinstance(value, numbers.Number):
+        return "a number"
+    kinds = {list: "an array", np.ndarray: "an array", tuple: "an array", dict: "an object", str: "a string"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def text_column(df: pd.DataFrame, col: str, where: str) -> pd.Series:
+    """A column of text as strings, missing values as "": a number, array, object or boolean there is
+    not an article's text, and one error names its row (str() would read [1, 2] as "[1, 2]")."""
+    values = df[col]
+    bad = values.map(lambda v: not (isinstance(v, str) or v is None or v is pd.NA or (isinstance(v, float) and v != v)))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        value = values.iloc[row]
+        raise ValueError(f"{where}: row {row + 1}: {col} is {_json_kind(value)} ({str(value)[:40]!r}), not text")
+    return values.fillna("").astype(str)
+
+
+def visible(text: str) -> bool:
+    """Whether a text has a letter, digit, mark of punctuation or symbol (only spaces and zero-width
+    characters such as U+200B are no article)."""
+    return any(unicodedata.category(c)[0] in "LNPS" for c in text)
 
 
 def _canonical(df: pd.DataFrame, where: str, labelled: bool = True) -> pd.DataFrame:
@@ -141,8 +167,8 @@ def _canonical(df: pd.DataFrame, where: str, labelled: bool = True) -> pd.DataFr
             f"{where}: article id {repeated.iloc[0]!r} is on more than one row "
             f"({repeated.nunique()} ids repeated, {out['article_id'].isin(repeated).sum()} rows); ids must be unique"
         )
-    out["title"] = out.get("title", pd.Series("", index=out.index)).fillna("").astype(str)
-    out["text"] = out["text"].fillna("").astype(str)
+    out["title"] = text_column(out, "title", where) if "title" in out else ""
+    out["text"] = text_column(out, "text", where)
     out["source_label"] = out["source_label"].map(lambda v: "" if v == "" and not labelled else _label(v, where))
     for col in ("outlet", "date"):
         out[col] = out.get(col, pd.Series("", index=out.index)).fillna("").astype(str)
@@ -164,7 +190,7 @@ def _label(value, where: str) -> str:
 
 def sample_corpus(articles: pd.DataFrame, cfg: CorpusConfig, name: str = "corpus") -> pd.DataFrame:
     """Filter (years, length, non-empty) and draw cfg.per_label articles per label, seeded."""
-    df = articles[articles["text"].str.strip() != ""]
+    df = articles[articles["text"].map(visible)]
     if cfg.years is not None:
         years = pd.to_datetime(df["date"], errors="coerce", format="mixed").dt.year
         df = df[years.between(*cfg.years)]

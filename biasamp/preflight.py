@@ -8,6 +8,7 @@ placement group, its DeepSpeed workers), which the Ray layer places.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pandas as pd
@@ -46,6 +47,22 @@ def draw_corpora(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
                 f"which this study in {out} was drawn from; use another --out"
             )
     return drawn
+
+
+def check_real_fractions(cfg: StudyConfig, drawn: dict[str, pd.DataFrame]) -> None:
+    """A mix's real_fraction of its corpus is at least one real article a generation: rounded to none,
+    the arm would silently be the replace arm."""
+    for name, arm in cfg.arms.items():
+        fraction = getattr(arm.mix, "real_fraction", None)
+        if fraction is None:
+            continue
+        corpus = drawn.get(arm.corpus)
+        n = len(corpus) if corpus is not None else TABLES["corpus"].read_one(cfg.output_dir, corpus=arm.corpus).shape[0]
+        if round(fraction * n) == 0:
+            raise ValueError(
+                f"arms.{name}.mix.real_fraction: {fraction:g} of corpus '{arm.corpus}' ({n} articles) is 0 real "
+                f"articles a generation, the replace arm's mix; give at least {1 / n:.3g}"
+            )
 
 
 def _available(load, name: str, key: str):
@@ -152,6 +169,7 @@ def check_study(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
     if cfg.scoring.enabled:  # new scores must not mix with others
         check_scores_settings(out, scoring_settings(cfg.scoring))
     drawn = draw_corpora(cfg)
+    check_real_fractions(cfg, drawn)
     conf = model_config(cfg)
     check_lengths(cfg, positions(conf))
     if cfg.neurons.capture:
@@ -159,6 +177,55 @@ def check_study(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
     if cfg.scoring.enabled:
         check_instruments(cfg)
     return drawn
+
+
+def check_ray_address(address: str, timeout: float = 5) -> None:
+    """Something listens at the cluster's address (else ray.init retries for minutes, in C++ warnings).
+    `auto` is checked where RAY_ADDRESS names the cluster (a Ray job's driver); Ray finds it otherwise."""
+    key = "resources.ray_address"
+    if address == "auto":
+        address, key = os.environ.get("RAY_ADDRESS", ""), "RAY_ADDRESS"
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not (host and port.isdigit()):  # RAY_ADDRESS unset, `auto` again, or a form Ray itself resolves
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:  # refused, no route, unknown host, timed out
+        raise ValueError(
+            f"{key}: nothing answers at {address} ({e.strerror or e}); is the cluster up (`ray status`)?"
+        ) from None
+
+
+# Ray's deepest socket below its temp dir: /ray/session_<date>_<time>_<us>_<pid>/sockets/plasma_store
+RAY_SOCKET_TAIL = len("/ray/session_2026-12-03_12-47-47_988329_4194304/sockets/plasma_store")
+
+
+def check_socket_dir() -> None:
+    """A private Ray puts Unix sockets below RAY_TMPDIR (or TMPDIR): their paths must fit in 107 bytes."""
+    import tempfile
+
+    var = "RAY_TMPDIR" if os.environ.get("RAY_TMPDIR") else "TMPDIR"
+    where = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    if len(os.fsencode(where)) + RAY_SOCKET_TAIL > 107:
+        raise ValueError(
+            f"{var}: {where} is too long for the Unix sockets Ray makes below it ({len(os.fsencode(where))} bytes; "
+            f"at most {107 - RAY_SOCKET_TAIL}); e.g. RAY_TMPDIR=/tmp (it moves only Ray's session folder)"
+        )
+
+
+def check_wandb_env(cfg: StudyConfig) -> None:
+    """The WANDB_* variables W&B will read parse (WANDB_MODE=bogus fails only in the first trajectory)."""
+    if cfg.wandb.mode == "disabled" or not any(k.startswith("WANDB_") for k in os.environ):
+        return
+    import wandb
+
+    for var, value in sorted(os.environ.items()):
+        if var.startswith("WANDB_"):
+            try:
+                wandb.Settings().update_from_env_vars({var: value})
+            except ValueError as e:  # pydantic's ValidationError
+                first = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e).splitlines()[0]
+                raise ValueError(f"{var}={value}: {first} (W&B reads it; unset it or fix it)") from None
 
 
 def local_machine() -> dict[str, float]:

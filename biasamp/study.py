@@ -17,7 +17,15 @@ from biasamp import artifacts
 from biasamp.config import ClassifierConfig, ModelConfig, StudyConfig, apply_overrides, from_dict, load_config, updated
 from biasamp.files import sha256
 from biasamp.instruments.leaning import load_calibration
-from biasamp.preflight import check_libraries, check_resources, check_study, local_machine
+from biasamp.preflight import (
+    check_libraries,
+    check_ray_address,
+    check_resources,
+    check_socket_dir,
+    check_study,
+    check_wandb_env,
+    local_machine,
+)
 from biasamp.stages.summarize import SETTINGS_KEY, settings_of_scores, write_summaries
 from biasamp.tables import TABLES, file_metadata, parquet_damage, write_parquet
 
@@ -30,8 +38,14 @@ from biasamp.tables import TABLES, file_metadata, parquet_damage, write_parquet
 
 def check_before_run(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
     """Everything `run` checks before it writes anything or starts Ray (`biasamp validate` runs the
-    same): preflight.check_study, and for a private local Ray this machine's CPUs and GPUs. Returns
-    the corpora drawn for a folder that lacks them."""
+    same): preflight.check_study and the W&B variables, and for a private local Ray this machine's
+    CPUs, GPUs and temp path (Ray's sockets), for a cluster that its address answers. Returns the
+    corpora drawn for a folder that lacks them."""
+    check_wandb_env(cfg)  # the environment first: seconds before the corpora and the model are read
+    if cfg.resources.ray_address is None:
+        check_socket_dir()
+    else:
+        check_ray_address(cfg.resources.ray_address)
     drawn = check_study(cfg)
     if cfg.resources.ray_address is None:  # a private Ray gets this machine: check it now, not after Ray's start
         check_libraries(cfg)
@@ -50,12 +64,16 @@ def prepare_study(cfg: StudyConfig, log=print) -> list[tuple[str, int]]:
     for name, corpus in drawn.items():
         path = TABLES["corpus"].write(corpus, out, corpus=name)
         log(f"corpus '{name}': {len(corpus)} articles -> {path}")
-    return [
-        (arm, seed)
-        for arm in cfg.arms
-        for seed in cfg.seeds
-        if artifacts.completed_generations(out, arm, seed) < cfg.generations
-    ]
+    return [(arm, seed) for arm in cfg.arms for seed in cfg.seeds if not _whole(out, arm, seed, cfg.generations)]
+
+
+def _whole(out: Path, arm: str, seed: int, generations: int) -> bool:
+    """Every generation's articles written and readable (a damaged one is set aside and run again by
+    the trajectory's own check, stages.trajectory._verified)."""
+    articles = TABLES["articles"]
+    return artifacts.completed_generations(out, arm, seed) >= generations and all(
+        parquet_damage(articles.file(out, arm=arm, seed=seed, generation=g)) is None for g in range(generations)
+    )
 
 
 @dataclass
@@ -234,8 +252,8 @@ def rescore_study(cfg: StudyConfig, log=print) -> pd.DataFrame:
         carried = _carried_perplexities(cfg, versions)
         inst = load_instruments(cfg.scoring, cfg.model)
         for arm, seed, g in versions:
-            articles = pd.read_parquet(TABLES["articles"].file(out, arm=arm, seed=seed, generation=g))
-            real = pd.read_parquet(TABLES["corpus"].file(out, corpus=cfg.arms[arm].corpus))
+            articles = TABLES["articles"].read_one(out, arm=arm, seed=seed, generation=g)
+            real = TABLES["corpus"].read_one(out, corpus=cfg.arms[arm].corpus)
             with torch.no_grad():
                 if (arm, seed, g) in carried:
                     scores = score_articles(inst, articles, real)
@@ -316,8 +334,8 @@ def analyze_study(
             if not summary.exists():
                 raise FileNotFoundError(f"{summary} not found (neuron tests need the per-generation summary)")
             tests, report = neuron_tests(
-                pd.read_parquet(study_dir / "neurons"),
-                pd.read_parquet(summary),
+                TABLES["neurons"].read(study_dir),
+                TABLES["summary"].read_at(summary),
                 list(targets),
                 mode,
                 maxlags,
@@ -325,7 +343,7 @@ def analyze_study(
                 null_draws,
             )
         if scores is not None:
-            result.contrasts, result.trends = arm_contrasts(pd.read_parquet(scores), baseline, bootstrap)
+            result.contrasts, result.trends = arm_contrasts(TABLES["scores"].read_at(scores), baseline, bootstrap)
         if has_neurons:
             result.neuron_file = study_dir / (
                 "neuron_tests.parquet" if mode == "within" else f"neuron_tests_{mode}.parquet"
@@ -358,6 +376,7 @@ def analyze_study(
 @dataclass
 class ReportResult:
     page: Path
+    warnings: list[str] = field(default_factory=list)
     url: str | None = None  # the published W&B Report
     error: str | None = None  # why it was not published
 
@@ -367,12 +386,15 @@ def report_study(
 ) -> ReportResult:
     """Figures and one self-contained HTML page from study tables, and with `wandb` (ENTITY/PROJECT)
     the W&B Report, built before anything is written and published after the page."""
-    from biasamp.stages.report import build, load, publish, wandb_entity, wandb_report
+    from biasamp.stages.report import build, load_all, publish, same_names, wandb_entity, wandb_report
 
     artifacts.check_output_path(out, "folder")
     report = None
+    studies = load_all(folders)
+    shared = same_names(studies)
     if wandb:
-        studies = [load(f) for f in folders]
+        if shared:  # the Report's run sets filter by W&B group, which is the study name
+            raise ValueError(f"--wandb: {shared[0]}: their runs share one W&B group; give one another study name")
         entity, project = wandb_entity(wandb, studies)
         try:
             import wandb_workspaces  # noqa: F401
@@ -381,7 +403,7 @@ def report_study(
                 "--wandb: a W&B Report needs the wandb-workspaces package: pip install -e '.[report]'"
             ) from None
         report = wandb_report(studies, entity, project)
-    result = ReportResult(build(folders, out, paper, simulation))
+    result = ReportResult(build(studies, out, paper, simulation), [f"{w}: told apart by folder" for w in shared])
     if report is not None:
         try:
             result.url = publish(report)
@@ -409,7 +431,7 @@ def classify_file(
 ) -> ClassifyResult:
     """Political leaning of any article file; with `summary`, the file's label shares corrected for
     the classifier's confusion (written as JSON)."""
-    from biasamp.corpus import read_table
+    from biasamp.corpus import read_table, text_column
     from biasamp.instruments import load_classifier
     from biasamp.instruments.hf import leaning
     from biasamp.instruments.prevalence import UNCORRECTED
@@ -430,8 +452,8 @@ def classify_file(
             "--summary with --kind hf needs --calibration (biasamp classifier eval --kind hf "
             "--calibration-out FILE makes one) or --method cc"
         )
-    titles = df["title"].fillna("").astype(str) if "title" in df.columns else None
-    texts = df["text"].fillna("").astype(str)
+    titles = text_column(df, "title", str(input)) if "title" in df.columns else None
+    texts = text_column(df, "text", str(input))
     # With a title, the article is read as the study models write it; without, as plain text.
     inputs = [training_text(t, b) for t, b in zip(titles, texts)] if titles is not None else list(texts)
     result = leaning(clf, inputs, batch_size)

@@ -21,6 +21,7 @@ from pandas.api import types
 from biasamp.files import disk_full, is_disk_full
 
 ADDRESS = "study:str arm:str seed:int generation:int"
+ADDRESS_COLUMNS = [item.split(":")[0] for item in ADDRESS.split()]
 _READINGS = ("share_left", "share_center", "share_right", "lean_index")
 
 
@@ -95,8 +96,26 @@ class Table:
 
     def read(self, out: Path, **filters) -> pd.DataFrame:
         """Every file of the table (a per-version table's whole folder), optionally filtered."""
+        return self.read_at(self.where(out), **filters)
+
+    def read_one(self, out: Path, **address) -> pd.DataFrame:
+        """One version's (or one corpus's) file of the table, checked as `read_at` does."""
+        return self.read_at(self.file(out, **address))
+
+    def read_at(self, path: Path, **filters) -> pd.DataFrame:
+        """This table read from `path` (a file, or a folder of per-version files), each file first
+        checked: readable, and holding the table's address columns (a file of another tool, or cut
+        short, is one error naming it, not an all-null frame)."""
+        path = Path(path)
+        files = sorted(f for f in path.glob("*.parquet") if f.name[0] not in "._") if path.is_dir() else [path]
+        needed = [c for c in self.columns if c in self.key or c in ADDRESS_COLUMNS]
+        for f in files:
+            if (damage := parquet_damage(f)) is not None:
+                raise ValueError(f"{f}: {damage}: not a readable {self.name} table (restore it, or set it aside)")
+            if missing := [c for c in needed if c not in pq.read_schema(f).names]:
+                raise ValueError(f"{f}: not a biasamp {self.name} table (no column {', '.join(missing)})")
         flt = [(k, "==", v) for k, v in filters.items()] or None
-        return pd.read_parquet(self.where(out), filters=flt)
+        return pd.read_parquet(path, filters=flt)
 
 
 def write_parquet(df: pd.DataFrame, path: Path, metadata: dict | None = None, **to_parquet) -> None:

@@ -11,13 +11,17 @@ interpreter (the `biasamp` console script), and their forked run must say exactl
 
 import gzip
 import hashlib
+import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import built_once, cli, folder_tree
+
+from biasamp.config import load_config
 
 ROOT = Path(__file__).parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -35,6 +39,27 @@ STUDY_FOLDER = {
 
 def _run(*flags):  # `biasamp run` of the smoke study into {tmp}/out with these overrides
     return ["run", SMOKE, "--out", "{tmp}/out", *(f"--set={f}" for f in flags)]
+
+
+def _parquet(**columns) -> bytes:
+    buf = io.BytesIO()
+    pd.DataFrame(columns).to_parquet(buf)
+    return buf.getvalue()
+
+
+FOREIGN_TABLE = _parquet(x=[1, 2])  # a Parquet file of another tool: readable, none of our columns
+_SMOKE = load_config(SMOKE)
+# The smoke study's manifest, as `run` records it, and which generations and seeds are on disk.
+SMOKE_ON_DISK = {
+    "out/manifest.json": json.dumps(
+        {"study": _SMOKE.study, "science_hash": _SMOKE.science_hash(), "config": _SMOKE.model_dump(mode="json")}
+    ),
+    **{f"out/articles/{arm}__seed{s}__gen{g}.parquet": "x" for arm in _SMOKE.arms for s in (0, 1) for g in (0, 1, 2)},
+}
+
+
+class Link(str):
+    """A file a case makes as a symbolic link to this target."""
 
 
 # A "billion laughs": 10 levels of 10 aliases each, 10**10 values once expanded, in 400 bytes.
@@ -94,6 +119,12 @@ CASES = [
         _run("sweep={key: train.lr, values: &v [" + ", ".join(["1e-3"] * 11000) + "]}"),
         "--set sweep: line 1: expands to more than 10,000 values",
     ),
+    (
+        "--set value of 50,000 characters",
+        {},
+        _run("arms.synthetic.corpus='" + "x" * 50_000 + "'"),
+        "arms.synthetic.corpus: '" + "x" * 199 + "... (50002 characters) is not in corpora (main)",
+    ),
     ("infinite lr", {}, _run("train.lr=.inf"), "train.lr: Input should be a finite number"),
     (
         "more CPU engines than cores",
@@ -136,7 +167,8 @@ CASES = [
         "real_fraction: Input should be less than or equal to 1",
     ),
     ("setting of another mix", {}, _run("arms.synthetic.mix.real_fraction=0.5"), "not a setting of this mix kind"),
-    ("negative lr", {}, _run("train.lr=-1"), "train.lr: Input should be greater than 0"),
+    ("negative lr", {}, _run("train.lr=-1"), "train.lr: Input should be greater than or equal to 0.000000001"),
+    ("vanishing lr", {}, _run("train.lr=1e-300"), "train.lr: Input should be greater than or equal to 0.000000001"),
     ("absurd epochs", {}, _run("train.epochs=1e9"), "train.epochs: Input should be less than or equal to"),
     ("arm corpus unknown", {}, _run("arms.synthetic.corpus=other"), "arms.synthetic.corpus: 'other' is not in corpora"),
     # model limits
@@ -590,6 +622,95 @@ CASES = [
         ["import-paper", "{tmp}/paper", "--out", "{tmp}/p"],
         "--out {tmp}/p: a file; a folder is written here",
     ),
+    # tables, manifests and folders of another tool, or of another shape than the study on disk
+    (
+        "analyze: scores of another tool",
+        {"out/scores/a__seed0__gen0.parquet": FOREIGN_TABLE},
+        ["analyze", "{tmp}/out"],
+        "{tmp}/out/scores/a__seed0__gen0.parquet: not a biasamp scores table (no column study, arm, seed",
+    ),
+    (
+        "report: summary of another tool",
+        {"out/summary_arms.parquet": FOREIGN_TABLE},
+        ["report", "{tmp}/out", "--out", "{tmp}/rep"],
+        "{tmp}/out/summary_arms.parquet: not a biasamp summary_arms table (no column study, arm, generation)",
+    ),
+    (
+        "analyze: manifest without a study",
+        {"out/manifest.json": json.dumps({"config": {}, "science_hash": "0" * 16}), "out/scores/a.parquet": "x"},
+        ["analyze", "{tmp}/out"],
+        "{tmp}/out/manifest.json: no 'study' key: not a biasamp manifest",
+    ),
+    (
+        "score: --set of the study's shape",
+        SMOKE_ON_DISK,
+        ["score", "{tmp}/out", "--set", "generations=7"],
+        "--set generations: `score` changes scoring.* keys only; the rest is what {tmp}/out holds",
+    ),
+    (
+        "run: fewer generations than written",
+        SMOKE_ON_DISK,
+        _run("generations=2"),
+        "{tmp}/out holds G0..G2; generations=2, seeds=[0, 1] would record less than is there",
+    ),
+    (
+        "run: a written seed left out",
+        SMOKE_ON_DISK,
+        _run("seeds=[1]"),
+        "{tmp}/out holds G0..G2 of seeds [0]; generations=3, seeds=[1] would record less than is there",
+    ),
+    (
+        "real_fraction of no article",
+        {},
+        _run("arms.preservation.mix.real_fraction=0.01"),
+        "arms.preservation.mix.real_fraction: 0.01 of corpus 'main' (12 articles) is 0 real articles a generation",
+    ),
+    # text that is not text
+    (
+        "corpus text a number",
+        {"c.jsonl": '{"text": "a b", "label": "left"}\n{"text": 5, "label": "left"}\n'},
+        _run("corpora.main.source={tmp}/c.jsonl"),
+        "c.jsonl: row 2: text is a number ('5'), not text",
+    ),
+    (
+        "corpus text an object",
+        {"c.json": '[{"text": {"a": 1}, "label": "left"}]'},
+        _run("corpora.main.source={tmp}/c.json"),
+        "c.json: row 1: text is an object",
+    ),
+    (
+        "corpus title a list",
+        {"c.parquet": _parquet(text=["a b"], title=[["a", "b"]], label=["left"])},
+        _run("corpora.main.source={tmp}/c.parquet"),
+        "c.parquet: row 1: title is an array",
+    ),
+    (
+        "classify: text a list",
+        {"a.jsonl": '{"text": ["a", "b"]}\n'},
+        ["classify", "{tmp}/a.jsonl", "--out", "{tmp}/o.parquet"],
+        "a.jsonl: row 1: text is an array",
+    ),
+    (
+        "corpus of zero-width text",
+        {"c.jsonl": "".join(json.dumps({"text": "\u200b \u200b", "label": lab}) + "\n" for lab in ("left",) * 9)},
+        _run("corpora.main.source={tmp}/c.jsonl"),
+        "corpora.main.per_label.left: asks 4 articles, only 0 remain after filters",
+    ),
+    # paths
+    ("--out a symlink loop", {"a": Link("b"), "b": Link("a")}, ["run", SMOKE, "--out", "{tmp}/a"], "a: a symlink loop"),
+    # the world a run needs, checked before it writes
+    (
+        "Ray address with nothing there",
+        {},
+        _run("resources.ray_address=127.0.0.1:1"),
+        "resources.ray_address: nothing answers at 127.0.0.1:1 (Connection refused)",
+    ),
+    (
+        "Ray address not an address",
+        {},
+        _run("resources.ray_address=not a url"),
+        "resources.ray_address: 'not a url' is not auto, HOST:PORT or ray://HOST:PORT",
+    ),
     # flags
     ("--out empty", {}, ["validate", SMOKE, "--out", ""], "biasamp: --out is empty; give a path or value"),
     ("--out= empty", {}, ["run", SMOKE, "--out="], "biasamp: --out is empty"),
@@ -606,6 +727,8 @@ def _write(tmp: Path, files: dict) -> None:
         f.parent.mkdir(parents=True, exist_ok=True)
         if content is FIFO:
             os.mkfifo(f)
+        elif isinstance(content, Link):
+            os.symlink(content, f)
         else:
             f.write_bytes(content if isinstance(content, bytes) else content.encode())
 
@@ -679,3 +802,24 @@ def test_bad_input_is_one_line_and_exit_2(results, name):
     assert says.replace("{tmp}", tmp) in lines[0], lines[0]
     assert "Ray at" not in stdout  # stopped before Ray started
     assert unchanged  # nothing written or changed: in --out, beside it, in the temp dir (folders too)
+
+
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        ({"TMPDIR": "{tmp}/" + "t" * 60}, "TMPDIR: {tmp}/ttt"),
+        ({"WANDB_MODE": "bogus"}, "WANDB_MODE=bogus: Input should be 'online', 'offline'"),
+    ],
+    ids=["TMPDIR too long for Ray's sockets", "WANDB_MODE unknown"],
+)
+def test_the_environment_a_run_needs_is_checked_before_it_writes(tmp_path, env, says):
+    """Variables the command line does not name, read by Ray or W&B only once the run has started:
+    `validate` and `run` name the variable, and write nothing."""
+    env = {k: v.replace("{tmp}", str(tmp_path)) for k, v in env.items()}
+    Path(env.get("TMPDIR", tmp_path)).mkdir(exist_ok=True)
+    for command in ("validate", "run"):
+        res = cli(command, SMOKE, "--out", str(tmp_path / "out"), "--set", "wandb.mode=offline", env=env)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1, res.stdout + res.stderr
+        assert says.replace("{tmp}", str(tmp_path)) in lines[0], lines[0]
+        assert not (tmp_path / "out").exists()

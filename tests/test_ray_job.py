@@ -217,7 +217,7 @@ def test_submit_checks_its_config_and_ray_before_sending_anything(tmp_path):
         (
             f"{fake.parent}:{Path(sys.executable).parent}:/usr/bin:/bin",
             ["--set", "train.lr=-1"],
-            "train.lr: Input should be greater than 0",
+            "train.lr: Input should be greater than or equal to 0.000000001",
         ),
         ("/usr/bin:/bin", [], "'ray' is not on PATH"),
     ):

@@ -11,7 +11,7 @@ import pytest
 from biasamp import tables
 from biasamp.config import ConfigError, from_dict
 from biasamp.instruments.registry import MEASURES
-from biasamp.stages.report import build, load, wandb_report
+from biasamp.stages.report import build, load, load_all, wandb_report
 from biasamp.stages.trajectory import run_trajectory
 from biasamp.study import prepare_study, summarize_study
 from biasamp.tables import TABLES
@@ -59,7 +59,7 @@ def test_a_toy_instrument_and_a_toy_mix_flow_to_the_summaries_and_the_report(toy
     g = per_arm.set_index("generation")
     assert g.loc[0, "toy_e_mean"] == pytest.approx(g0["toy_e"].mean())
 
-    page = build([out], tmp_path / "report")
+    page = build(load_all([out]), tmp_path / "report")
     report = wandb_report([load(out)], "e", "p")  # a registered measure is a W&B panel too
     assert "toy_e_mean" in {p.y[0] for b in report.blocks if hasattr(b, "panels") for p in b.panels if hasattr(p, "y")}
     html = page.read_text()

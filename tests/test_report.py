@@ -176,6 +176,27 @@ def test_report_states_the_study_power(tmp_path):
     assert "power: with 18 articles per generation and 1 seed" in page and "+0.14 needs" in page
 
 
+def test_two_folders_of_one_study_name_are_told_apart(tmp_path):
+    """runs/a/study and runs/b/study, both study 's' with different configs: the page labels each by
+    as much of its path as tells them apart, a warning says so, and a W&B Report (whose run sets
+    filter by study name, the W&B group) is refused in one line."""
+    from biasamp import artifacts
+    from biasamp.config import load_config, updated
+
+    folders = [_study(tmp_path / "runs" / side / "study") for side in ("a", "b")]
+    for folder, lr in zip(folders, (1e-3, 2e-3)):
+        cfg = load_config(Path("configs/quickstart.yaml"), ["study=s", f"train.lr={lr}"])
+        artifacts.claim_output_dir(updated(cfg, {"out_dir": str(folder)}), folder)
+    res = CliRunner().invoke(app, ["report", *map(str, folders), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "warning: a/study and b/study are both study 's' (2 different configs): told apart by folder" in res.output
+    svg = (tmp_path / "r" / "leaning_shares.svg").read_text()
+    assert "a/study: synthetic" in svg and "b/study: synthetic" in svg
+    refused = CliRunner().invoke(app, ["report", *map(str, folders), "--out", str(tmp_path / "w"), "--wandb", "e/p"])
+    assert refused.exit_code == 2 and "their runs share one W&B group" in refused.output
+    assert not (tmp_path / "w").exists()
+
+
 def test_report_errors_are_one_line(tmp_path):
     res = CliRunner().invoke(app, ["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "no summary_arms.parquet" in res.output and "Traceback" not in res.output

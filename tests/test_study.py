@@ -97,6 +97,7 @@ def test_damaged_artifacts_are_set_aside_and_rebuilt_exactly(study_dict, tmp_pat
         else:
             f = TABLES["articles"].file(out, arm="synthetic", seed=0, generation=0)
             f.write_bytes(f.read_bytes()[:200])
+            assert prepare_study(cfg, log=lambda m: None) == [("synthetic", 0)]  # finished, but not whole
         log = []
         assert run_trajectory(cfg, "synthetic", 0, log=log.append) >= 1
         assert any("damaged" in m for m in log), (damage, log)
@@ -114,6 +115,12 @@ def test_a_changed_config_is_refused_and_a_longer_study_extends(study_dict):
         prepare_study(from_dict(study_dict(generations=1, train={"lr": 0.1})), log=lambda m: None)
     longer = from_dict(study_dict(generations=2, seeds=[0, 1]))
     assert prepare_study(longer, log=lambda m: None) == [("synthetic", 0), ("synthetic", 1)]
+    run_trajectory(longer, "synthetic", 0, log=lambda m: None)
+    manifest = (longer.output_dir / "manifest.json").read_text()
+    for shorter, says in ((dict(generations=1), "holds G0..G1; generations=1"), (dict(seeds=[1]), "of seeds \\[0\\]")):
+        with pytest.raises(ValueError, match=f"{says}.*never shrinks it"):  # the manifest would claim less
+            prepare_study(from_dict(study_dict(**{"generations": 2, **shorter})), log=lambda m: None)
+    assert (longer.output_dir / "manifest.json").read_text() == manifest
 
 
 def _sorted(path):

@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
+from biasamp import artifacts  # noqa: E402
 from biasamp.config import LABELS, SweepConfig, from_dict  # noqa: E402
 from biasamp.files import atomic  # noqa: E402
 from biasamp.instruments.leaning import power_statement  # noqa: E402
@@ -45,7 +46,6 @@ def load(folder: Path) -> dict:
     folder = Path(folder)
     if not (folder / "summary_arms.parquet").exists():
         raise FileNotFoundError(f"{folder}: no summary_arms.parquet (run the study, or `biasamp score`, first)")
-    manifest = folder / "manifest.json"
     nsum = folder / "neuron_tests_summary.json"
     return {
         "folder": folder,
@@ -57,8 +57,36 @@ def load(folder: Path) -> dict:
         "trends": _read(folder, "arm_trends"),
         "neuron_tests": _read(folder, "neuron_tests"),
         "neuron_summary": json.loads(nsum.read_text()) if nsum.exists() else {},
-        "manifest": json.loads(manifest.read_text()) if manifest.exists() else None,
+        "manifest": artifacts.read_manifest(folder),
     }
+
+
+def load_all(folders: list[Path]) -> list[dict]:
+    """The study folders of one report, each labelled by as much of its path as tells it apart
+    (runs/a/out and runs/b/out: a/out and b/out)."""
+    studies = [load(f) for f in folders]
+    parts = [Path(s["folder"]).resolve().parts for s in studies]
+    depth = 1
+    while len({p[-depth:] for p in parts}) < len(parts) and depth < max(map(len, parts)):
+        depth += 1
+    for s, p in zip(studies, parts):
+        s["label"] = "/".join(p[-depth:]) if len(studies) > 1 else s["label"]
+    return studies
+
+
+def same_names(studies: list[dict]) -> list[str]:
+    """One line per study name that two of these folders share: W&B groups runs by study name."""
+    by_name: dict[str, list[dict]] = {}
+    for s in studies:
+        if s["manifest"]:
+            by_name.setdefault(s["manifest"]["study"], []).append(s)
+    lines = []
+    for name, group in by_name.items():
+        if len(group) > 1:
+            hashes = {s["manifest"]["science_hash"] for s in group}
+            how = "the same config" if len(hashes) == 1 else f"{len(hashes)} different configs"
+            lines.append(f"{' and '.join(s['label'] for s in group)} are both study '{name}' ({how})")
+    return lines
 
 
 def unfinished(study: dict) -> list[str]:
@@ -720,15 +748,14 @@ pre{background:#f6f6f6;padding:1em;font-size:.8em;overflow:auto;max-height:30em}
 
 
 def build(
-    folders: list[Path],
+    studies: list[dict],
     out: Path,
     paper: Path | None = None,
     simulation: Path | None = None,
 ) -> Path:
-    """Write DIR/index.html and the figures (PNG + SVG); returns the page's path."""
+    """Write DIR/index.html and the figures (PNG + SVG) of studies (`load_all`); returns the page's path."""
     if simulation is not None and not list(Path(simulation).glob("simulation_*.png")):
         raise FileNotFoundError(f"--simulation {simulation}: no simulation_*.png (run `biasamp simulate --out DIR`)")
-    studies = [load(f) for f in folders]
     paper_study = load(paper) if paper else None
     out.mkdir(parents=True, exist_ok=True)
     figures = [

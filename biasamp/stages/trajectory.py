@@ -90,7 +90,7 @@ def train_stage(t: Trajectory) -> None:
         t.model = load_base_model(cfg.model, len(t.tokenizer), seed)
     previous_scores = None
     if g > 0 and arm.mix.reads_scores:
-        previous_scores = pd.read_parquet(TABLES["scores"].file(t.out, **{**t.at, "generation": g - 1}))
+        previous_scores = TABLES["scores"].read_one(t.out, **{**t.at, "generation": g - 1})
     train_df = training_set(arm, g, t.real, t.synthetic, seed, previous_scores)
     t.say(
         f"training on {len(train_df)} articles "
@@ -187,7 +187,7 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
     if done >= n:
         log(f"{tag} complete: G0..G{n - 1} already written")
         return 0
-    probe_df = pd.read_parquet(TABLES["corpus"].file(out, corpus=cfg.probe_corpus))
+    probe_df = TABLES["corpus"].read_one(out, corpus=cfg.probe_corpus)
     if done == 0:
         tokenizer = load_tokenizer(cfg.model)
         model = load_base_model(cfg.model, len(tokenizer), seed)
@@ -200,11 +200,9 @@ def run_trajectory(cfg: StudyConfig, arm_name: str, seed: int, log: Callable[[st
         arm_name,
         seed,
         log,
-        real=pd.read_parquet(TABLES["corpus"].file(out, corpus=arm.corpus)),
+        real=TABLES["corpus"].read_one(out, corpus=arm.corpus),
         probe=[training_text(a, b) for a, b in zip(probe_df["title"], probe_df["text"])],
-        synthetic=[
-            pd.read_parquet(TABLES["articles"].file(out, arm=arm_name, seed=seed, generation=g)) for g in range(done)
-        ],
+        synthetic=[TABLES["articles"].read_one(out, arm=arm_name, seed=seed, generation=g) for g in range(done)],
         model=model,
         tokenizer=tokenizer,
     )
