@@ -229,6 +229,7 @@ def trial(name: str, point, work: Path, reference: Path, sig=signal.SIGKILL, fir
         env=_env(sandbox),
         capture_output=True,
         text=True,
+        timeout=900,  # a smoke study takes about 2 min here: a stall, not a slow run
     )
     ref, got = _tables(reference), _tables(out)
     same = resume.returncode == 0 and ref.keys() == got.keys() and _weights(reference).keys() == _weights(out).keys()
@@ -404,6 +405,7 @@ def main() -> int:
             env=_env(sandbox),
             capture_output=True,
             text=True,
+            timeout=900,  # a smoke study takes about 2 min here: a stall, not a slow run
         )
         duration = time.time() - t0
         if ref.returncode != 0:

@@ -31,13 +31,23 @@ def run_once(tree: Path, out: Path, env: dict) -> dict:
     """One quickstart run from `tree`: seconds to each trajectory's first training step, from its own
     start and from the launch, and the whole run (log stamps are whole seconds)."""
     launch = time.time()
-    res = subprocess.run(
-        [sys.executable, "-m", "biasamp.cli", "run", QUICKSTART, "--out", str(out), "--set", "wandb.mode=disabled"],
-        cwd=tree,
-        capture_output=True,
-        text=True,
-        env={**env, "PYTHONPATH": str(tree)},
-    )
+    command = [
+        sys.executable,
+        "-m",
+        "biasamp.cli",
+        "run",
+        QUICKSTART,
+        "--out",
+        str(out),
+        "--set",
+        "wandb.mode=disabled",
+    ]
+    try:  # a quickstart takes about 8 min on 2 cores: three times that is a stall
+        res = subprocess.run(
+            command, cwd=tree, capture_output=True, text=True, env={**env, "PYTHONPATH": str(tree)}, timeout=1500
+        )
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"{tree}: the quickstart did not end in 1,500 s (stalled); see {out / 'logs'}") from None
     whole = time.time() - launch
     if res.returncode != 0:
         raise SystemExit(f"{tree}: biasamp run failed\n{res.stdout[-2000:]}{res.stderr[-2000:]}")

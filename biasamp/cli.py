@@ -67,6 +67,8 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     """Bias-amplification studies of self-consuming LMs."""
     if not sys.stderr.isatty():  # a log, a pipe, CI: no model loader's bars between the command's own lines
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by transformers and the hub at import
+        if "transformers" in sys.modules:  # imported already (a process forked after importing it)
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 SET_HELP = "Override a config key, e.g. --set train.epochs=2 (repeatable)."

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from biasamp.artifacts import check_output_dir, claim_output_dir, read_manifest
+from biasamp.artifacts import SCRATCH_ENV, check_output_dir, claim_output_dir, read_manifest
 from biasamp.config import StudyConfig
 from biasamp.corpus import read_source, sample_corpus
 from biasamp.stages.summarize import check_scores_settings, scoring_settings
@@ -214,18 +214,19 @@ def check_socket_dir() -> None:
 
 
 def check_wandb_env(cfg: StudyConfig) -> None:
-    """The WANDB_* variables W&B will read parse (WANDB_MODE=bogus fails only in the first trajectory)."""
-    if cfg.wandb.mode == "disabled" or not any(k.startswith("WANDB_") for k in os.environ):
+    """The user's WANDB_* variables parse as W&B will read them (WANDB_MODE=bogus fails only in the
+    first trajectory). Those the study's scratch space sets are biasamp's own."""
+    user = {k: v for k, v in os.environ.items() if k.startswith("WANDB_") and k not in SCRATCH_ENV}
+    if cfg.wandb.mode == "disabled" or not user:
         return
-    import wandb
+    import wandb  # 0.6 s: only when there is something to check
 
-    for var, value in sorted(os.environ.items()):
-        if var.startswith("WANDB_"):
-            try:
-                wandb.Settings().update_from_env_vars({var: value})
-            except ValueError as e:  # pydantic's ValidationError
-                first = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e).splitlines()[0]
-                raise ValueError(f"{var}={value}: {first} (W&B reads it; unset it or fix it)") from None
+    for var, value in sorted(user.items()):
+        try:
+            wandb.Settings().update_from_env_vars({var: value})
+        except ValueError as e:  # pydantic's ValidationError
+            first = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e).splitlines()[0]
+            raise ValueError(f"{var}={value}: {first} (W&B reads it; unset it or fix it)") from None
 
 
 def local_machine() -> dict[str, float]:

@@ -33,12 +33,13 @@ TIMEOUT = 900  # seconds a command may take before it counts as a hang
 
 def cli(*args, env=None, cwd=ROOT, fresh=False):
     """`biasamp ARGS` in a child process of its own (its exit code, file descriptors 1 and 2, working
-    folder and environment: this process's, plus `env`), forked from one that imported the command
-    line once (multiprocessing's forkserver, the CLI preloaded), so that it starts in milliseconds
-    rather than in the seconds of importing torch, transformers and pandas again. `fresh`: the
+    folder and environment: this process's with `env` over it, a key set to None unset), forked from
+    one that imported the command line once (multiprocessing's forkserver, the CLI preloaded), so that
+    it starts in milliseconds rather than in the seconds of importing torch, transformers and pandas
+    again. `fresh`: the
     `biasamp` console script in a new interpreter, where the interpreter itself is under test (what
     `import torch` leaves in the temp dir, for one)."""
-    environ = {**os.environ, **(env or {})}
+    environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}  # None: unset
     if fresh:
         cmd = [str(Path(sys.executable).parent / "biasamp"), *args]
         return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=environ, timeout=TIMEOUT)
@@ -75,7 +76,8 @@ def _forked_cli(args: list[str], cwd: Path, env: dict, stdout: Path, stderr: Pat
 FORKS = multiprocessing.get_context("forkserver")
 # The stages that import torch, transformers and datasets too: each `run`, `score` or `classify` child
 # would import them again (7 CPU-s). Not ray (its import reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, which
-# biasamp sets per address first), nor wandb (its import makes a media folder in the TMPDIR of the time).
+# biasamp sets per address first), nor wandb (its media folder, made once, would go with the first
+# child's exit).
 FORKS.set_forkserver_preload(
     [
         "biasamp.cli",
@@ -84,6 +86,8 @@ FORKS.set_forkserver_preload(
         "biasamp.stages.train",
         "biasamp.stages.score",
         "biasamp.stages.generate",
+        "biasamp.stages.analyze",  # scipy.stats and statsmodels: 0.6 s in each `analyze` or `simulate` child
+        "biasamp.simulate",
     ]
 )
 

@@ -112,6 +112,7 @@ CASES = [
         ["validate", "--config-only", "{tmp}/c.yaml"],
         "c.yaml: line 2: a key must be a name, not a list",
     ),
+    ("--set key twice", {}, _run("train={lr: 0.1, lr: 0.2}"), "--set train: line 1: key 'lr' appears twice"),
     ("--set nested deep", {}, _run("train=" + "[" * 3000 + "]" * 3000), "--set train: nested deeper than 32 levels"),
     (
         "--set of nested aliases",
@@ -744,6 +745,7 @@ def _case(tmp: Path, files: dict, args: list[str], fresh: bool = False):
     _write(tmp, files)
     (tmp / "systmp").mkdir()
     env = {"HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp / "systmp"), "RAY_TMPDIR": "/tmp", "COLUMNS": "200"}
+    env["WANDB_SILENT"] = None  # the suite's: with a WANDB_* variable set, `run` imports W&B to check it (0.9 s)
     before = folder_tree(tmp)
     res = cli(*(a.replace("{tmp}", str(tmp)) for a in args), env=env, cwd=tmp, fresh=fresh)
     return res, before, folder_tree(tmp)

@@ -136,6 +136,7 @@ def test_score_command_rescores_a_finished_study(study_dict):
     (out / "scores" / "synthetic__seed1__gen1.parquet").unlink()
     res = cli("score", str(out), "--set", "scoring.bootstrap=20")
     assert res.returncode == 0, res.stdout + res.stderr
+    assert "Loading weights" not in res.stderr and "it/s]" not in res.stderr  # no loader's bars in a pipe
     pd.testing.assert_frame_equal(
         _sorted(out / "scores"), before.sort_values(["arm", "seed", "generation", "article_id"]).reset_index(drop=True)
     )
