@@ -443,12 +443,17 @@ class ResourcesConfig(_Frozen):
     @field_validator("ray_address")
     @classmethod
     def _address(cls, value):
-        if value is None or value == "auto":
-            return value
-        host, _, port = value.removeprefix("ray://").rpartition(":")
-        if not host or any(c.isspace() or c in "/?#" for c in host) or not port.isdigit() or not 0 < int(port) < 65536:
+        if value is not None and value != "auto" and ray_host_port(value) is None:
             raise ValueError(f"'{value}' is not auto, HOST:PORT or ray://HOST:PORT")
         return value
+
+
+def ray_host_port(address: str) -> tuple[str, int] | None:
+    """The host and port of a HOST:PORT or ray://HOST:PORT address (None: not of that form)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or any(c.isspace() or c in "/?#" for c in host) or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
 
 
 class WandbConfig(_Frozen):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from biasamp.artifacts import SCRATCH_ENV, check_output_dir, claim_output_dir, read_manifest
-from biasamp.config import StudyConfig
+from biasamp.config import StudyConfig, ray_host_port
 from biasamp.corpus import read_source, sample_corpus
 from biasamp.stages.summarize import check_scores_settings, scoring_settings
 from biasamp.tables import TABLES
@@ -185,11 +185,11 @@ def check_ray_address(address: str, timeout: float = 5) -> None:
     key = "resources.ray_address"
     if address == "auto":
         address, key = os.environ.get("RAY_ADDRESS", ""), "RAY_ADDRESS"
-    host, _, port = address.split("://")[-1].rpartition(":")
-    if not (host and port.isdigit()):  # RAY_ADDRESS unset, `auto` again, or a form Ray itself resolves
+    host_port = ray_host_port(address.split("://")[-1])  # RAY_ADDRESS may be the dashboard's http://
+    if host_port is None:  # RAY_ADDRESS unset, `auto` again, or a form Ray itself resolves
         return
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        socket.create_connection(host_port, timeout=timeout).close()
     except OSError as e:  # refused, no route, unknown host, timed out
         raise ValueError(
             f"{key}: nothing answers at {address} ({e.strerror or e}); is the cluster up (`ray status`)?"

@@ -38,10 +38,10 @@ from statsmodels.stats.multitest import multipletests
 from biasamp.instruments.prevalence import CALIBRATED, READINGS, calibrated_readings, calibration_values, reading_values
 from biasamp.instruments.registry import MEASURES
 from biasamp.stages.summarize import PROBS, measure_values, null_probs, real_labels
-from biasamp.tables import TABLES
+from biasamp.tables import ADDRESS_COLUMNS, TABLES
 
 Mode = Literal["within", "paper"]
-VERSION = ["study", "arm", "seed", "generation"]
+VERSION = ADDRESS_COLUMNS  # a model version: study, arm, seed, generation
 
 
 def regress(X: np.ndarray, y: np.ndarray, groups: np.ndarray, maxlags: int, correction: bool) -> dict[str, np.ndarray]:

@@ -65,12 +65,14 @@ def load_all(folders: list[Path]) -> list[dict]:
     """The study folders of one report, each labelled by as much of its path as tells it apart
     (runs/a/out and runs/b/out: a/out and b/out)."""
     studies = [load(f) for f in folders]
+    if len(studies) < 2:  # one study keeps its folder's name
+        return studies
     parts = [Path(s["folder"]).resolve().parts for s in studies]
     depth = 1
     while len({p[-depth:] for p in parts}) < len(parts) and depth < max(map(len, parts)):
         depth += 1
     for s, p in zip(studies, parts):
-        s["label"] = "/".join(p[-depth:]) if len(studies) > 1 else s["label"]
+        s["label"] = "/".join(p[-depth:])
     return studies
 
 

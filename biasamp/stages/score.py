@@ -24,7 +24,7 @@ from biasamp.instruments.leaning import load_calibration
 from biasamp.instruments.registry import MEASURES, Reader
 from biasamp.models import load_base_model, load_tokenizer, perplexities
 from biasamp.stages.summarize import NULL_PROBS, PROBS, scoring_settings
-from biasamp.tables import TABLES
+from biasamp.tables import ADDRESS_COLUMNS, TABLES
 from biasamp.text import classifier_text, training_text
 
 
@@ -73,7 +73,7 @@ def score_articles(inst: Instruments, articles: pd.DataFrame, real: pd.DataFrame
     """
     bs, read = inst.cfg.batch_size, inst.cfg.classifier.read
     full = [training_text(t, b) for t, b in zip(articles["title"], articles["text"])]
-    out = articles[["study", "arm", "seed", "generation", "article_id"]].reset_index(drop=True)
+    out = articles[[*ADDRESS_COLUMNS, "article_id"]].reset_index(drop=True)
     texts = [classifier_text(t, b, read) for t, b in zip(articles["title"], articles["text"])]
     out = pd.concat([out, leaning(inst.leaning, texts, bs)], axis=1)
     null = leaning(inst.leaning, degradation_null(articles, real, read), bs)

@@ -30,7 +30,7 @@ from biasamp.instruments import leaning as offline_leaning
 from biasamp.instruments import prevalence
 from biasamp.instruments.prevalence import READINGS, reading_values
 from biasamp.instruments.registry import MEASURES, instrument_settings
-from biasamp.tables import TABLES, file_metadata
+from biasamp.tables import ADDRESS_COLUMNS, TABLES, file_metadata
 
 
 def _stats() -> list[str]:
@@ -149,8 +149,8 @@ def summarize(
     """Both summary tables; `calibration` (the classifier's) and `method` give the prev_* columns."""
     rng = np.random.default_rng(seed)
     per_seed, per_arm = [], []
-    for key, part in scores.groupby(["study", "arm", "seed", "generation"], sort=True):
-        row = dict(zip(["study", "arm", "seed", "generation"], key))
+    for key, part in scores.groupby(ADDRESS_COLUMNS, sort=True):
+        row = dict(zip(ADDRESS_COLUMNS, key))
         row.update(n_articles=len(part), **_row([_values(part, method)], rng, n_boot, calibration, method))
         row.update(quality_association(part), ppl_mean=part["ppl"].mean(), ppl_ref_mean=part["ppl_ref"].mean())
         per_seed.append(row)
