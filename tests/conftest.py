@@ -45,17 +45,22 @@ def cli(*args, env=None, cwd=ROOT, fresh=False):
         return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=environ, timeout=TIMEOUT)
     with tempfile.TemporaryDirectory(prefix="biasamp-cli-") as logs:
         out, err = Path(logs) / "stdout", Path(logs) / "stderr"
-        proc = FORKS.Process(target=_forked_cli, args=(list(args), cwd, environ, out, err))
+        code = Path(logs) / "exit"
+        proc = FORKS.Process(target=_forked_cli, args=(list(args), cwd, environ, out, err, code))
         proc.start()
         proc.join(TIMEOUT)
         if proc.exitcode is None:
             proc.kill()
             raise subprocess.TimeoutExpired(list(args), TIMEOUT)
-        return subprocess.CompletedProcess(list(args), proc.exitcode, out.read_text(), err.read_text())
+        # The command's own exit code as it wrote it: under load the forkserver can lose a child's
+        # status and report 255 (cpython#140867; one CI run of `make test`). A signal leaves no file.
+        returncode = int(code.read_text()) if code.exists() else proc.exitcode
+        return subprocess.CompletedProcess(list(args), returncode, out.read_text(), err.read_text())
 
 
-def _forked_cli(args: list[str], cwd: Path, env: dict, stdout: Path, stderr: Path) -> None:
-    """In the forked process: the command as `biasamp ARGS` runs it, its output on its own fds."""
+def _forked_cli(args: list[str], cwd: Path, env: dict, stdout: Path, stderr: Path, exit_file: Path) -> None:
+    """In the forked process: the command as `biasamp ARGS` runs it, its output on its own fds, its
+    exit code (as the interpreter would compute it from SystemExit) in `exit_file`."""
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
@@ -67,10 +72,16 @@ def _forked_cli(args: list[str], cwd: Path, env: dict, stdout: Path, stderr: Pat
     sys.argv = ["biasamp", *args]
     from biasamp.cli import cli as biasamp
 
+    code = 1  # an exception other than SystemExit: a traceback and 1, as from the console script
     try:
         biasamp()
+        code = 0
+    except SystemExit as stop:
+        code = 0 if stop.code is None else stop.code & 0xFF if isinstance(stop.code, int) else 1
+        raise
     finally:
         atexit._run_exitfuncs()  # as an interpreter's exit would (multiprocessing's children skip them)
+        exit_file.write_text(str(code))
 
 
 FORKS = multiprocessing.get_context("forkserver")
