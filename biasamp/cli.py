@@ -75,8 +75,15 @@ SET_HELP = "Override a config key, e.g. --set train.epochs=2 (repeatable)."
 
 
 def _load(config: Path, overrides: list[str], out: Optional[Path] = None) -> StudyConfig:
+    """A config file's study, into `out` or its out_dir; or a study folder's, as its manifest records it."""
     from biasamp.config import updated
 
+    if (config / "manifest.json").is_file():
+        from biasamp.study import study_config
+
+        if out is not None and out.resolve() != config.resolve():
+            raise typer.BadParameter("a study folder's study runs into that folder", param_hint="--out")
+        return study_config(config, overrides)
     cfg = load_config(config, overrides)
     # Absolute, so that Ray workers started elsewhere write to the same place.
     return updated(cfg, {"out_dir": str((out if out is not None else cfg.output_dir).resolve())})
@@ -125,7 +132,8 @@ def run(
     out: Optional[Path] = typer.Option(None, help="Output folder (default: the config's out_dir)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
-    """Run (or resume) a study: every (arm, seed) trajectory as a Ray task."""
+    """Run (or resume) a study: every (arm, seed) trajectory as a Ray task. CONFIG is a config file,
+    or a study folder to resume as its manifest records it."""
     cfg = _load(config, set_, out)  # first: a bad config is refused before the study's imports
     from biasamp.instruments.leaning import power_statement
 
@@ -652,6 +660,64 @@ def _contrast_lines(contrasts, study_dir: Path) -> None:
             f"[{r.lo:+.3f}, {r.hi:+.3f}] {p}{ci}"
         )
     typer.echo(f"arm contrasts -> {study_dir / 'arm_contrasts.parquet'}, trends -> {study_dir / 'arm_trends.parquet'}")
+
+
+@app.command()
+def status(
+    study_dir: Path = typer.Argument(..., help="A study's output folder, running or not."),
+    json_: bool = typer.Option(False, "--json", help="Print the status as JSON, for scripts."),
+    as_of: Optional[str] = typer.Option(
+        None,
+        "--as-of",
+        help="The study as its logs show it at this local time (YYYY-MM-DD HH:MM:SS): the estimate made "
+        "back then, to hold against when the run ended.",
+    ),
+):
+    """Where a study stands, from its folder alone (no Ray): each trajectory's generation and stage,
+    done / running / failed / waiting, the median time per generation and stage, and an ETA."""
+    import json
+    from datetime import datetime
+
+    from biasamp.progress import study_status
+    from biasamp.study import study_config
+
+    at = None
+    if as_of is not None:
+        try:
+            at = datetime.fromisoformat(as_of).timestamp()
+        except ValueError:
+            raise typer.BadParameter(f"{as_of!r} is not a time such as 2026-12-03 15:41:52", param_hint="--as-of")
+    s = study_status(study_config(study_dir), at)
+    if json_:
+        typer.echo(json.dumps(s.to_json(), indent=1))
+        return
+    _status_lines(s, study_dir)
+
+
+def _status_lines(s, study_dir: Path) -> None:
+    from datetime import datetime
+
+    from biasamp.progress import duration, summary_line
+
+    held = f" (pid {s.pid})" if s.pid else ""
+    typer.echo(f"study {s.study} in {s.out}: {s.state}{held}; {summary_line(s)}")
+    width = max(len(t.arm) for t in s.trajectories)
+    typer.echo(f"  {'arm':{width}}  seed  {'generation':10}  {'stage':8}  state")
+    for t in s.trajectories:
+        g = f"G{t.generation}/{s.generations - 1}" if t.generation is not None else f"{t.generations_done} done"
+        what = t.state + (f" ({t.detail})" if t.detail else "")
+        if t.state == "failed":
+            what += f": {t.error} (log: {t.log})"
+        typer.echo(f"  {t.arm:{width}}  {t.seed:4}  {g:10}  {t.stage or '-':8}  {what}")
+    if s.median_generation_seconds is not None:
+        stages = ", ".join(f"{k} {duration(v)}" for k, v in s.median_stage_seconds.items())
+        typer.echo(f"median generation {duration(s.median_generation_seconds)} ({stages})")
+    left = s.generations_total - s.generations_done
+    if s.state in ("stopped", "failed", "not started") and left:
+        time_left = "" if s.remaining_seconds is None else f", about {duration(s.remaining_seconds)} of trajectory time"
+        typer.echo(f"{left} generations left{time_left}; resume: biasamp run {study_dir}")
+    if s.state == "running" and s.eta is not None:
+        typer.echo(f"ETA {datetime.fromtimestamp(s.eta):%Y-%m-%d %H:%M:%S}")
 
 
 @app.command()

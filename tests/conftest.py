@@ -16,6 +16,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_SILENT", "true")
+# One OpenMP thread per process (torch's intra-op pool; the forkserver's children and the subprocesses
+# inherit it): the suite runs 3 workers, their CLI children and Ray's workers on 2 cores, where each
+# process's own pool of 2 spinning threads oversubscribed them (docs/benchmarks.md: the suite with and without).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 ROOT = Path(__file__).parents[1]

@@ -320,6 +320,8 @@ CASES = [
     ),
     ("score: not a study", {"out/x": ""}, ["score", "{tmp}/out"], "manifest.json not found: not a study folder"),
     ("analyze: no folder", {}, ["analyze", "{tmp}/nothing"], "{tmp}/nothing: no such folder"),
+    ("status: not a study", {"out/x": ""}, ["status", "{tmp}/out"], "{tmp}/out/manifest.json not found: not a study"),
+    ("status: --as-of not a time", {}, ["status", "{tmp}", "--as-of", "noon"], "'noon' is not a time such as"),
     ("analyze: nothing to analyze", {"out/x": ""}, ["analyze", "{tmp}/out"], "has neither neurons/ nor scores"),
     (
         "report: no study",

@@ -69,7 +69,7 @@ LAYERS = [
     ),
     ("instruments", ("biasamp.instruments",)),
     ("stages", ("biasamp.stages", "biasamp.simulate")),  # the pure pipeline; backends are registered into it
-    ("application", ("biasamp.study", "biasamp.preflight")),
+    ("application", ("biasamp.study", "biasamp.preflight", "biasamp.progress")),
     ("backends", ("biasamp.backends",)),
     ("cli", ("biasamp.cli",)),
 ]

@@ -5,6 +5,7 @@ machine can mount one) is one line naming the file, what it needed and what was 
 half-written left."""
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import cli
 
 from biasamp import artifacts
 
@@ -59,6 +61,10 @@ def test_a_stopped_run_ends_in_one_line_leaves_no_ray_and_resumes(tmp_path, stud
     while "G0/1: training" not in log.read_text() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     assert proc.poll() is None, log.read_text() + proc.stderr.read()
+    out = tmp_path / "out"
+    running = json.loads(cli("status", str(out), "--json").stdout)  # from another process, while it runs
+    assert running["state"] == "running" and running["pid"] == proc.pid, running
+    assert [(t["state"], t["generation"]) for t in running["trajectories"]] == [("running", 0)], running
     proc.send_signal(sig)  # to the driver alone, as a scheduler does
     stderr = proc.communicate(timeout=120)[1]
     lines = stderr.strip().splitlines()
@@ -69,9 +75,13 @@ def test_a_stopped_run_ends_in_one_line_leaves_no_ray_and_resumes(tmp_path, stud
     while _ray_processes(raytmp) and time.time() < deadline:
         time.sleep(1)
     assert not _ray_processes(raytmp), "Ray processes of the stopped run are alive 30 s later"
+    stopped = cli("status", str(out))
+    assert stopped.stdout.startswith(f"study t in {out}: stopped; "), stopped.stdout + stopped.stderr
+    assert stopped.stdout.strip().splitlines()[-1].endswith(f"; resume: biasamp run {out}"), stopped.stdout
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
-    assert (tmp_path / "out" / "summary_arms.parquet").exists()
+    assert (out / "summary_arms.parquet").exists()
+    assert json.loads(cli("status", str(out), "--json").stdout)["state"] == "finished"
 
 
 def test_a_full_disk_is_one_error_naming_the_file_and_leaves_no_temp(small_disk):

@@ -1,9 +1,11 @@
 """The loop end to end: tables, resume, refusal of a changed config, determinism."""
 
+import json
 import os
 import re
 import shutil
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -266,6 +268,36 @@ def test_smoke_study_via_ray_writes_every_table_then_analysis_and_report(smoke_s
     for arm in cfg.arms:
         assert arm in (outs[0] / "report" / "leaning_shares.svg").read_text()
     assert len(list((outs[0] / "wandb").glob("offline-run-*"))) >= 8 + 2  # trajectories, summary, analyze
+
+
+def test_status_of_the_finished_smoke_study_and_its_eta_replayed(smoke_study):
+    """`biasamp status` on the session's finished study: every trajectory done, the medians of its
+    generations and stages; replayed from its logs at half its run (`--as-of`), the ETA then is within
+    25% of the time the run really had left (bench/status_eta.py prints every point and the naive
+    estimate's error beside it)."""
+    from bench.status_eta import log_span, replay
+
+    res = cli("status", str(smoke_study.out), "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    s = json.loads(res.stdout)
+    cfg = load_config(ROOT / "configs" / "smoke.yaml")
+    assert s["state"] == "finished" and s["pid"] is None and s["eta"] is None
+    assert s["generations_done"] == s["generations_total"] == len(cfg.arms) * len(cfg.seeds) * cfg.generations
+    assert {t["state"] for t in s["trajectories"]} == {"done"} and len(s["trajectories"]) == 8
+    assert set(s["median_stage_seconds"]) == {"train", "capture", "generate", "score"}
+    assert 0 < sum(s["median_stage_seconds"].values()) <= s["median_generation_seconds"]
+    text = cli("status", str(smoke_study.out)).stdout.splitlines()
+    assert text[0].startswith(f"study smoke in {smoke_study.out}: finished; 24/24 generations"), text
+    assert len(text) == 2 + 8 + 1 and text[-1].startswith("median generation "), text
+    start, end = log_span(smoke_study.out)
+    half = start + (end - start) / 2
+    stamp = datetime.fromtimestamp(half).isoformat(sep=" ", timespec="milliseconds")
+    then = json.loads(cli("status", str(smoke_study.out), "--json", "--as-of", stamp).stdout)
+    assert then["state"] == "running" and 0 < then["generations_done"] < then["generations_total"]
+    assert {t["state"] for t in then["trajectories"]} >= {"done", "running"}
+    (row,) = replay(smoke_study.out, [0.5])
+    assert abs(row["ours_s"] - then["eta_seconds"]) < 0.01  # the bench reads what the command prints (ms stamps)
+    assert row["ours_error"] <= 0.25, row
 
 
 @pytest.mark.extended  # a second smoke study (a minute and a half on 2 cores): make test-all; resume tests guard bytes
@@ -555,27 +587,48 @@ def test_an_extension_interrupted_after_its_last_trajectory_resumes_to_current_s
     assert run_study(longer, never, log=quiet).per_arm is None  # current now: nothing is rebuilt
 
 
-@pytest.mark.slow  # two runs of two trajectories on a private Ray: two minutes; CI runs it (make test-slow)
-def test_one_failing_trajectory_stops_only_itself_and_a_rerun_runs_only_it(tmp_path):
-    """A planted failure in one arm (its log path is a folder: it cannot write a line): the other arm
-    finishes and is summarized, the run lists the failure and exits 1, the report names what is missing,
-    and once the cause is gone a rerun runs only the failed trajectory."""
+@pytest.mark.slow  # two runs of four trajectories on a private Ray: two minutes; CI runs it (make test-slow)
+def test_failing_trajectories_stop_only_themselves_and_a_rerun_runs_only_them(tmp_path):
+    """Planted failures in one arm: seed 0's log path is a folder (it cannot write a line), seed 1's
+    checkpoint folder is under a file (its traceback goes to its log). The other arm finishes and is
+    summarized, the run lists each failure and exits 1, `biasamp status` names the failed ones and their
+    errors from the folder alone, the report names what is missing, and once the causes are gone the
+    rerun `status` prints runs only the failed trajectories."""
     out = tmp_path / "out"
     planted = out / "logs" / "preservation__seed0.log"
     planted.mkdir(parents=True)
-    args = ["run", "configs/smoke.yaml", "--out", str(out), "--set", TWO_ARMS, "--set", "seeds=[0]"]
+    under_a_file = out / "checkpoints" / "preservation" / "seed1"
+    under_a_file.parent.mkdir(parents=True)
+    under_a_file.write_text("")
+    args = ["run", "configs/smoke.yaml", "--out", str(out), "--set", TWO_ARMS, "--set", "seeds=[0, 1]"]
     args += ["--set", "generations=1", "--set", "wandb.mode=disabled"]
     res = cli(*args)
     assert res.returncode == 1, res.stdout + res.stderr
     lines = res.stderr.strip().splitlines()
-    assert lines[0] == "error: 1 of 2 trajectories failed (the others finished; a rerun runs only these):"
-    assert lines[1] == f"  preservation__seed0: IsADirectoryError: {planted}: Is a directory (log: {planted})"
-    assert len(lines) == 2 and "[synthetic/seed0] finished" in res.stdout
+    log1 = out / "logs" / "preservation__seed1.log"
+    assert lines[0] == "error: 2 of 4 trajectories failed (the others finished; a rerun runs only these):"
+    assert sorted(lines[1:]) == [  # in the order they failed
+        f"  preservation__seed0: IsADirectoryError: {planted}: Is a directory (log: {planted})",
+        f"  preservation__seed1: NotADirectoryError: {under_a_file}/gen0: Not a directory (log: {log1})",
+    ], res.stderr
+    assert "[synthetic/seed0] finished" in res.stdout and "[synthetic/seed1] finished" in res.stdout
     assert set(pd.read_parquet(out / "summary_arms.parquet")["arm"]) == {"synthetic"}
+    status = json.loads(cli("status", str(out), "--json").stdout)
+    assert status["state"] == "failed" and status["pid"] is None and status["eta"] is None
+    states = {(t["arm"], t["seed"]): (t["state"], t["error"], t["log"]) for t in status["trajectories"]}
+    assert [states[("synthetic", seed)][:2] for seed in (0, 1)] == [("done", ""), ("done", "")]
+    state, error, log = states[("preservation", 1)]
+    assert state == "failed" and log == str(log1) and error.startswith("NotADirectoryError: ")
+    assert str(under_a_file) in error
+    assert states[("preservation", 0)] == ("failed", f"its log {planted} is not a file", str(planted))
+    text = cli("status", str(out))
+    assert text.returncode == 0 and f"resume: biasamp run {out}" in text.stdout, text.stdout + text.stderr
     report = cli("report", str(out), "--out", str(out / "report"))
     assert report.returncode == 0 and "preservation/seed0</p>" in (out / "report" / "index.html").read_text()
     planted.rmdir()
-    again = cli(*args)
+    under_a_file.unlink()
+    again = cli("run", str(out))  # as `status` says
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "1 of 2 trajectories to run" in again.stdout and "[preservation/seed0] finished" in again.stdout
+    assert "2 of 4 trajectories to run" in again.stdout and "[preservation/seed1] finished" in again.stdout
     assert set(pd.read_parquet(out / "summary_arms.parquet")["arm"]) == {"synthetic", "preservation"}
+    assert json.loads(cli("status", str(out), "--json").stdout)["state"] == "finished"

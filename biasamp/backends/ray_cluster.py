@@ -14,10 +14,14 @@ import signal
 import threading
 import time
 import traceback
+from datetime import datetime
 
 from biasamp import artifacts
 from biasamp.config import StudyConfig
 from biasamp.preflight import check_resources, deepspeed_workers, trajectory_bundles
+from biasamp.progress import study_status, summary_line
+
+SUMMARY_EVERY = 60  # seconds between the driver's one-line summaries of the study (biasamp.progress)
 
 
 def _trajectory_task(cfg: StudyConfig, arm: str, seed: int, cpus: float, progress) -> tuple[str, int, int]:
@@ -40,8 +44,8 @@ def _trajectory_task(cfg: StudyConfig, arm: str, seed: int, cpus: float, progres
     logfile.parent.mkdir(parents=True, exist_ok=True)
 
     def log(message: str) -> None:
-        with logfile.open("a") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        with logfile.open("a") as fh:  # milliseconds: biasamp.progress times tiny stages from these lines
+            fh.write(f"{datetime.now().isoformat(sep=' ', timespec='milliseconds')} {message}\n")
         try:  # best effort: the log file is the record; the driver's console must not fail the trajectory
             progress.put(message, timeout=5)
         except Exception:
@@ -114,7 +118,7 @@ def execute(cfg: StudyConfig, pending: list[tuple[str, int]], log=print) -> tupl
     # one that raises anything else is not: the same input fails the same way.
     # A vLLM engine's death (RayActorError inside the trajectory) counts as a lost worker too.
     task = ray.remote(max_retries=res.max_retries, retry_exceptions=[ray.exceptions.RayActorError])(_trajectory_task)
-    t0 = time.time()
+    t0 = summarized = time.time()
     ran, failed = 0, []
     groups, names = {}, {}  # task ref -> its trajectory's placement group, its name
     try:
@@ -139,6 +143,9 @@ def execute(cfg: StudyConfig, pending: list[tuple[str, int]], log=print) -> tupl
             ready, remaining = ray.wait(remaining, num_returns=1, timeout=1.0)
             for message in progress.get_nowait_batch(progress.qsize()):
                 log(f"{time.time() - t0:6.0f}s {message}")
+            if time.time() - summarized >= SUMMARY_EVERY:
+                summarized = time.time()
+                log(f"{summarized - t0:6.0f}s {summary_line(study_status(cfg))}")
             for ref in ready:
                 remove_placement_group(groups.pop(ref))  # its resources go to the next queued trajectory
                 done = len(pending) - len(queued) - len(remaining)
