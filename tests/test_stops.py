@@ -21,6 +21,8 @@ import yaml
 from conftest import cli
 
 from biasamp import artifacts
+from biasamp.progress import study_status
+from biasamp.study import study_config
 
 ROOT = Path(__file__).parents[1]
 
@@ -62,9 +64,10 @@ def test_a_stopped_run_ends_in_one_line_leaves_no_ray_and_resumes(tmp_path, stud
         time.sleep(0.1)
     assert proc.poll() is None, log.read_text() + proc.stderr.read()
     out = tmp_path / "out"
-    running = json.loads(cli("status", str(out), "--json").stdout)  # from another process, while it runs
-    assert running["state"] == "running" and running["pid"] == proc.pid, running
-    assert [(t["state"], t["generation"]) for t in running["trajectories"]] == [("running", 0)], running
+    # From another process while it runs (in this one: a forked CLI's first start would outlast the tiny run).
+    running = study_status(study_config(out))
+    assert running.state == "running" and running.pid == proc.pid, running
+    assert [(t.state, t.generation) for t in running.trajectories] == [("running", 0)], running
     proc.send_signal(sig)  # to the driver alone, as a scheduler does
     stderr = proc.communicate(timeout=120)[1]
     lines = stderr.strip().splitlines()

@@ -609,7 +609,7 @@ def test_failing_trajectories_stop_only_themselves_and_a_rerun_runs_only_them(tm
     assert lines[0] == "error: 2 of 4 trajectories failed (the others finished; a rerun runs only these):"
     assert sorted(lines[1:]) == [  # in the order they failed
         f"  preservation__seed0: IsADirectoryError: {planted}: Is a directory (log: {planted})",
-        f"  preservation__seed1: NotADirectoryError: {under_a_file}/gen0: Not a directory (log: {log1})",
+        f"  preservation__seed1: FileExistsError: {under_a_file}: File exists (log: {log1})",
     ], res.stderr
     assert "[synthetic/seed0] finished" in res.stdout and "[synthetic/seed1] finished" in res.stdout
     assert set(pd.read_parquet(out / "summary_arms.parquet")["arm"]) == {"synthetic"}
@@ -618,13 +618,16 @@ def test_failing_trajectories_stop_only_themselves_and_a_rerun_runs_only_them(tm
     states = {(t["arm"], t["seed"]): (t["state"], t["error"], t["log"]) for t in status["trajectories"]}
     assert [states[("synthetic", seed)][:2] for seed in (0, 1)] == [("done", ""), ("done", "")]
     state, error, log = states[("preservation", 1)]
-    assert state == "failed" and log == str(log1) and error.startswith("NotADirectoryError: ")
+    assert state == "failed" and log == str(log1) and error.startswith("FileExistsError: ")
     assert str(under_a_file) in error
     assert states[("preservation", 0)] == ("failed", f"its log {planted} is not a file", str(planted))
     text = cli("status", str(out))
     assert text.returncode == 0 and f"resume: biasamp run {out}" in text.stdout, text.stdout + text.stderr
     report = cli("report", str(out), "--out", str(out / "report"))
-    assert report.returncode == 0 and "preservation/seed0</p>" in (out / "report" / "index.html").read_text()
+    assert (
+        report.returncode == 0
+        and "preservation/seed0, preservation/seed1</p>" in (out / "report" / "index.html").read_text()
+    )
     planted.rmdir()
     under_a_file.unlink()
     again = cli("run", str(out))  # as `status` says

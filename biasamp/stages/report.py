@@ -103,9 +103,13 @@ def unfinished(study: dict) -> list[str]:
 
 
 def _colours(studies: list[dict], paper: dict | None) -> dict[str, str]:
+    """A colour per arm: those summarized, then those only configured (an arm whose every trajectory
+    failed after training is in train_metrics, not in the summaries)."""
     arms = []
     for s in studies + ([paper] if paper else []):
         arms += [a for a in s["summary_arms"]["arm"].unique() if a not in arms]
+    for s in studies:
+        arms += [a for a in _config(s).get("arms", {}) if a not in arms]
     return {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(arms)}
 
 
