@@ -13,18 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from biasamp.progress import LINE, _stamp, study_status
+from biasamp.progress import read_log, study_status
 from biasamp.study import study_config
 
 
 def log_span(out: Path) -> tuple[float, float]:
     """The first and the last time stamped in the study's trajectory logs."""
-    stamps = [
-        _stamp(m["at"])
-        for log in (out / "logs").glob("*.log")
-        for text in log.read_text(encoding="utf-8", errors="replace").splitlines()
-        if (m := LINE.match(text))
-    ]
+    stamps = [r[0] for log in (out / "logs").glob("*.log") for r in read_log(log, float("inf")) if isinstance(r, tuple)]
     return min(stamps), max(stamps)
 
 
