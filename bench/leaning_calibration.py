@@ -7,12 +7,13 @@ each prompt's "generated" article is another real article of the prompt's label,
 of the non-right prompts' articles are replaced by right articles, so the true right share rises by
 `delta`, and every G1 body decays as collapse does (the decays below). As in a study, each article
 keeps its prompt's title (the title is the prompt), and the degradation null is the prompt's own body
-cut and looped to the generated body's profile. Articles come from one of two pools: outlets the
-shipped classifier was trained on (articles it never saw: what a fine-tuned generator imitates) or
-outlets held out of it. Per cell: the mean true change, each reading's mean change (as a share of
-the true one where that is not 0), the calibrated change's mean error and its 95% CI's coverage.
+cut and looped to the generated body's profile. Articles come from one of two pools of articles the
+shipped classifier never read (leaning.unseen_pools): of outlets it was trained on (what a fine-tuned
+generator imitates) or of outlets held out of it. Per cell: the mean true change, each reading's mean
+change (as a share of the true one where that is not 0), the calibrated change's mean error and its
+95% CI's coverage.
 
-    python bench/leaning_calibration.py [--replicates 20] [--articles 300] [--read body|title_body] [--record]
+    python bench/leaning_calibration.py [--replicates 60] [--articles 300] [--read body|title_body] [--record]
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ import pandas as pd
 
 from biasamp.artifacts import write_json
 from biasamp.config import LABELS
-from biasamp.corpus import read_source
 from biasamp.instruments import leaning
 from biasamp.instruments.degrade import degrade, degrade_to_profile
 from biasamp.stages.analyze import arm_contrasts
 from biasamp.stages.score import degradation_null
 from biasamp.text import classifier_text
 
-ABP = Path(__file__).parents[1] / ".." / "shared" / "data" / "article-bias-prediction"
+ROOT = Path(__file__).parents[1]
+ABP = ROOT.parent / "shared" / "data" / "article-bias-prediction"
 MIN_WORDS = 120  # every decay below changes an article this long
 DELTAS = (0.0, 0.15, 0.30)
 # decay name -> the G1 body from a real body (G0 stays intact)
@@ -42,12 +43,6 @@ DECAYS = {
     "collapse": lambda body, i: degrade_to_profile(body, 120, 2 / 3),  # 40 words looped to 120
 }
 READINGS = ("share_right", "share_right_beyond_null", "share_right_calibrated")
-
-
-def pools(data: pd.DataFrame, model: leaning.LeaningModel) -> dict[str, pd.DataFrame]:
-    long = data[data["text"].str.split().str.len() >= MIN_WORDS].drop_duplicates("article_id")
-    seen = long["outlet"].isin(set(model.outlets))
-    return {"training outlets": long[seen], "held-out outlets": long[~seen]}
 
 
 def generation(pool_by_label, prompts, labels, g, decay, model, rng, read) -> pd.DataFrame:
@@ -128,7 +123,7 @@ def record(found: pd.DataFrame, args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--replicates", type=int, default=20)
+    ap.add_argument("--replicates", type=int, default=60, help="planted studies per row (20 cannot read a 0.05 bound)")
     ap.add_argument("--articles", type=int, default=300, help="prompts per planted study (per generation)")
     ap.add_argument("--read", choices=["body", "title_body"], default="body", help="scoring.classifier.read")
     ap.add_argument("--pool", choices=["training outlets", "held-out outlets"], action="append")
@@ -141,7 +136,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     model = leaning.LeaningModel.load("bundled")
-    data = read_source(str(ABP))
+    exclude = leaning.study_article_ids([ROOT / "configs" / "paper.yaml"])  # as `classifier train`'s default
     rng = np.random.default_rng(args.seed)
     print(
         f"shipped classifier, reading {args.read}; {args.articles} articles per generation, "
@@ -152,7 +147,7 @@ def main() -> None:
         "calibrated CI covers | raw CI covers |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, pool in pools(data, model).items():
+    for name, pool in leaning.unseen_pools(ABP, exclude, model, MIN_WORDS).items():
         if args.pool and name not in args.pool:
             continue
         found = pd.DataFrame(

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT
 from typer.testing import CliRunner
 
 from biasamp.cli import app
@@ -302,6 +303,15 @@ def test_classifier_train_and_eval_commands(tmp_path, local_classifier):
     assert 1 <= len(held) < 12  # outlets kept out of training for `classifier check`
     assert cal["n"].sum() == sum(r["source"] not in held for r in rows) and cal["outlet"].nunique() == 12 - len(held)
     np.testing.assert_allclose(cal[prevalence.POST].sum(axis=1), cal["n"], rtol=1e-6)
+    # The benches' articles the model never read: none of a trained outlet's here (the pool took them
+    # all), every one of the held-out outlets'; a model trained on another pool is refused.
+    model = leaning.LeaningModel.load(str(model_file))
+    exclude = leaning.study_article_ids([ROOT / "configs" / "quickstart.yaml"])
+    pools = leaning.unseen_pools(tmp_path / "abp", exclude, model, min_words=0)
+    assert pools["training outlets"].empty
+    assert sorted(pools["held-out outlets"]["article_id"]) == sorted(r["ID"] for r in rows if r["source"] in held)
+    with pytest.raises(ValueError, match="not trained on its pool"):
+        leaning.unseen_pools(tmp_path / "abp", exclude, leaning.LeaningModel.load("bundled"), min_words=0)
     cal_hf = tmp_path / "hf_cal.parquet"
     r = CliRunner().invoke(
         app,

@@ -341,6 +341,24 @@ def check_outlets(pool: pd.DataFrame, share: float = CHECK_SHARE, seed: int = 0)
     return held
 
 
+def unseen_pools(data: Path, exclude: set[str], model: "LeaningModel", min_words: int, seed: int = 0):
+    """Articles of `data` over min_words words that `model` never read: {"training outlets": those of
+    the outlets it trained on that its training pool left out (what a fine-tuned generator imitates),
+    "held-out outlets": those of every other outlet}. The pool is redrawn as `train` drew it (`exclude`,
+    `seed`); a model trained on other outlets than that pool's is refused."""
+    pool = training_pool(data, exclude, seed=seed)
+    trained = set(pool["outlet"]) - check_outlets(pool, seed=seed)
+    if trained != set(model.outlets):
+        raise ValueError(
+            f"{data}: this model was not trained on its pool ({len(exclude)} articles excluded, seed {seed})"
+        )
+    read = set(pool.loc[pool["outlet"].isin(trained), "article_id"])
+    df = read_source(str(data)).drop_duplicates("article_id")
+    df = df[~df["article_id"].isin(read) & (df["text"].str.split().str.len() >= min_words)]
+    seen = df["outlet"].isin(trained)
+    return {"training outlets": df[seen].reset_index(drop=True), "held-out outlets": df[~seen].reset_index(drop=True)}
+
+
 def train(data: Path, exclude: set[str], seed: int = 0, log=print) -> tuple[LeaningModel, pd.DataFrame]:
     """The shipped model (fitted on the pool less the check's outlets) and its calibration table
     (cross-fitted on the same articles)."""
