@@ -73,7 +73,7 @@ def generation(pool_by_label, prompts, labels, g, decay, model, rng, read) -> pd
     )
 
 
-def replicate(pool, model, rng, n, read, by_outlet) -> list[dict]:
+def replicate(pool, model, rng, n, read) -> list[dict]:
     """One draw of prompts and G0 (intact), then G1 at every (decay, delta): the readings' changes."""
     by_label = {lab: part.reset_index(drop=True) for lab, part in pool.groupby("source_label")}
     prompts = pd.concat([by_label[lab].sample(n // 3, random_state=rng) for lab in LABELS], ignore_index=True)
@@ -86,9 +86,7 @@ def replicate(pool, model, rng, n, read, by_outlet) -> list[dict]:
                 by_label, prompts, np.where(flip, "right", prompts["source_label"]), 1, decay, model, rng, read
             )
             truth = float(flip.mean())
-            outlets = prompts.set_index("article_id")["outlet"] if by_outlet else None
-            scores = pd.concat([g0, g1], ignore_index=True)
-            trends = arm_contrasts(scores, n_boot=400, seed=len(found), outlets=outlets)[1]
+            trends = arm_contrasts(pd.concat([g0, g1], ignore_index=True), n_boot=400, seed=len(found))[1]
             trends = trends.set_index("target")
             row = {"decay": decay, "delta": delta, "truth": truth}
             for r in READINGS:
@@ -130,7 +128,6 @@ def main() -> None:
     ap.add_argument("--read", choices=["body", "title_body"], default="body", help="scoring.classifier.read")
     ap.add_argument("--pool", choices=["training outlets", "held-out outlets"], action="append")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--by-outlet", action="store_true", help="the bootstrap draws the prompts' outlets within labels")
     ap.add_argument(
         "--record",
         action="store_true",
@@ -153,8 +150,9 @@ def main() -> None:
     for name, pool in leaning.unseen_pools(ABP, exclude, model, MIN_WORDS).items():
         if args.pool and name not in args.pool:
             continue
-        rows = [replicate(pool, model, rng, args.articles, args.read, args.by_outlet) for _ in range(args.replicates)]
-        found = pd.DataFrame([row for rep in rows for row in rep])
+        found = pd.DataFrame(
+            [row for _ in range(args.replicates) for row in replicate(pool, model, rng, args.articles, args.read)]
+        )
         if args.record and name == "training outlets":
             record(found, args)
         for (decay, _), f in found.groupby(["decay", "delta"], sort=False):

@@ -313,26 +313,7 @@ def _targets(means: np.ndarray) -> np.ndarray:
     return np.concatenate([means[..., :k], calibrated_readings(means[..., k:])], axis=-1)
 
 
-def _prompt_weights(ids: list, outlets: pd.Series | None, labels: pd.Series, rng, n_boot: int) -> np.ndarray:
-    """(n_boot, len(ids)) bootstrap counts of the prompts. Where `outlets` (article_id -> outlet) names
-    the prompts' outlets, each draw draws outlets within each label (`labels`), as the pacc calibration
-    draws them, and counts every prompt of a drawn outlet as often as its outlet is drawn. Otherwise each
-    id is drawn on its own (a multinomial count per id)."""
-    named = outlets[~outlets.index.duplicated()].reindex(ids) if outlets is not None else pd.Series(np.nan, index=ids)
-    units = np.array([o if isinstance(o, str) and o else f"article:{a}" for a, o in zip(ids, named)], dtype=object)
-    if len(set(units)) == len(ids):
-        return rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=n_boot).astype(float)
-    strata = labels[~labels.index.duplicated()].reindex(ids).fillna("").to_numpy(dtype=object)
-    weights = np.zeros((n_boot, len(ids)))
-    for stratum in sorted(set(strata)):
-        inside = np.flatnonzero(strata == stratum)
-        codes, uniques = pd.factorize(pd.Series(units[inside]))
-        drawn = rng.multinomial(len(uniques), np.full(len(uniques), 1.0 / len(uniques)), size=n_boot)
-        weights[:, inside] = drawn[:, codes]
-    return weights
-
-
-def _study_draws(spart: pd.DataFrame, rng, n_boot: int, outlets=None) -> dict[str, dict[int, tuple]]:
+def _study_draws(spart: pd.DataFrame, rng, n_boot: int) -> dict[str, dict[int, tuple]]:
     """arm -> generation -> (point (T,), bootstrap draws (n_boot, T), n_seeds) of contrast_targets().
 
     Paired by prompt: every generation of every arm continues the same real articles (article_id),
@@ -341,8 +322,7 @@ def _study_draws(spart: pd.DataFrame, rng, n_boot: int, outlets=None) -> dict[st
     variance the shared prompts cancel. Seeds: drawn per arm, the same for every generation of a draw,
     so that a trend's draws keep whole trajectories; articles within each drawn seed by the weights."""
     ids = {a: i for i, a in enumerate(sorted(spart["article_id"].unique()))}
-    labels = pd.Series(real_labels(spart), index=spart["article_id"].to_numpy())
-    weights = _prompt_weights(list(ids), outlets, labels, rng, n_boot)
+    weights = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=n_boot).astype(float)
     out: dict[str, dict[int, tuple]] = {}
     for arm, apart in spart.groupby("arm", sort=True):
         seeds = sorted(apart["seed"].unique())
@@ -378,7 +358,7 @@ def _interval(point: float, boot: np.ndarray) -> dict:
 
 
 def arm_contrasts(
-    scores: pd.DataFrame, baseline: str | None = None, n_boot: int = 1000, seed: int = 0, outlets=None
+    scores: pd.DataFrame, baseline: str | None = None, n_boot: int = 1000, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per study: each arm minus the baseline arm, per generation and target, and each arm's linear
     trend over generations (slope per generation) with its change from the first generation to the
@@ -395,7 +375,7 @@ def arm_contrasts(
         base = baseline or arms[0]
         if base not in arms:
             raise ValueError(f"baseline arm '{base}' is not in study {study} (arms: {', '.join(arms)})")
-        draws = _study_draws(spart, rng, n_boot, outlets)
+        draws = _study_draws(spart, rng, n_boot)
         for arm in arms:
             for g in sorted(draws[arm]):
                 if arm == base or g not in draws[base]:
