@@ -9,6 +9,7 @@ import re
 import shlex
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -142,7 +143,8 @@ def run(
     from biasamp.study import TrajectoriesFailed, run_study
 
     try:
-        result = run_study(cfg, execute, log=typer.echo)
+        with _run_log(cfg) as log:
+            result = run_study(cfg, execute, log=log)
     except TrajectoriesFailed as e:  # the others finished and are summarized; each failure, one line
         typer.secho(f"error: {e}:", err=True, fg="red")
         for line in e.lines:
@@ -150,6 +152,31 @@ def run(
         raise typer.Exit(1) from None
     _closing_lines(cfg, result.per_arm)
     typer.echo(f"results in {cfg.output_dir}")
+
+
+@contextmanager
+def _run_log(cfg: StudyConfig):
+    """Where `run` says what happens. In a terminal: its lines above a live view of the study
+    (progress.live_view, redrawn every 2 s from the study folder). Elsewhere (Ray job logs, CI, a
+    file): the plain lines alone, the driver's summary line among them once a minute."""
+    if not sys.stdout.isatty():
+        yield typer.echo
+        return
+    from rich.live import Live
+
+    from biasamp.progress import live_view, study_status
+
+    shown = [live_view(study_status(cfg))]
+
+    def view():
+        try:
+            shown[0] = live_view(study_status(cfg))
+        except (OSError, ValueError):  # a log caught mid-write: the last view stays until the next redraw
+            pass
+        return shown[0]
+
+    with Live(get_renderable=view, refresh_per_second=0.5) as live:
+        yield lambda line: live.console.print(line, markup=False, highlight=False)
 
 
 MAX_PRINTED_CI = 0.5  # a prevalence CI wider than this is not printed in the closing lines

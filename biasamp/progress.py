@@ -17,6 +17,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from rich.console import Group
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
 from biasamp import artifacts
 from biasamp.config import StudyConfig
 
@@ -291,6 +295,23 @@ def summary_line(s: StudyStatus) -> str:
     if s.eta_seconds is not None:
         line += f"; ETA {datetime.fromtimestamp(s.eta):%H:%M:%S} (in {duration(s.eta_seconds)})"
     return line
+
+
+def live_view(s: StudyStatus) -> Group:
+    """What `biasamp run` keeps at the foot of a terminal: a line per running or failed trajectory (its
+    generation, stage and what the stage has done) and a bar of the generations written, with the
+    summary line and its ETA. Waiting and finished trajectories are counted there, not listed, so that
+    the view stays a few lines high at hundreds of trajectories."""
+    rows = Table.grid(padding=(0, 2))
+    for t in s.trajectories:
+        if t.state in ("running", "failed"):
+            g = f"G{t.generation}/{s.generations - 1}" if t.generation is not None else "-"
+            what = f"failed: {t.error}" if t.state == "failed" else t.detail or "running"
+            rows.add_row(f"{t.arm}/seed{t.seed}", g, t.stage or "-", what)
+    foot = Table.grid(padding=(0, 1))
+    bar = ProgressBar(total=max(s.generations_total, 1), completed=s.generations_done, width=30)
+    foot.add_row(bar, summary_line(s))
+    return Group(rows, foot)
 
 
 def duration(seconds: float) -> str:

@@ -3,8 +3,12 @@
 import json
 import os
 import re
+import shlex
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -635,3 +639,36 @@ def test_failing_trajectories_stop_only_themselves_and_a_rerun_runs_only_them(tm
     assert "2 of 4 trajectories to run" in again.stdout and "[preservation/seed1] finished" in again.stdout
     assert set(pd.read_parquet(out / "summary_arms.parquet")["arm"]) == {"synthetic", "preservation"}
     assert json.loads(cli("status", str(out), "--json").stdout)["state"] == "finished"
+
+
+@pytest.mark.slow  # two studies' worth of runs in a real terminal and a pipe: about a minute; CI runs it
+def test_run_shows_a_live_view_in_a_terminal_and_plain_lines_in_a_pipe(tmp_path):
+    """`biasamp run` in a real terminal (tmux, its screen captured every half second): the running
+    trajectories a line each with their generation and stage, under them a bar and the summary line,
+    and at the end every generation counted. The same study extended through a pipe: the plain lines,
+    no escape sequence and no bar."""
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is not installed (.ci/run installs it)")
+    out = tmp_path / "out"
+    args = ["run", "configs/smoke.yaml", "--out", str(out), "--set", TWO_ARMS, "--set", "seeds=[0]"]
+    args += ["--set", "generations=2", "--set", "wandb.mode=disabled"]
+    command = f"{shlex.join([sys.executable, '-m', 'biasamp.cli', *args])}; echo EXIT=$?; sleep 300"
+    server = ["tmux", "-L", f"biasamp-test-{os.getpid()}"]
+    subprocess.run([*server, "new-session", "-d", "-x", "150", "-y", "40", "-c", str(ROOT), command], check=True)
+    screens, running = [], re.compile(r"^(synthetic|preservation)/seed0\s+G[01]/1\s+(train|capture|generate|score)\b")
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and not any("EXIT=" in s for s in screens[-1:]):
+            time.sleep(0.5)
+            screens.append(subprocess.run([*server, "capture-pane", "-p"], capture_output=True, text=True).stdout)
+    finally:
+        subprocess.run([*server, "kill-server"])
+    last = screens[-1]
+    assert "EXIT=0" in last, last
+    seen = [s for s in screens if any(running.match(line) for line in s.splitlines())]
+    assert seen and all("━" in s and "generations; trajectories" in s for s in seen), screens[-3:]
+    done = "4/4 generations; trajectories 2 done, 0 running, 0 failed, 0 waiting"
+    assert done in " ".join(last.split()), last  # (rich wraps a line at the console's width)
+    piped = cli("run", str(out), "--set", "generations=3")
+    assert piped.returncode == 0, piped.stdout + piped.stderr
+    assert "[synthetic/seed0] finished" in piped.stdout and "\x1b[" not in piped.stdout and "━" not in piped.stdout
