@@ -52,8 +52,8 @@ def corpus_readings(probs: np.ndarray, reference: np.ndarray, reference_labels) 
         ]
     )
     calibrated = prevalence.calibrated_readings(np.nanmean(values, axis=0))
-    right = LABELS.index("right")
-    return np.array([raw[right], probs[:, right].mean(), raw[3], calibrated[right]])
+    right, lean = LABELS.index("right"), prevalence.READINGS.index("lean_index")
+    return np.array([raw[right], probs[:, right].mean(), raw[lean], calibrated[right]])
 
 
 def slopes(probs: np.ndarray, labels: np.ndarray, args, rng) -> tuple[np.ndarray, np.ndarray]:

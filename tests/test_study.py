@@ -655,10 +655,11 @@ def test_run_shows_a_live_view_in_a_terminal_and_plain_lines_in_a_pipe(tmp_path)
     command = f"{shlex.join([sys.executable, '-m', 'biasamp.cli', *args])}; echo EXIT=$?; sleep 300"
     server = ["tmux", "-L", f"biasamp-test-{os.getpid()}"]
     subprocess.run([*server, "new-session", "-d", "-x", "150", "-y", "40", "-c", str(ROOT), command], check=True)
-    screens, running = [], re.compile(r"^(synthetic|preservation)/seed0\s+G[01]/1\s+(train|capture|generate|score)\b")
+    running = re.compile(r"^(synthetic|preservation)/seed0\s+G[01]/1\s+(train|capture|generate|score)\b")
+    screens = [""]
     try:
         deadline = time.time() + 600
-        while time.time() < deadline and not any("EXIT=" in s for s in screens[-1:]):
+        while time.time() < deadline and "EXIT=" not in screens[-1]:
             time.sleep(0.5)
             screens.append(subprocess.run([*server, "capture-pane", "-p"], capture_output=True, text=True).stdout)
     finally:
